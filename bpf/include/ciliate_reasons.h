@@ -1,0 +1,23 @@
+/* Drop reasons and trace observation points. crates/datapath/build.rs reads the
+ * `#define` lines of this file to generate the Rust tables, so every code has
+ * exactly one number and one name. Format: #define NAME VALUE // Human name */
+#ifndef CILIATE_REASONS_H
+#define CILIATE_REASONS_H
+
+#define REASON_FORWARDED 0 // Forwarded
+
+#define DROP_INVALID_SIP 132 // Invalid source ip
+#define DROP_INVALID 134 // Invalid packet
+#define DROP_UNSUPPORTED_L3 139 // Unsupported L3 protocol
+#define DROP_INVALID_ARP 140 // Invalid ARP packet
+#define DROP_ARP_NOT_ROUTER 141 // ARP request not for the router IP
+#define DROP_NO_CONFIG 142 // Datapath not configured
+#define DROP_TTL_EXCEEDED 143 // TTL exceeded
+#define DROP_UNKNOWN_ENDPOINT 144 // Packet from an unknown endpoint
+
+#define TRACE_TO_ENDPOINT 1 // to-endpoint
+#define TRACE_TO_STACK 2 // to-stack
+#define TRACE_ARP_REPLY 3 // arp-reply
+#define TRACE_FROM_STACK 4 // from-stack
+
+#endif

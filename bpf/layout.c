@@ -1,0 +1,10 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Never loaded: one global of every shared struct, so that this object's BTF
+ * describes each layout and the Rust side can be checked against it. */
+#include "lib/common.h"
+
+struct endpoint_key layout_endpoint_key;
+struct endpoint_info layout_endpoint_info;
+struct datapath_config layout_datapath_config;
+struct metrics_value layout_metrics_value;
+struct trace_event layout_trace_event;

@@ -1,0 +1,65 @@
+/* Packet parsing helpers shared by the programs. */
+#ifndef CILIATE_ETH_H
+#define CILIATE_ETH_H
+
+#include "common.h"
+
+#define ETH_P_ARP_BE bpf_htons(0x0806)
+#define ETH_P_IP_BE bpf_htons(0x0800)
+#define ARPOP_REQUEST_BE bpf_htons(1)
+#define ARPOP_REPLY_BE bpf_htons(2)
+
+/* An Ethernet/IPv4 ARP message, header and body together. */
+struct arp_eth {
+	__be16 hw_type;
+	__be16 proto;
+	__u8 hw_len;
+	__u8 proto_len;
+	__be16 op;
+	__u8 sha[6];
+	__be32 sip;
+	__u8 tha[6];
+	__be32 tip;
+} __attribute__((packed));
+
+static __always_inline void mac_copy(__u8 *dst, const __u8 *src)
+{
+	__builtin_memcpy(dst, src, 6);
+}
+
+/* RFC 1624 incremental update, as the kernel's ip_decrease_ttl. */
+static __always_inline void ip_decrease_ttl(struct iphdr *ip)
+{
+	__u32 check = ip->check;
+
+	check += bpf_htons(0x0100);
+	ip->check = (__u16)(check + (check >= 0xFFFF));
+	ip->ttl--;
+}
+
+/* Fills addresses and ports of an IPv4 packet into pi. Returns 0, or -1 if the
+ * headers are truncated. */
+static __always_inline int parse_ipv4(void *data, void *data_end, struct iphdr **ipp,
+				      struct pkt_info *pi)
+{
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+
+	if ((void *)(ip + 1) > data_end || ip->ihl < 5)
+		return -1;
+	pi->src_ip = ip->saddr;
+	pi->dst_ip = ip->daddr;
+	pi->proto = ip->protocol;
+	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
+		__u16 *ports = (void *)ip + ip->ihl * 4;
+
+		/* Fragments after the first carry no ports; leave them at 0. */
+		if (!(ip->frag_off & bpf_htons(0x1FFF)) && (void *)(ports + 2) <= data_end) {
+			pi->sport = ports[0];
+			pi->dport = ports[1];
+		}
+	}
+	*ipp = ip;
+	return 0;
+}
+
+#endif

@@ -1,0 +1,73 @@
+/* Counting and reporting of verdicts: every drop is counted and emitted, every
+ * forward is counted and, while a monitor listens, emitted as a trace. */
+#ifndef CILIATE_EVENTS_H
+#define CILIATE_EVENTS_H
+
+#include "common.h"
+#include "maps.h"
+
+/* What the programs know about a packet when they report on it. */
+struct pkt_info {
+	__u32 src_ip;
+	__u32 dst_ip;
+	__u16 sport;
+	__u16 dport;
+	__u16 src_ep;
+	__u16 dst_ep;
+	__u16 eth_proto;
+	__u8 proto;
+};
+
+static __always_inline void count(struct __sk_buff *skb, __u8 reason, __u8 dir)
+{
+	__u32 idx = metrics_index(reason, dir);
+	struct metrics_value *m = bpf_map_lookup_elem(&ciliate_metrics, &idx);
+
+	if (m) {
+		m->packets += 1;
+		m->bytes += skb->len;
+	}
+}
+
+static __always_inline void emit(struct __sk_buff *skb, const struct pkt_info *pi, __u8 type,
+				 __u8 reason, __u8 dir, __u32 dst_ifindex)
+{
+	struct trace_event ev = {
+		.type = type,
+		.reason = reason,
+		.dir = dir,
+		.proto = pi->proto,
+		.ifindex = skb->ifindex,
+		.src_ip = pi->src_ip,
+		.dst_ip = pi->dst_ip,
+		.sport = pi->sport,
+		.dport = pi->dport,
+		.src_ep = pi->src_ep,
+		.dst_ep = pi->dst_ep,
+		.len = skb->len,
+		.dst_ifindex = dst_ifindex,
+		.eth_proto = pi->eth_proto,
+		.ktime_ns = bpf_ktime_get_ns(),
+	};
+
+	bpf_ringbuf_output(&ciliate_events, &ev, sizeof(ev), 0);
+}
+
+static __always_inline int drop(struct __sk_buff *skb, const struct pkt_info *pi, __u8 reason,
+				__u8 dir)
+{
+	count(skb, reason, dir);
+	emit(skb, pi, EVENT_DROP, reason, dir, 0);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline void trace(struct __sk_buff *skb, const struct pkt_info *pi,
+				  const struct datapath_config *cfg, __u8 point, __u8 dir,
+				  __u32 dst_ifindex)
+{
+	count(skb, REASON_FORWARDED, dir);
+	if (cfg && cfg->trace_enabled)
+		emit(skb, pi, EVENT_TRACE, point, dir, dst_ifindex);
+}
+
+#endif

@@ -1,0 +1,164 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Programs on the host side of each pod's veth (lxc*).
+ *
+ * from_container: TCX ingress of the lxc device, i.e. every packet the pod sends.
+ *   It answers ARP for the router IP, delivers to pods on this node with
+ *   bpf_redirect_peer, and hands everything else to the host stack.
+ * to_container: TCX egress of the lxc device, i.e. what the host stack sends
+ *   to the pod. It accounts for the packet and lets it through. */
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/events.h"
+#include "lib/eth.h"
+
+char _license[] SEC("license") = "GPL";
+
+static __always_inline struct datapath_config *config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&ciliate_config, &zero);
+}
+
+static __always_inline struct endpoint_info *endpoint(__u32 ip4)
+{
+	struct endpoint_key key = { .ip4 = ip4 };
+
+	return bpf_map_lookup_elem(&ciliate_lxc, &key);
+}
+
+/* Answers the pod's ARP request for its gateway with the MAC of its lxc device,
+ * so that every packet the pod routes comes to from_container. */
+static __always_inline int handle_arp(struct __sk_buff *skb, struct pkt_info *pi,
+				      const struct datapath_config *cfg)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct arp_eth *arp = data + sizeof(*eth);
+	struct endpoint_info *ep;
+	__be32 sip;
+
+	if ((void *)(arp + 1) > data_end)
+		return drop(skb, pi, DROP_INVALID_ARP, METRIC_EGRESS);
+	pi->src_ip = arp->sip;
+	pi->dst_ip = arp->tip;
+	if (arp->hw_type != bpf_htons(1) || arp->proto != ETH_P_IP_BE || arp->hw_len != 6 ||
+	    arp->proto_len != 4)
+		return drop(skb, pi, DROP_INVALID_ARP, METRIC_EGRESS);
+	/* The host resolving the pod's address: the pod's answer goes to the stack. */
+	if (arp->op == ARPOP_REPLY_BE) {
+		trace(skb, pi, cfg, TRACE_TO_STACK, METRIC_EGRESS, 0);
+		return TC_ACT_OK;
+	}
+	if (arp->op != ARPOP_REQUEST_BE)
+		return drop(skb, pi, DROP_INVALID_ARP, METRIC_EGRESS);
+	if (arp->tip != cfg->router_ip)
+		return drop(skb, pi, DROP_ARP_NOT_ROUTER, METRIC_EGRESS);
+
+	ep = endpoint(arp->sip);
+	if (!ep || ep->ifindex != skb->ifindex)
+		return drop(skb, pi, DROP_INVALID_SIP, METRIC_EGRESS);
+	pi->src_ep = ep->lxc_id;
+
+	sip = arp->sip;
+	mac_copy(eth->h_dest, eth->h_source);
+	mac_copy(eth->h_source, ep->node_mac);
+	arp->op = ARPOP_REPLY_BE;
+	mac_copy(arp->tha, arp->sha);
+	arp->tip = sip;
+	mac_copy(arp->sha, ep->node_mac);
+	arp->sip = cfg->router_ip;
+
+	trace(skb, pi, cfg, TRACE_ARP_REPLY, METRIC_EGRESS, skb->ifindex);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *pi,
+				       const struct datapath_config *cfg)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct endpoint_info *src, *dst;
+	struct iphdr *ip;
+
+	if (parse_ipv4(data, data_end, &ip, pi) < 0)
+		return drop(skb, pi, DROP_INVALID, METRIC_EGRESS);
+
+	/* A pod may only send from its own address, and only through its own device. */
+	src = endpoint(ip->saddr);
+	if (!src || src->ifindex != skb->ifindex)
+		return drop(skb, pi, DROP_INVALID_SIP, METRIC_EGRESS);
+	pi->src_ep = src->lxc_id;
+
+	dst = endpoint(ip->daddr);
+	if (!dst) {
+		/* The node itself or beyond it: the host stack routes it. */
+		trace(skb, pi, cfg, TRACE_TO_STACK, METRIC_EGRESS, 0);
+		return TC_ACT_OK;
+	}
+	pi->dst_ep = dst->lxc_id;
+
+	if (ip->ttl <= 1)
+		return drop(skb, pi, DROP_TTL_EXCEEDED, METRIC_EGRESS);
+	ip_decrease_ttl(ip);
+	mac_copy(eth->h_dest, dst->mac);
+	mac_copy(eth->h_source, dst->node_mac);
+
+	trace(skb, pi, cfg, TRACE_TO_ENDPOINT, METRIC_EGRESS, dst->ifindex);
+	return bpf_redirect_peer(dst->ifindex, 0);
+}
+
+SEC("classifier/from_container")
+int from_container(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct datapath_config *cfg = config();
+	struct ethhdr *eth = data;
+	struct pkt_info pi = {};
+
+	if ((void *)(eth + 1) > data_end)
+		return drop(skb, &pi, DROP_INVALID, METRIC_EGRESS);
+	pi.eth_proto = eth->h_proto;
+	if (!cfg || !cfg->router_ip)
+		return drop(skb, &pi, DROP_NO_CONFIG, METRIC_EGRESS);
+
+	if (eth->h_proto == ETH_P_ARP_BE)
+		return handle_arp(skb, &pi, cfg);
+	if (eth->h_proto == ETH_P_IP_BE)
+		return handle_ipv4(skb, &pi, cfg);
+	return drop(skb, &pi, DROP_UNSUPPORTED_L3, METRIC_EGRESS);
+}
+
+SEC("classifier/to_container")
+int to_container(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct datapath_config *cfg = config();
+	struct ethhdr *eth = data;
+	struct pkt_info pi = {};
+	struct endpoint_info *dst;
+	struct iphdr *ip;
+
+	if ((void *)(eth + 1) > data_end)
+		return drop(skb, &pi, DROP_INVALID, METRIC_INGRESS);
+	pi.eth_proto = eth->h_proto;
+
+	if (eth->h_proto == ETH_P_ARP_BE) {
+		trace(skb, &pi, cfg, TRACE_FROM_STACK, METRIC_INGRESS, skb->ifindex);
+		return TC_ACT_OK;
+	}
+	if (eth->h_proto != ETH_P_IP_BE)
+		return drop(skb, &pi, DROP_UNSUPPORTED_L3, METRIC_INGRESS);
+	if (parse_ipv4(data, data_end, &ip, &pi) < 0)
+		return drop(skb, &pi, DROP_INVALID, METRIC_INGRESS);
+	dst = endpoint(ip->daddr);
+	if (dst)
+		pi.dst_ep = dst->lxc_id;
+	trace(skb, &pi, cfg, TRACE_FROM_STACK, METRIC_INGRESS, skb->ifindex);
+	return TC_ACT_OK;
+}
+

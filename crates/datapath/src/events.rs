@@ -1,0 +1,1 @@
+//! Decoding of ring buffer events into the API's monitor events.

@@ -1,0 +1,18 @@
+//! The kernel side of ciliate as seen from Rust: the compiled BPF objects, the
+//! map layouts, loading and attaching, and the netlink/netns plumbing that
+//! creates the devices the programs run on. Nothing here decides anything
+//! about the cluster; the agent decides and writes maps through this crate.
+
+pub mod events;
+pub mod loader;
+pub mod maps;
+pub mod netlink;
+pub mod netns;
+pub mod reasons;
+
+/// The compiled `bpf/lxc.c`: `from_container` and `to_container` and their maps.
+pub const LXC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lxc.o"));
+
+/// `bpf/layout.c`: never loaded; its BTF describes every shared struct.
+pub const LAYOUT_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/layout.o"));

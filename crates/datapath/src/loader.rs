@@ -1,0 +1,1 @@
+//! Loading, pinning and re-adopting the BPF object.

@@ -1,0 +1,1 @@
+//! Synchronous rtnetlink: links, addresses, routes. One socket per namespace.
