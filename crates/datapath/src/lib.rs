@@ -3,12 +3,12 @@
 //! creates the devices the programs run on. Nothing here decides anything
 //! about the cluster; the agent decides and writes maps through this crate.
 
-pub mod events;
 pub mod loader;
 pub mod maps;
 pub mod netlink;
 pub mod netns;
 pub mod reasons;
+pub mod sysctl;
 
 /// The compiled `bpf/lxc.c`: `from_container` and `to_container` and their maps.
 pub const LXC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lxc.o"));

@@ -1,1 +1,404 @@
-//! Loading, pinning and re-adopting the BPF object.
+//! Loading the BPF object once, pinning it under the node's `bpf.root`, and
+//! re-adopting what is pinned when an agent restarts.
+//!
+//! Layout of `bpf.root`:
+//! - `maps/<name>`: every map (pinned by name from the C definitions)
+//! - `progs/<hash>/<name>`: every program, under the sha256 (first 16 hex
+//!   digits) of the object it came from (bpffs holds only BPF objects, so the
+//!   directory name is where the hash is kept)
+//! - `links/<device>.<ingress|egress>`: one TCX link per attached device
+//!
+//! Pinned links keep traffic flowing while no agent runs. A restarted agent
+//! whose embedded object has the same hash loads nothing; with a new object
+//! it loads it, keeps the pinned maps, and swaps the program under every
+//! pinned link atomically (`bpf_link_update`).
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use sha2::{Digest, Sha256};
+
+use crate::maps::{
+    DatapathConfig, EndpointInfo, EndpointKey, MetricsValue, CONFIG_MAP, ENDPOINTS_MAP,
+    METRICS_MAP,
+};
+
+/// The programs of `bpf/lxc.c`, with where each is attached on an lxc device.
+pub const LXC_PROGRAMS: &[(&str, TcAttachType)] =
+    &[("from_container", TcAttachType::Ingress), ("to_container", TcAttachType::Egress)];
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("bpf.root {path} is not on a BPF filesystem (mount one: mount -t bpf bpf {path})")]
+    NotBpffs { path: PathBuf },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the BPF object")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("program {name}: {action}")]
+    Program {
+        name: String,
+        action: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("pinning {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("map {name}: {action}")]
+    Map {
+        name: String,
+        action: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("link {path}: {action}")]
+    Link {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: Box<aya::programs::links::LinkError>,
+    },
+}
+
+/// How the programs came to be in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Nothing was pinned: this process loaded the object.
+    Loaded,
+    /// The pinned programs came from the same object: nothing was loaded.
+    Adopted,
+    /// Pinned programs came from another object: the new one replaced them.
+    Replaced,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Loaded => "loaded",
+            Self::Adopted => "adopted",
+            Self::Replaced => "replaced",
+        }
+    }
+}
+
+/// The node's datapath: programs and maps, loaded or adopted from pins.
+pub struct Datapath {
+    root: PathBuf,
+    programs: Vec<(String, TcAttachType, SchedClassifier)>,
+    origin: Origin,
+}
+
+/// Loads the object with its maps pinned by name under `maps_dir` (existing
+/// pins are reused, so map contents survive) and pins every program in `progs_dir`.
+fn load_and_pin(progs_dir: &Path, maps_dir: &Path, object: &[u8]) -> Result<(), LoadError> {
+    let mut ebpf = aya::EbpfLoader::new()
+        .default_map_pin_directory(maps_dir)
+        .load(object)
+        .map_err(|e| LoadError::Load(Box::new(e)))?;
+    for (name, _) in LXC_PROGRAMS {
+        let prog_err = |action: &'static str| {
+            let name = (*name).to_string();
+            move |e: aya::programs::ProgramError| LoadError::Program { name, action, source: Box::new(e) }
+        };
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::Program {
+                name: (*name).to_string(),
+                action: "missing from the object",
+                source: Box::new(aya::programs::ProgramError::NotLoaded),
+            })?
+            .try_into()
+            .map_err(prog_err("not a classifier"))?;
+        prog.load().map_err(prog_err("loading"))?;
+        let path = progs_dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        prog.pin(&path).map_err(|source| LoadError::Pin { path: path.clone(), source })?;
+    }
+    Ok(())
+}
+
+/// Hex sha256 of the embedded object, the identity of "what is loaded".
+pub fn object_hash(object: &[u8]) -> String {
+    Sha256::digest(object).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LoadError + 'a {
+    move |source| LoadError::Io { what, path: path.to_owned(), source }
+}
+
+/// Fails unless `path` (or its closest existing ancestor) is on a bpffs.
+pub fn check_bpffs(path: &Path) -> Result<(), LoadError> {
+    let mut probe = path;
+    while !probe.exists() {
+        probe = probe.parent().unwrap_or(Path::new("/"));
+    }
+    let stat = nix::sys::statfs::statfs(probe)
+        .map_err(|e| LoadError::Io { what: "statfs", path: probe.to_owned(), source: e.into() })?;
+    if stat.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        Ok(())
+    } else {
+        Err(LoadError::NotBpffs { path: path.to_owned() })
+    }
+}
+
+impl Datapath {
+    /// Loads `object` under `root`, or adopts the programs pinned there.
+    pub fn open(root: &Path, object: &[u8]) -> Result<Self, LoadError> {
+        check_bpffs(root)?;
+        for sub in ["maps", "progs", "links"] {
+            let dir = root.join(sub);
+            std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        }
+        let hash = object_hash(object)[..16].to_string();
+        let progs = root.join("progs");
+        let current = progs.join(&hash);
+        let pinned_in = |dir: &Path| LXC_PROGRAMS.iter().all(|(name, _)| dir.join(name).exists());
+        let others: Vec<PathBuf> = std::fs::read_dir(&progs)
+            .map_err(io("reading", &progs))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| *p != current)
+            .collect();
+
+        let origin = if pinned_in(&current) {
+            Origin::Adopted
+        } else {
+            std::fs::create_dir_all(&current).map_err(io("creating", &current))?;
+            load_and_pin(&current, &root.join("maps"), object)?;
+            if others.iter().any(|d| pinned_in(d)) { Origin::Replaced } else { Origin::Loaded }
+        };
+
+        // Loaded or adopted, the programs are used through their pins.
+        let mut programs = Vec::new();
+        for (name, attach) in LXC_PROGRAMS {
+            let path = current.join(name);
+            let prog = SchedClassifier::from_pin(&path).map_err(|e| LoadError::Program {
+                name: (*name).to_string(),
+                action: "opening pin",
+                source: Box::new(e),
+            })?;
+            programs.push(((*name).to_string(), *attach, prog));
+        }
+        let mut datapath = Self { root: root.to_owned(), programs, origin };
+        if origin == Origin::Replaced {
+            datapath.update_pinned_links()?;
+        }
+        // Programs of older objects are no longer referenced by any link.
+        for dir in others {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        Ok(datapath)
+    }
+
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// (name, kernel id, tag) of every program.
+    pub fn program_ids(&self) -> Vec<(String, u32, String)> {
+        self.programs
+            .iter()
+            .filter_map(|(name, _, prog)| {
+                let info = prog.info().ok()?;
+                Some((name.clone(), info.id(), format!("{:016x}", info.tag())))
+            })
+            .collect()
+    }
+
+    fn link_path(&self, device: &str, attach: TcAttachType) -> PathBuf {
+        let dir = if attach == TcAttachType::Ingress { "ingress" } else { "egress" };
+        self.root.join("links").join(format!("{device}.{dir}"))
+    }
+
+    /// Whether every program has a pinned link on `device`.
+    pub fn is_attached(&self, device: &str) -> bool {
+        self.programs.iter().all(|(_, attach, _)| self.link_path(device, *attach).exists())
+    }
+
+    /// Attaches every lxc program to `device` with TCX and pins the links.
+    /// Already-pinned links are kept as they are. On failure nothing stays attached.
+    pub fn attach(&mut self, device: &str) -> Result<(), LoadError> {
+        let mut made = Vec::new();
+        let result = self.attach_inner(device, &mut made);
+        if result.is_err() {
+            for path in made {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        result
+    }
+
+    fn attach_inner(&mut self, device: &str, made: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+        let root = self.root.clone();
+        for (name, attach, prog) in &mut self.programs {
+            let dir = if *attach == TcAttachType::Ingress { "ingress" } else { "egress" };
+            let path = root.join("links").join(format!("{device}.{dir}"));
+            if path.exists() {
+                continue;
+            }
+            let prog_err = |action: &'static str| {
+                let name = name.clone();
+                move |e: aya::programs::ProgramError| LoadError::Program { name, action, source: Box::new(e) }
+            };
+            let id = prog
+                .attach_with_options(device, *attach, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(prog_err("attaching"))?;
+            let link: FdLink = prog.take_link(id).map_err(prog_err("taking link"))?.try_into().map_err(
+                |e: aya::programs::links::LinkError| LoadError::Link {
+                    path: path.clone(),
+                    action: "converting",
+                    source: Box::new(e),
+                },
+            )?;
+            link.pin(&path).map_err(|source| LoadError::Pin { path: path.clone(), source })?;
+            made.push(path);
+        }
+        Ok(())
+    }
+
+    /// Removes the pinned links of `device`, which detaches the programs.
+    pub fn detach(&self, device: &str) -> Result<(), LoadError> {
+        for (_, attach, _) in &self.programs {
+            let path = self.link_path(device, *attach);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LoadError::Io { what: "removing", path, source: e }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Devices that have pinned links under this root.
+    pub fn attached_devices(&self) -> Vec<String> {
+        let mut devices: Vec<String> = std::fs::read_dir(self.root.join("links"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.rsplit_once('.').map(|(d, _)| d.to_string()))
+            .collect();
+        devices.sort();
+        devices.dedup();
+        devices
+    }
+
+    /// Points every pinned link at the freshly loaded program of its attach type.
+    fn update_pinned_links(&mut self) -> Result<(), LoadError> {
+        let root = self.root.clone();
+        for device in self.attached_devices() {
+            for (_, attach, prog) in &mut self.programs {
+                let dir = if *attach == TcAttachType::Ingress { "ingress" } else { "egress" };
+                let path = root.join("links").join(format!("{device}.{dir}"));
+                if !path.exists() {
+                    continue;
+                }
+                let pinned = PinnedLink::from_pin(&path).map_err(|e| LoadError::Link {
+                    path: path.clone(),
+                    action: "opening pin",
+                    source: Box::new(e),
+                })?;
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| {
+                    LoadError::Link { path: path.clone(), action: "not a tc link", source: Box::new(e) }
+                })?;
+                // The program keeps the link's fd; dropping it later only closes
+                // the fd, the pin keeps the link (now with the new program).
+                prog.attach_to_link(link).map_err(|e| LoadError::Program {
+                    name: device.clone(),
+                    action: "updating link",
+                    source: Box::new(e),
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+
+/// Typed handles on the pinned maps, opened from their pins so that the agent,
+/// the CLI and tests all see the same kernel objects.
+pub struct Maps {
+    pub endpoints: HashMap<MapData, EndpointKey, EndpointInfo>,
+    pub config: aya::maps::Array<MapData, DatapathConfig>,
+    pub metrics: PerCpuArray<MapData, MetricsValue>,
+}
+
+fn open_map(root: &Path, name: &str) -> Result<aya::maps::Map, LoadError> {
+    let path = root.join("maps").join(name);
+    let data = MapData::from_pin(&path).map_err(|e| LoadError::Map {
+        name: name.to_string(),
+        action: "opening pin (is the agent's bpf.root right, and has the agent run?)",
+        source: Box::new(e),
+    })?;
+    aya::maps::Map::from_map_data(data).map_err(|e| LoadError::Map {
+        name: name.to_string(),
+        action: "recognising type",
+        source: Box::new(e),
+    })
+}
+
+fn typed<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    name: &str,
+    map: aya::maps::Map,
+) -> Result<T, LoadError> {
+    T::try_from(map).map_err(|e| LoadError::Map { name: name.to_string(), action: "wrong type", source: Box::new(e) })
+}
+
+impl Maps {
+    pub fn open(root: &Path) -> Result<Self, LoadError> {
+        Ok(Self {
+            endpoints: typed(ENDPOINTS_MAP, open_map(root, ENDPOINTS_MAP)?)?,
+            config: typed(CONFIG_MAP, open_map(root, CONFIG_MAP)?)?,
+            metrics: typed(METRICS_MAP, open_map(root, METRICS_MAP)?)?,
+        })
+    }
+
+    /// The ring buffer of events; only one reader should consume it.
+    pub fn open_events(root: &Path) -> Result<aya::maps::RingBuf<MapData>, LoadError> {
+        typed(crate::maps::EVENTS_MAP, open_map(root, crate::maps::EVENTS_MAP)?)
+    }
+
+    /// Every endpoint map entry.
+    pub fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, EndpointInfo)>, LoadError> {
+        self.endpoints.iter().collect::<Result<Vec<_>, _>>().map_err(|e| LoadError::Map {
+            name: ENDPOINTS_MAP.to_string(),
+            action: "iterating",
+            source: Box::new(e),
+        })
+    }
+
+    /// Non-zero counters summed over CPUs: (reason, direction, packets, bytes).
+    pub fn metrics_totals(&self) -> Result<Vec<(u8, u8, u64, u64)>, LoadError> {
+        let mut out = Vec::new();
+        for index in 0..crate::maps::METRICS_MAP_SIZE {
+            let values = self.metrics.get(&index, 0).map_err(|e| LoadError::Map {
+                name: METRICS_MAP.to_string(),
+                action: "reading",
+                source: Box::new(e),
+            })?;
+            let (packets, bytes) = values.iter().fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
+            if packets > 0 {
+                let (reason, dir) = crate::maps::metrics_key(index);
+                out.push((reason, dir, packets, bytes));
+            }
+        }
+        Ok(out)
+    }
+}

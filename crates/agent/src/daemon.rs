@@ -1,0 +1,342 @@
+//! The agent's state and operations. Every operation takes the one lock,
+//! changes the kernel and the registry together, and persists the result, so
+//! the disk, the maps and the devices never disagree for long.
+
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use ciliate_api::{
+    DatapathStatus, Endpoint, EndpointCreateRequest, EndpointState, IpamAllocateRequest,
+    IpamAllocation, IpamOwner, IpamStatus, ProgramStatus, Status,
+};
+use ciliate_datapath::loader::{Datapath, Maps};
+use ciliate_datapath::maps::{DatapathConfig, EndpointKey};
+use ciliate_datapath::netlink::Netlink;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::endpoints::{self, EndpointRef, Registry};
+use crate::error::AgentError;
+use crate::ipam::{Allocation, Ipam};
+use crate::state::{self, State};
+
+pub struct Daemon {
+    pub config: Config,
+    started: Instant,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    ipam: Ipam,
+    registry: Registry,
+    datapath: Datapath,
+    maps: Maps,
+    monitor_listeners: usize,
+}
+
+impl Daemon {
+    /// Loads or adopts the datapath and restores endpoints from disk.
+    pub fn start(config: Config) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("creating stateDir {}", config.state_dir.display()))?;
+        let saved = state::load(&config.state_dir)?;
+
+        let datapath = Datapath::open(&config.bpf_root, ciliate_datapath::LXC_OBJECT)
+            .with_context(|| format!("loading the datapath under bpf.root {}", config.bpf_root.display()))?;
+        info!(origin = datapath.origin().as_str(), root = %config.bpf_root.display(), "datapath ready");
+        let mut maps = Maps::open(&config.bpf_root)?;
+        maps.config
+            .set(0, DatapathConfig::new(config.router_ip, false), 0)
+            .context("writing the datapath configuration map")?;
+
+        let mut ipam = Ipam::new(config.pod_cidr);
+        for (ip, alloc) in saved.allocations {
+            if let Err(e) = ipam.restore(ip, alloc) {
+                warn!(error = %e, "dropping a saved allocation");
+            }
+        }
+        let daemon = Self {
+            config,
+            started: Instant::now(),
+            inner: Mutex::new(Inner {
+                ipam,
+                registry: Registry::from_map(saved.endpoints),
+                datapath,
+                maps,
+                monitor_listeners: 0,
+            }),
+        };
+        daemon.restore_endpoints()?;
+        Ok(daemon)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent-enough state: every
+        // step below is individually undone on error.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn persist(&self, inner: &Inner) -> Result<(), AgentError> {
+        let snapshot = State {
+            allocations: inner.ipam.allocations().clone(),
+            endpoints: inner.registry.all().clone(),
+        };
+        state::save(&self.config.state_dir, &snapshot)?;
+        Ok(())
+    }
+
+    /// Brings the kernel in line with the saved endpoints: endpoints whose
+    /// device is gone are removed; the rest get their links, map entries and
+    /// routes (links already pinned are kept as they are). Map entries and
+    /// links that no endpoint owns are removed.
+    fn restore_endpoints(&self) -> Result<(), AgentError> {
+        let nl = Netlink::new()?;
+        let router = self.config.router_ip;
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let saved: Vec<Endpoint> = inner.registry.all().values().cloned().collect();
+        for ep in saved {
+            let device = nl.link_by_name(&ep.host_ifname)?;
+            if device.is_some_and(|d| d.index == ep.host_ifindex) {
+                inner.registry.set_state(ep.id, EndpointState::Restoring);
+                match endpoints::plumb(&ep, router, &mut inner.datapath, &mut inner.maps, &nl) {
+                    Ok(()) => {
+                        inner.registry.set_state(ep.id, EndpointState::Ready);
+                        info!(id = ep.id, ip = %ep.ip, device = %ep.host_ifname, "restored endpoint");
+                    }
+                    Err(e) => {
+                        inner.registry.set_state(ep.id, EndpointState::NotReady);
+                        warn!(id = ep.id, error = %e.chain(), "cannot restore endpoint");
+                    }
+                }
+            } else {
+                info!(id = ep.id, ip = %ep.ip, device = %ep.host_ifname, "device gone: removing endpoint");
+                let _ = endpoints::unplumb(&ep, router, &inner.datapath, &mut inner.maps, &nl);
+                inner.registry.remove(ep.id);
+                let _ = inner.ipam.release(ep.ip);
+            }
+        }
+        let owned: Vec<String> = inner.registry.all().values().map(|e| e.host_ifname.clone()).collect();
+        for device in inner.datapath.attached_devices() {
+            if !owned.contains(&device) {
+                info!(%device, "removing links of a device no endpoint owns");
+                inner.datapath.detach(&device)?;
+            }
+        }
+        let entries = inner.maps.endpoint_entries()?;
+        for (key, _) in entries {
+            if inner.registry.by_ip(key.ip()).is_none() {
+                info!(ip = %key.ip(), "removing a stale endpoint map entry");
+                let _ = inner.maps.endpoints.remove(&key);
+            }
+        }
+        self.persist(inner)
+    }
+
+    pub fn allocate(&self, req: &IpamAllocateRequest) -> Result<IpamAllocation, AgentError> {
+        if req.owner.is_empty() {
+            return Err(AgentError::BadRequest("field owner: must not be empty".into()));
+        }
+        let mut inner = self.lock();
+        let ip = inner
+            .ipam
+            .allocate(Allocation { owner: req.owner.clone(), container_id: req.container_id.clone() })?;
+        if let Err(e) = self.persist(&inner) {
+            let _ = inner.ipam.release(ip);
+            return Err(e);
+        }
+        info!(%ip, owner = %req.owner, "allocated");
+        Ok(IpamAllocation {
+            ip,
+            cidr: inner.ipam.cidr(),
+            router: inner.ipam.router(),
+            mtu: self.config.mtu,
+            owner: req.owner.clone(),
+        })
+    }
+
+    pub fn release(&self, ip: Ipv4Addr) -> Result<(), AgentError> {
+        let mut inner = self.lock();
+        if let Some(ep) = inner.registry.by_ip(ip) {
+            return Err(AgentError::Conflict(format!(
+                "address {ip} is in use by endpoint {}: delete the endpoint instead",
+                ep.id
+            )));
+        }
+        inner.ipam.release(ip)?;
+        info!(%ip, "released");
+        self.persist(&inner)
+    }
+
+    pub fn create_endpoint(&self, req: &EndpointCreateRequest) -> Result<Endpoint, AgentError> {
+        endpoints::validate_request(req)?;
+        let nl = Netlink::new()?;
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+
+        match inner.ipam.get(req.ip) {
+            None => {
+                return Err(AgentError::BadRequest(format!(
+                    "field ip: address {} is not allocated by this node's IPAM ({}); allocate it first",
+                    req.ip,
+                    inner.ipam.cidr()
+                )))
+            }
+            Some(Allocation { container_id: Some(owner), .. }) if owner != &req.container_id => {
+                return Err(AgentError::Conflict(format!(
+                    "address {} is allocated to container {owner}, not {}",
+                    req.ip, req.container_id
+                )))
+            }
+            Some(_) => {}
+        }
+        if let Some(existing) = inner.registry.find(&EndpointRef::ContainerId(req.container_id.clone())) {
+            if existing.ip == req.ip && existing.host_ifindex == req.host_ifindex && existing.ifname == req.ifname {
+                return Ok(existing.clone());
+            }
+            return Err(AgentError::Conflict(format!(
+                "container {} already has endpoint {} ({} on {})",
+                req.container_id, existing.id, existing.ip, existing.host_ifname
+            )));
+        }
+        if let Some(existing) = inner.registry.by_ip(req.ip) {
+            return Err(AgentError::Conflict(format!("address {} is already used by endpoint {}", req.ip, existing.id)));
+        }
+        match nl.link_by_name(&req.host_ifname)? {
+            Some(link) if link.index == req.host_ifindex => {}
+            Some(link) => {
+                return Err(AgentError::BadRequest(format!(
+                    "field hostIfindex: device {} has ifindex {}, not {}",
+                    req.host_ifname, link.index, req.host_ifindex
+                )))
+            }
+            None => {
+                return Err(AgentError::BadRequest(format!(
+                    "field hostIfname: device {:?} does not exist in the agent's network namespace",
+                    req.host_ifname
+                )))
+            }
+        }
+
+        let ep = inner.registry.new_endpoint(req)?;
+        endpoints::plumb(&ep, self.config.router_ip, &mut inner.datapath, &mut inner.maps, &nl)?;
+        inner.registry.insert(ep.clone());
+        if let Err(e) = self.persist(inner) {
+            inner.registry.remove(ep.id);
+            let _ = endpoints::unplumb(&ep, self.config.router_ip, &inner.datapath, &mut inner.maps, &nl);
+            return Err(e);
+        }
+        info!(id = ep.id, ip = %ep.ip, device = %ep.host_ifname, label = %ep.label(), "endpoint created");
+        Ok(ep)
+    }
+
+    /// Deletes the endpoint and releases its address.
+    pub fn delete_endpoint(&self, r: &EndpointRef) -> Result<Endpoint, AgentError> {
+        let nl = Netlink::new()?;
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let ep = inner
+            .registry
+            .find(r)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(format!("endpoint {} not found", describe(r))))?;
+        inner.registry.set_state(ep.id, EndpointState::Disconnecting);
+        if let Err(e) = endpoints::unplumb(&ep, self.config.router_ip, &inner.datapath, &mut inner.maps, &nl) {
+            inner.registry.set_state(ep.id, ep.state);
+            return Err(e);
+        }
+        inner.registry.remove(ep.id);
+        let _ = inner.ipam.release(ep.ip);
+        self.persist(inner)?;
+        info!(id = ep.id, ip = %ep.ip, "endpoint deleted");
+        Ok(ep)
+    }
+
+    pub fn endpoint(&self, r: &EndpointRef) -> Result<Endpoint, AgentError> {
+        self.lock()
+            .registry
+            .find(r)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(format!("endpoint {} not found", describe(r))))
+    }
+
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.lock().registry.all().values().cloned().collect()
+    }
+
+    /// Tells the datapath whether to emit trace events (drops always are).
+    pub fn monitor_listeners(&self, delta: isize) {
+        let mut inner = self.lock();
+        inner.monitor_listeners = inner.monitor_listeners.saturating_add_signed(delta);
+        let on = inner.monitor_listeners > 0;
+        if let Err(e) = inner.maps.config.set(0, DatapathConfig::new(self.config.router_ip, on), 0) {
+            warn!(error = %e, "cannot switch trace events");
+        }
+    }
+
+    pub fn status(&self, verbose: bool) -> Status {
+        let inner = self.lock();
+        let allocations = if verbose {
+            inner
+                .ipam
+                .allocations()
+                .iter()
+                .map(|(ip, a)| IpamOwner { ip: *ip, owner: a.owner.clone() })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let endpoints = inner.registry.all();
+        Status {
+            node_name: self.config.node_name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: kernel_release(),
+            host_device: crate::devices::HOST_DEVICE.to_string(),
+            router_ip: self.config.router_ip,
+            mtu: self.config.mtu,
+            ipam: IpamStatus {
+                mode: "host-scope".into(),
+                cidr: inner.ipam.cidr(),
+                router: inner.ipam.router(),
+                allocated: inner.ipam.allocations().len(),
+                capacity: inner.ipam.capacity(),
+                allocations,
+            },
+            endpoints: endpoints.len(),
+            endpoints_ready: endpoints.values().filter(|e| e.state == EndpointState::Ready).count(),
+            datapath: DatapathStatus {
+                bpf_root: self.config.bpf_root.display().to_string(),
+                datapath_mode: "veth".into(),
+                routing_mode: format!("{:?}", self.config.routing_mode).to_lowercase(),
+                object: inner.datapath.origin().as_str().to_string(),
+                programs: inner
+                    .datapath
+                    .program_ids()
+                    .into_iter()
+                    .map(|(name, id, tag)| ProgramStatus { name, id, tag })
+                    .collect(),
+                maps: ciliate_datapath::maps::ALL_MAPS.iter().map(|m| (*m).to_string()).collect(),
+            },
+            monitor_listeners: inner.monitor_listeners,
+            uptime_seconds: self.started.elapsed().as_secs(),
+        }
+    }
+
+    /// Whether the endpoint map holds `ip` (for tests and checks).
+    pub fn map_has(&self, ip: Ipv4Addr) -> bool {
+        self.lock().maps.endpoints.get(&EndpointKey::new(ip), 0).is_ok()
+    }
+}
+
+fn describe(r: &EndpointRef) -> String {
+    match r {
+        EndpointRef::Id(id) => id.to_string(),
+        EndpointRef::ContainerId(c) => format!("container-id:{c}"),
+    }
+}
+
+fn kernel_release() -> String {
+    nix::sys::utsname::uname().map_or_else(|_| "unknown".into(), |u| u.release().to_string_lossy().into_owned())
+}

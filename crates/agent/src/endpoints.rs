@@ -1,0 +1,188 @@
+//! The endpoint registry and the one place that programs the datapath for an
+//! endpoint: attach the lxc programs, write the endpoint map entry, route the
+//! pod's address to its device. Creation is all-or-nothing.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ciliate_api::{Endpoint, EndpointCreateRequest, EndpointState};
+use ciliate_datapath::loader::{Datapath, Maps};
+use ciliate_datapath::maps::{EndpointInfo, EndpointKey, ENDPOINT_F_HEALTH};
+use ciliate_datapath::netlink::{self, Netlink, Route};
+use ipnet::Ipv4Net;
+
+use crate::error::AgentError;
+
+/// Endpoint ids are 1..=MAX_ENDPOINT_ID, as Cilium's.
+pub const MAX_ENDPOINT_ID: u16 = 4095;
+
+/// How a request names an endpoint: `42` or `container-id:abc`.
+pub enum EndpointRef {
+    Id(u16),
+    ContainerId(String),
+}
+
+impl EndpointRef {
+    pub fn parse(text: &str) -> Result<Self, AgentError> {
+        if let Some(cid) = text.strip_prefix("container-id:") {
+            if cid.is_empty() {
+                return Err(AgentError::BadRequest("endpoint reference container-id: needs an id".into()));
+            }
+            return Ok(Self::ContainerId(cid.to_string()));
+        }
+        text.parse().map(Self::Id).map_err(|_| {
+            AgentError::BadRequest(format!(
+                "endpoint reference {text:?} is invalid: use a numeric id (1-{MAX_ENDPOINT_ID}) or container-id:<id>"
+            ))
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    endpoints: BTreeMap<u16, Endpoint>,
+}
+
+impl Registry {
+    pub fn from_map(endpoints: BTreeMap<u16, Endpoint>) -> Self {
+        Self { endpoints }
+    }
+
+    pub fn all(&self) -> &BTreeMap<u16, Endpoint> {
+        &self.endpoints
+    }
+
+    pub fn find(&self, r: &EndpointRef) -> Option<&Endpoint> {
+        match r {
+            EndpointRef::Id(id) => self.endpoints.get(id),
+            EndpointRef::ContainerId(cid) => self.endpoints.values().find(|e| &e.container_id == cid),
+        }
+    }
+
+    pub fn by_ip(&self, ip: Ipv4Addr) -> Option<&Endpoint> {
+        self.endpoints.values().find(|e| e.ip == ip)
+    }
+
+    fn free_id(&self) -> Option<u16> {
+        (1..=MAX_ENDPOINT_ID).find(|id| !self.endpoints.contains_key(id))
+    }
+
+    pub fn insert(&mut self, ep: Endpoint) {
+        self.endpoints.insert(ep.id, ep);
+    }
+
+    pub fn remove(&mut self, id: u16) -> Option<Endpoint> {
+        self.endpoints.remove(&id)
+    }
+
+    pub fn set_state(&mut self, id: u16, state: EndpointState) {
+        if let Some(ep) = self.endpoints.get_mut(&id) {
+            ep.state = state;
+        }
+    }
+
+    /// Builds the endpoint a request describes, with a fresh id.
+    pub fn new_endpoint(&self, req: &EndpointCreateRequest) -> Result<Endpoint, AgentError> {
+        let id = self
+            .free_id()
+            .ok_or_else(|| AgentError::Conflict(format!("all {MAX_ENDPOINT_ID} endpoint ids are in use")))?;
+        Ok(Endpoint {
+            id,
+            container_id: req.container_id.clone(),
+            netns: req.netns.clone(),
+            ifname: req.ifname.clone(),
+            host_ifname: req.host_ifname.clone(),
+            host_ifindex: req.host_ifindex,
+            ip: req.ip,
+            mac: req.mac.to_lowercase(),
+            host_mac: req.host_mac.to_lowercase(),
+            pod_namespace: req.pod_namespace.clone(),
+            pod_name: req.pod_name.clone(),
+            health: req.health,
+            state: EndpointState::Ready,
+        })
+    }
+}
+
+/// Checks a create request on its own terms (not against the registry).
+pub fn validate_request(req: &EndpointCreateRequest) -> Result<(), AgentError> {
+    let bad = |field: &str, value: &str, allowed: &str| {
+        Err(AgentError::BadRequest(format!("field {field}: value {value:?} is invalid: {allowed}")))
+    };
+    if req.container_id.is_empty() {
+        return bad("containerId", "", "must not be empty");
+    }
+    if req.host_ifname.is_empty() || req.host_ifname.len() > 15 {
+        return bad("hostIfname", &req.host_ifname, "a device name of 1-15 characters");
+    }
+    if req.host_ifindex == 0 {
+        return bad("hostIfindex", "0", "the ifindex of the host-side device");
+    }
+    for (field, mac) in [("mac", &req.mac), ("hostMac", &req.host_mac)] {
+        if netlink::parse_mac(mac).is_err() {
+            return bad(field, mac, "a MAC address like 0a:1b:2c:3d:4e:5f");
+        }
+    }
+    Ok(())
+}
+
+/// The endpoint map entry of an endpoint.
+pub fn map_entry(ep: &Endpoint) -> (EndpointKey, EndpointInfo) {
+    let info = EndpointInfo {
+        ifindex: ep.host_ifindex,
+        lxc_id: ep.id,
+        flags: if ep.health { ENDPOINT_F_HEALTH } else { 0 },
+        mac: netlink::parse_mac(&ep.mac).unwrap_or_default(),
+        node_mac: netlink::parse_mac(&ep.host_mac).unwrap_or_default(),
+        sec_identity: 0,
+    };
+    (EndpointKey::new(ep.ip), info)
+}
+
+/// The host route to the pod: `IP/32 dev lxc... src ROUTER scope link`.
+pub fn host_route(ep: &Endpoint, router: Ipv4Addr) -> Route {
+    Route {
+        dst: Ipv4Net::new(ep.ip, 32).expect("/32 is valid"),
+        gateway: None,
+        oif: Some(ep.host_ifindex),
+        scope_link: true,
+        src: Some(router),
+        onlink: false,
+    }
+}
+
+/// Programs the kernel for `ep`. On error, undoes what it did.
+pub fn plumb(
+    ep: &Endpoint,
+    router: Ipv4Addr,
+    datapath: &mut Datapath,
+    maps: &mut Maps,
+    nl: &Netlink,
+) -> Result<(), AgentError> {
+    datapath.attach(&ep.host_ifname)?;
+    let (key, info) = map_entry(ep);
+    if let Err(source) = maps.endpoints.insert(key, info, 0) {
+        let _ = datapath.detach(&ep.host_ifname);
+        return Err(AgentError::Map { context: format!("writing endpoint {} ({}) to the endpoint map", ep.id, ep.ip), source });
+    }
+    if let Err(e) = nl.replace_route(&host_route(ep, router)) {
+        let _ = maps.endpoints.remove(&key);
+        let _ = datapath.detach(&ep.host_ifname);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Removes what `plumb` made. Missing pieces are fine: a deleted device takes
+/// its route and links with it.
+pub fn unplumb(ep: &Endpoint, router: Ipv4Addr, datapath: &Datapath, maps: &mut Maps, nl: &Netlink) -> Result<(), AgentError> {
+    let key = EndpointKey::new(ep.ip);
+    match maps.endpoints.remove(&key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(source) => return Err(AgentError::Map { context: format!("removing {} from the endpoint map", ep.ip), source }),
+    }
+    datapath.detach(&ep.host_ifname)?;
+    let _ = nl.del_route(&host_route(ep, router));
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! The per-node agent: owns the node's BPF programs, maps and devices, hands
+//! out pod addresses, keeps the endpoint registry and serves the local API.
+
+pub mod config;
+pub mod daemon;
+pub mod devices;
+pub mod endpoints;
+pub mod error;
+pub mod ipam;
+pub mod monitor;
+pub mod server;
+pub mod state;
+pub mod health;

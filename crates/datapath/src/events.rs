@@ -1,1 +1,0 @@
-//! Decoding of ring buffer events into the API's monitor events.
