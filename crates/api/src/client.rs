@@ -14,13 +14,13 @@ use crate::ApiError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the ciliate agent at {path}: {source} (is ciliate-agent running?)")]
+    #[error("cannot reach the ciliate agent at {path} (is ciliate-agent running?)")]
     Connect {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("talking to the ciliate agent at {path}: {source}")]
+    #[error("talking to the ciliate agent at {path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -7,6 +7,7 @@ pub mod loader;
 pub mod maps;
 pub mod netlink;
 pub mod netns;
+pub mod podnet;
 pub mod reasons;
 pub mod sysctl;
 

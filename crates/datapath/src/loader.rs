@@ -6,7 +6,8 @@
 //! - `progs/<hash>/<name>`: every program, under the sha256 (first 16 hex
 //!   digits) of the object it came from (bpffs holds only BPF objects, so the
 //!   directory name is where the hash is kept)
-//! - `links/<device>.<ingress|egress>`: one TCX link per attached device
+//! - `links/<device>-<ingress|egress>`: one TCX link per attached device
+//!   (bpffs refuses names with dots)
 //!
 //! Pinned links keep traffic flowing while no agent runs. A restarted agent
 //! whose embedded object has the same hash loads nothing; with a new object
@@ -225,7 +226,7 @@ impl Datapath {
 
     fn link_path(&self, device: &str, attach: TcAttachType) -> PathBuf {
         let dir = if attach == TcAttachType::Ingress { "ingress" } else { "egress" };
-        self.root.join("links").join(format!("{device}.{dir}"))
+        self.root.join("links").join(format!("{device}-{dir}"))
     }
 
     /// Whether every program has a pinned link on `device`.
@@ -250,7 +251,7 @@ impl Datapath {
         let root = self.root.clone();
         for (name, attach, prog) in &mut self.programs {
             let dir = if *attach == TcAttachType::Ingress { "ingress" } else { "egress" };
-            let path = root.join("links").join(format!("{device}.{dir}"));
+            let path = root.join("links").join(format!("{device}-{dir}"));
             if path.exists() {
                 continue;
             }
@@ -293,7 +294,7 @@ impl Datapath {
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| e.file_name().to_str()?.rsplit_once('.').map(|(d, _)| d.to_string()))
+            .filter_map(|e| e.file_name().to_str()?.rsplit_once('-').map(|(d, _)| d.to_string()))
             .collect();
         devices.sort();
         devices.dedup();
@@ -306,7 +307,7 @@ impl Datapath {
         for device in self.attached_devices() {
             for (_, attach, prog) in &mut self.programs {
                 let dir = if *attach == TcAttachType::Ingress { "ingress" } else { "egress" };
-                let path = root.join("links").join(format!("{device}.{dir}"));
+                let path = root.join("links").join(format!("{device}-{dir}"));
                 if !path.exists() {
                     continue;
                 }

@@ -1,0 +1,152 @@
+//! `ciliate bpf <map> list` and `ciliate metrics list`: read the pinned maps
+//! directly, with the same typed views the agent writes them through.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ciliate_api::{Client, Status};
+use ciliate_datapath::loader::Maps;
+use ciliate_datapath::maps::METRIC_INGRESS;
+use ciliate_datapath::netlink::format_mac;
+use ciliate_datapath::reasons::drop_reason_name;
+use clap::Subcommand;
+use serde::Serialize;
+
+use crate::output::{print_json, print_table, Format, OutputArgs};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct MapArgs {
+    /// The agent's bpf.root (default: asked from the agent).
+    #[arg(long)]
+    bpf_root: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(Subcommand)]
+pub enum BpfCommand {
+    /// The local endpoint map (ciliate_lxc).
+    #[command(subcommand)]
+    Endpoint(ListOnly),
+    /// Datapath counters per reason and direction (ciliate_metrics).
+    #[command(subcommand)]
+    Metrics(ListOnly),
+}
+
+#[derive(Subcommand)]
+pub enum ListOnly {
+    /// List every entry.
+    List(MapArgs),
+}
+
+#[derive(Subcommand)]
+pub enum MetricsCommand {
+    /// List datapath counters.
+    List(MapArgs),
+}
+
+fn open_maps(client: &Client, args: &MapArgs) -> anyhow::Result<Maps> {
+    let root = match &args.bpf_root {
+        Some(root) => root.clone(),
+        None => {
+            let status: Status = client
+                .get("/v1/status")
+                .context("asking the agent for its bpf.root (or pass --bpf-root)")?;
+            PathBuf::from(status.datapath.bpf_root)
+        }
+    };
+    Maps::open(&root).with_context(|| format!("opening the maps pinned under {}", root.display()))
+}
+
+pub fn run(client: &Client, cmd: BpfCommand) -> anyhow::Result<()> {
+    match cmd {
+        BpfCommand::Endpoint(ListOnly::List(args)) => endpoint_list(client, &args),
+        BpfCommand::Metrics(ListOnly::List(args)) => metrics_list(client, &args),
+    }
+}
+
+pub fn run_metrics(client: &Client, cmd: MetricsCommand) -> anyhow::Result<()> {
+    let MetricsCommand::List(args) = cmd;
+    metrics_list(client, &args)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EndpointEntry {
+    ip: String,
+    id: u16,
+    flags: u16,
+    ifindex: u32,
+    mac: String,
+    node_mac: String,
+    identity: u32,
+}
+
+fn endpoint_list(client: &Client, args: &MapArgs) -> anyhow::Result<()> {
+    let maps = open_maps(client, args)?;
+    let mut entries: Vec<EndpointEntry> = maps
+        .endpoint_entries()?
+        .into_iter()
+        .map(|(k, v)| EndpointEntry {
+            ip: k.ip().to_string(),
+            id: v.lxc_id,
+            flags: v.flags,
+            ifindex: v.ifindex,
+            mac: format_mac(v.mac),
+            node_mac: format_mac(v.node_mac),
+            identity: v.sec_identity,
+        })
+        .collect();
+    entries.sort_by_key(|e| e.id);
+    if args.output.format == Format::Json {
+        return print_json(&entries);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.ip.clone(),
+                format!(
+                    "id={:<5} flags=0x{:04x} ifindex={:<4} mac={} nodemac={}",
+                    e.id, e.flags, e.ifindex, e.mac, e.node_mac
+                ),
+            ]
+        })
+        .collect();
+    print_table(&["IP ADDRESS", "LOCAL ENDPOINT INFO"], &rows);
+    Ok(())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MetricEntry {
+    reason_code: u8,
+    reason: String,
+    direction: String,
+    packets: u64,
+    bytes: u64,
+}
+
+fn metrics_list(client: &Client, args: &MapArgs) -> anyhow::Result<()> {
+    let maps = open_maps(client, args)?;
+    let entries: Vec<MetricEntry> = maps
+        .metrics_totals()?
+        .into_iter()
+        .map(|(reason, dir, packets, bytes)| MetricEntry {
+            reason_code: reason,
+            reason: drop_reason_name(reason),
+            direction: if dir == METRIC_INGRESS { "INGRESS" } else { "EGRESS" }.to_string(),
+            packets,
+            bytes,
+        })
+        .collect();
+    if args.output.format == Format::Json {
+        return print_json(&entries);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| vec![e.reason.clone(), e.direction.clone(), e.packets.to_string(), e.bytes.to_string()])
+        .collect();
+    print_table(&["REASON", "DIRECTION", "PACKETS", "BYTES"], &rows);
+    Ok(())
+}
