@@ -19,7 +19,11 @@ pub enum ConfigError {
     #[error("config key `{key}`: {message}")]
     Parse { key: String, message: String },
     #[error("config key `{key}`: value {value:?} is not allowed: {allowed}")]
-    Invalid { key: &'static str, value: String, allowed: String },
+    Invalid {
+        key: &'static str,
+        value: String,
+        allowed: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -70,7 +74,9 @@ fn default_ipam_mode() -> IpamMode {
 
 impl Default for IpamConfig {
     fn default() -> Self {
-        Self { mode: default_ipam_mode() }
+        Self {
+            mode: default_ipam_mode(),
+        }
     }
 }
 
@@ -88,7 +94,9 @@ fn default_bpf_root() -> PathBuf {
 
 impl Default for BpfConfig {
     fn default() -> Self {
-        Self { root: default_bpf_root() }
+        Self {
+            root: default_bpf_root(),
+        }
     }
 }
 
@@ -165,8 +173,10 @@ impl Config {
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         let file = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
                 parse_file(&text)?
             }
             None => FileConfig::default(),
@@ -175,14 +185,15 @@ impl Config {
     }
 
     pub fn resolve(file: FileConfig, o: &Overrides) -> Result<Self, ConfigError> {
-        let node_name = o
-            .node_name
-            .clone()
-            .or(file.node_name)
-            .unwrap_or_else(|| nix::unistd::gethostname().map_or_else(|_| "node".into(), |h| h.to_string_lossy().into_owned()));
+        let node_name = o.node_name.clone().or(file.node_name).unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .map_or_else(|_| "node".into(), |h| h.to_string_lossy().into_owned())
+        });
         if node_name.is_empty()
             || node_name.len() > 63
-            || !node_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            || !node_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         {
             return Err(ConfigError::Invalid {
                 key: "nodeName",
@@ -198,13 +209,21 @@ impl Config {
                 allowed: "host-scope (cluster-pool, kubernetes and multi-pool need the operator, not yet available)".into(),
             });
         }
-        let range = o.ipv4_range.clone().or(file.ipv4_range).ok_or_else(|| ConfigError::Invalid {
-            key: "ipv4Range",
-            value: String::new(),
-            allowed: "a PodCIDR such as 10.0.0.0/24 is required with ipam.mode host-scope".into(),
-        })?;
+        let range =
+            o.ipv4_range
+                .clone()
+                .or(file.ipv4_range)
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "ipv4Range",
+                    value: String::new(),
+                    allowed: "a PodCIDR such as 10.0.0.0/24 is required with ipam.mode host-scope"
+                        .into(),
+                })?;
         let pod_cidr = parse_pod_cidr(&range)?;
-        let router_ip = pod_cidr.hosts().next().expect("prefix of /28 or shorter has hosts");
+        let router_ip = pod_cidr
+            .hosts()
+            .next()
+            .expect("prefix of /28 or shorter has hosts");
 
         let datapath_mode = file.datapath_mode.unwrap_or_default();
         if datapath_mode != DatapathMode::Veth {
@@ -234,7 +253,11 @@ impl Config {
         }
         let bpf_root = o.bpf_root.clone().unwrap_or(file.bpf.root);
         absolute("bpf.root", &bpf_root)?;
-        let state_dir = o.state_dir.clone().or(file.state_dir).unwrap_or_else(|| "/var/run/ciliate/state".into());
+        let state_dir = o
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| "/var/run/ciliate/state".into());
         absolute("stateDir", &state_dir)?;
         let socket_path = o
             .socket_path
@@ -242,7 +265,11 @@ impl Config {
             .or(file.socket_path)
             .unwrap_or_else(|| ciliate_api::DEFAULT_SOCKET.into());
         absolute("socketPath", &socket_path)?;
-        let health_netns = o.health_netns.clone().or(file.health_netns).unwrap_or_else(|| "ciliate-health".into());
+        let health_netns = o
+            .health_netns
+            .clone()
+            .or(file.health_netns)
+            .unwrap_or_else(|| "ciliate-health".into());
         if health_netns.is_empty() || health_netns.contains('/') || health_netns.len() > 64 {
             return Err(ConfigError::Invalid {
                 key: "healthNetns",
@@ -278,7 +305,14 @@ pub fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
         let key = e.path().to_string();
         let message = e.into_inner().to_string();
         // serde_yaml appends " at line N column M"; keep it, it helps.
-        ConfigError::Parse { key: if key == "." { "(top level)".into() } else { key }, message }
+        ConfigError::Parse {
+            key: if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
+            message,
+        }
     })
 }
 
@@ -288,9 +322,14 @@ fn parse_pod_cidr(text: &str) -> Result<Ipv4Net, ConfigError> {
         value: text.to_string(),
         allowed: allowed.to_string(),
     };
-    let net: Ipv4Net = text.parse().map_err(|_| invalid("an IPv4 CIDR such as 10.0.0.0/24"))?;
+    let net: Ipv4Net = text
+        .parse()
+        .map_err(|_| invalid("an IPv4 CIDR such as 10.0.0.0/24"))?;
     if net.network() != net.addr() {
-        return Err(invalid(&format!("a network address (did you mean {}?)", net.trunc())));
+        return Err(invalid(&format!(
+            "a network address (did you mean {}?)",
+            net.trunc()
+        )));
     }
     if !(8..=29).contains(&net.prefix_len()) {
         return Err(invalid("a prefix length from /8 to /29"));
@@ -302,7 +341,11 @@ fn absolute(key: &'static str, path: &Path) -> Result<(), ConfigError> {
     if path.is_absolute() {
         Ok(())
     } else {
-        Err(ConfigError::Invalid { key, value: path.display().to_string(), allowed: "an absolute path".into() })
+        Err(ConfigError::Invalid {
+            key,
+            value: path.display().to_string(),
+            allowed: "an absolute path".into(),
+        })
     }
 }
 
@@ -329,7 +372,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = load("nodeName: n\nipv4Range: 10.0.0.0/24\nbpf:\n  rooot: /x\n").unwrap_err().to_string();
+        let err = load("nodeName: n\nipv4Range: 10.0.0.0/24\nbpf:\n  rooot: /x\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bpf"), "{err}");
         assert!(err.contains("rooot"), "{err}");
         assert!(err.contains("root"), "{err}");
@@ -337,14 +382,25 @@ mod tests {
 
     #[test]
     fn bad_enum_value_lists_allowed() {
-        let err = load("ipv4Range: 10.0.0.0/24\nroutingMode: bgp\n").unwrap_err().to_string();
-        assert!(err.contains("routingMode") && err.contains("bgp") && err.contains("tunnel") && err.contains("native"), "{err}");
+        let err = load("ipv4Range: 10.0.0.0/24\nroutingMode: bgp\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("routingMode")
+                && err.contains("bgp")
+                && err.contains("tunnel")
+                && err.contains("native"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_cidr_is_refused_with_value() {
         let err = load("ipv4Range: 10.0.0.5/24\n").unwrap_err().to_string();
-        assert!(err.contains("ipv4Range") && err.contains("10.0.0.5/24") && err.contains("10.0.0.0/24"), "{err}");
+        assert!(
+            err.contains("ipv4Range") && err.contains("10.0.0.5/24") && err.contains("10.0.0.0/24"),
+            "{err}"
+        );
         let err = load("ipv4Range: banana\n").unwrap_err().to_string();
         assert!(err.contains("banana") && err.contains("CIDR"), "{err}");
     }
@@ -352,19 +408,31 @@ mod tests {
     #[test]
     fn missing_range_is_refused() {
         let err = load("nodeName: n\n").unwrap_err().to_string();
-        assert!(err.contains("ipv4Range") && err.contains("required"), "{err}");
+        assert!(
+            err.contains("ipv4Range") && err.contains("required"),
+            "{err}"
+        );
     }
 
     #[test]
     fn modes_this_kernel_lacks_are_refused() {
-        let err = load("ipv4Range: 10.0.0.0/24\ndatapathMode: ipvlan\n").unwrap_err().to_string();
-        assert!(err.contains("datapathMode") && err.contains("ipvlan"), "{err}");
+        let err = load("ipv4Range: 10.0.0.0/24\ndatapathMode: ipvlan\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("datapathMode") && err.contains("ipvlan"),
+            "{err}"
+        );
     }
 
     #[test]
     fn flags_override_file() {
         let file = parse_file("ipv4Range: 10.0.0.0/24\nmtu: 1400\n").unwrap();
-        let o = Overrides { mtu: Some(1450), ipv4_range: Some("10.9.0.0/16".into()), ..Overrides::default() };
+        let o = Overrides {
+            mtu: Some(1450),
+            ipv4_range: Some("10.9.0.0/16".into()),
+            ..Overrides::default()
+        };
         let c = Config::resolve(file, &o).unwrap();
         assert_eq!(c.mtu, 1450);
         assert_eq!(c.pod_cidr.to_string(), "10.9.0.0/16");
@@ -372,8 +440,16 @@ mod tests {
 
     #[test]
     fn bad_mtu_and_relative_paths() {
-        assert!(load("ipv4Range: 10.0.0.0/24\nmtu: 100\n").unwrap_err().to_string().contains("mtu"));
-        let err = load("ipv4Range: 10.0.0.0/24\nstateDir: rel/dir\n").unwrap_err().to_string();
-        assert!(err.contains("stateDir") && err.contains("absolute"), "{err}");
+        assert!(load("ipv4Range: 10.0.0.0/24\nmtu: 100\n")
+            .unwrap_err()
+            .to_string()
+            .contains("mtu"));
+        let err = load("ipv4Range: 10.0.0.0/24\nstateDir: rel/dir\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("stateDir") && err.contains("absolute"),
+            "{err}"
+        );
     }
 }

@@ -44,7 +44,12 @@ impl Daemon {
         let saved = state::load(&config.state_dir)?;
 
         let datapath = Datapath::open(&config.bpf_root, ciliate_datapath::LXC_OBJECT)
-            .with_context(|| format!("loading the datapath under bpf.root {}", config.bpf_root.display()))?;
+            .with_context(|| {
+                format!(
+                    "loading the datapath under bpf.root {}",
+                    config.bpf_root.display()
+                )
+            })?;
         info!(origin = datapath.origin().as_str(), root = %config.bpf_root.display(), "datapath ready");
         let mut maps = Maps::open(&config.bpf_root)?;
         maps.config
@@ -75,7 +80,9 @@ impl Daemon {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent-enough state: every
         // step below is individually undone on error.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn persist(&self, inner: &Inner) -> Result<(), AgentError> {
@@ -118,7 +125,12 @@ impl Daemon {
                 let _ = inner.ipam.release(ep.ip);
             }
         }
-        let owned: Vec<String> = inner.registry.all().values().map(|e| e.host_ifname.clone()).collect();
+        let owned: Vec<String> = inner
+            .registry
+            .all()
+            .values()
+            .map(|e| e.host_ifname.clone())
+            .collect();
         for device in inner.datapath.attached_devices() {
             if !owned.contains(&device) {
                 info!(%device, "removing links of a device no endpoint owns");
@@ -137,12 +149,15 @@ impl Daemon {
 
     pub fn allocate(&self, req: &IpamAllocateRequest) -> Result<IpamAllocation, AgentError> {
         if req.owner.is_empty() {
-            return Err(AgentError::BadRequest("field owner: must not be empty".into()));
+            return Err(AgentError::BadRequest(
+                "field owner: must not be empty".into(),
+            ));
         }
         let mut inner = self.lock();
-        let ip = inner
-            .ipam
-            .allocate(Allocation { owner: req.owner.clone(), container_id: req.container_id.clone() })?;
+        let ip = inner.ipam.allocate(Allocation {
+            owner: req.owner.clone(),
+            container_id: req.container_id.clone(),
+        })?;
         if let Err(e) = self.persist(&inner) {
             let _ = inner.ipam.release(ip);
             return Err(e);
@@ -177,14 +192,15 @@ impl Daemon {
         let inner = &mut *guard;
 
         match inner.ipam.get(req.ip) {
-            None => {
-                return Err(AgentError::BadRequest(format!(
-                    "field ip: address {} is not allocated by this node's IPAM ({}); allocate it first",
-                    req.ip,
-                    inner.ipam.cidr()
-                )))
-            }
-            Some(Allocation { container_id: Some(owner), .. }) if owner != &req.container_id => {
+            None => return Err(AgentError::BadRequest(format!(
+                "field ip: address {} is not allocated by this node's IPAM ({}); allocate it first",
+                req.ip,
+                inner.ipam.cidr()
+            ))),
+            Some(Allocation {
+                container_id: Some(owner),
+                ..
+            }) if owner != &req.container_id => {
                 return Err(AgentError::Conflict(format!(
                     "address {} is allocated to container {owner}, not {}",
                     req.ip, req.container_id
@@ -192,8 +208,14 @@ impl Daemon {
             }
             Some(_) => {}
         }
-        if let Some(existing) = inner.registry.find(&EndpointRef::ContainerId(req.container_id.clone())) {
-            if existing.ip == req.ip && existing.host_ifindex == req.host_ifindex && existing.ifname == req.ifname {
+        if let Some(existing) = inner
+            .registry
+            .find(&EndpointRef::ContainerId(req.container_id.clone()))
+        {
+            if existing.ip == req.ip
+                && existing.host_ifindex == req.host_ifindex
+                && existing.ifname == req.ifname
+            {
                 return Ok(existing.clone());
             }
             return Err(AgentError::Conflict(format!(
@@ -202,7 +224,10 @@ impl Daemon {
             )));
         }
         if let Some(existing) = inner.registry.by_ip(req.ip) {
-            return Err(AgentError::Conflict(format!("address {} is already used by endpoint {}", req.ip, existing.id)));
+            return Err(AgentError::Conflict(format!(
+                "address {} is already used by endpoint {}",
+                req.ip, existing.id
+            )));
         }
         match nl.link_by_name(&req.host_ifname)? {
             Some(link) if link.index == req.host_ifindex => {}
@@ -221,11 +246,23 @@ impl Daemon {
         }
 
         let ep = inner.registry.new_endpoint(req)?;
-        endpoints::plumb(&ep, self.config.router_ip, &mut inner.datapath, &mut inner.maps, &nl)?;
+        endpoints::plumb(
+            &ep,
+            self.config.router_ip,
+            &mut inner.datapath,
+            &mut inner.maps,
+            &nl,
+        )?;
         inner.registry.insert(ep.clone());
         if let Err(e) = self.persist(inner) {
             inner.registry.remove(ep.id);
-            let _ = endpoints::unplumb(&ep, self.config.router_ip, &inner.datapath, &mut inner.maps, &nl);
+            let _ = endpoints::unplumb(
+                &ep,
+                self.config.router_ip,
+                &inner.datapath,
+                &mut inner.maps,
+                &nl,
+            );
             return Err(e);
         }
         info!(id = ep.id, ip = %ep.ip, device = %ep.host_ifname, label = %ep.label(), "endpoint created");
@@ -237,13 +274,20 @@ impl Daemon {
         let nl = Netlink::new()?;
         let mut guard = self.lock();
         let inner = &mut *guard;
-        let ep = inner
+        let ep =
+            inner.registry.find(r).cloned().ok_or_else(|| {
+                AgentError::NotFound(format!("endpoint {} not found", describe(r)))
+            })?;
+        inner
             .registry
-            .find(r)
-            .cloned()
-            .ok_or_else(|| AgentError::NotFound(format!("endpoint {} not found", describe(r))))?;
-        inner.registry.set_state(ep.id, EndpointState::Disconnecting);
-        if let Err(e) = endpoints::unplumb(&ep, self.config.router_ip, &inner.datapath, &mut inner.maps, &nl) {
+            .set_state(ep.id, EndpointState::Disconnecting);
+        if let Err(e) = endpoints::unplumb(
+            &ep,
+            self.config.router_ip,
+            &inner.datapath,
+            &mut inner.maps,
+            &nl,
+        ) {
             inner.registry.set_state(ep.id, ep.state);
             return Err(e);
         }
@@ -271,7 +315,11 @@ impl Daemon {
         let mut inner = self.lock();
         inner.monitor_listeners = inner.monitor_listeners.saturating_add_signed(delta);
         let on = inner.monitor_listeners > 0;
-        if let Err(e) = inner.maps.config.set(0, DatapathConfig::new(self.config.router_ip, on), 0) {
+        if let Err(e) = inner
+            .maps
+            .config
+            .set(0, DatapathConfig::new(self.config.router_ip, on), 0)
+        {
             warn!(error = %e, "cannot switch trace events");
         }
     }
@@ -283,7 +331,10 @@ impl Daemon {
                 .ipam
                 .allocations()
                 .iter()
-                .map(|(ip, a)| IpamOwner { ip: *ip, owner: a.owner.clone() })
+                .map(|(ip, a)| IpamOwner {
+                    ip: *ip,
+                    owner: a.owner.clone(),
+                })
                 .collect()
         } else {
             Vec::new()
@@ -305,7 +356,10 @@ impl Daemon {
                 allocations,
             },
             endpoints: endpoints.len(),
-            endpoints_ready: endpoints.values().filter(|e| e.state == EndpointState::Ready).count(),
+            endpoints_ready: endpoints
+                .values()
+                .filter(|e| e.state == EndpointState::Ready)
+                .count(),
             datapath: DatapathStatus {
                 bpf_root: self.config.bpf_root.display().to_string(),
                 datapath_mode: "veth".into(),
@@ -317,7 +371,10 @@ impl Daemon {
                     .into_iter()
                     .map(|(name, id, tag)| ProgramStatus { name, id, tag })
                     .collect(),
-                maps: ciliate_datapath::maps::ALL_MAPS.iter().map(|m| (*m).to_string()).collect(),
+                maps: ciliate_datapath::maps::ALL_MAPS
+                    .iter()
+                    .map(|m| (*m).to_string())
+                    .collect(),
             },
             monitor_listeners: inner.monitor_listeners,
             uptime_seconds: self.started.elapsed().as_secs(),
@@ -326,7 +383,11 @@ impl Daemon {
 
     /// Whether the endpoint map holds `ip` (for tests and checks).
     pub fn map_has(&self, ip: Ipv4Addr) -> bool {
-        self.lock().maps.endpoints.get(&EndpointKey::new(ip), 0).is_ok()
+        self.lock()
+            .maps
+            .endpoints
+            .get(&EndpointKey::new(ip), 0)
+            .is_ok()
     }
 }
 
@@ -338,5 +399,8 @@ fn describe(r: &EndpointRef) -> String {
 }
 
 fn kernel_release() -> String {
-    nix::sys::utsname::uname().map_or_else(|_| "unknown".into(), |u| u.release().to_string_lossy().into_owned())
+    nix::sys::utsname::uname().map_or_else(
+        |_| "unknown".into(),
+        |u| u.release().to_string_lossy().into_owned(),
+    )
 }

@@ -26,7 +26,9 @@ impl EndpointRef {
     pub fn parse(text: &str) -> Result<Self, AgentError> {
         if let Some(cid) = text.strip_prefix("container-id:") {
             if cid.is_empty() {
-                return Err(AgentError::BadRequest("endpoint reference container-id: needs an id".into()));
+                return Err(AgentError::BadRequest(
+                    "endpoint reference container-id: needs an id".into(),
+                ));
             }
             return Ok(Self::ContainerId(cid.to_string()));
         }
@@ -55,7 +57,9 @@ impl Registry {
     pub fn find(&self, r: &EndpointRef) -> Option<&Endpoint> {
         match r {
             EndpointRef::Id(id) => self.endpoints.get(id),
-            EndpointRef::ContainerId(cid) => self.endpoints.values().find(|e| &e.container_id == cid),
+            EndpointRef::ContainerId(cid) => {
+                self.endpoints.values().find(|e| &e.container_id == cid)
+            }
         }
     }
 
@@ -83,9 +87,9 @@ impl Registry {
 
     /// Builds the endpoint a request describes, with a fresh id.
     pub fn new_endpoint(&self, req: &EndpointCreateRequest) -> Result<Endpoint, AgentError> {
-        let id = self
-            .free_id()
-            .ok_or_else(|| AgentError::Conflict(format!("all {MAX_ENDPOINT_ID} endpoint ids are in use")))?;
+        let id = self.free_id().ok_or_else(|| {
+            AgentError::Conflict(format!("all {MAX_ENDPOINT_ID} endpoint ids are in use"))
+        })?;
         Ok(Endpoint {
             id,
             container_id: req.container_id.clone(),
@@ -107,13 +111,19 @@ impl Registry {
 /// Checks a create request on its own terms (not against the registry).
 pub fn validate_request(req: &EndpointCreateRequest) -> Result<(), AgentError> {
     let bad = |field: &str, value: &str, allowed: &str| {
-        Err(AgentError::BadRequest(format!("field {field}: value {value:?} is invalid: {allowed}")))
+        Err(AgentError::BadRequest(format!(
+            "field {field}: value {value:?} is invalid: {allowed}"
+        )))
     };
     if req.container_id.is_empty() {
         return bad("containerId", "", "must not be empty");
     }
     if req.host_ifname.is_empty() || req.host_ifname.len() > 15 {
-        return bad("hostIfname", &req.host_ifname, "a device name of 1-15 characters");
+        return bad(
+            "hostIfname",
+            &req.host_ifname,
+            "a device name of 1-15 characters",
+        );
     }
     if req.host_ifindex == 0 {
         return bad("hostIfindex", "0", "the ifindex of the host-side device");
@@ -163,7 +173,10 @@ pub fn plumb(
     let (key, info) = map_entry(ep);
     if let Err(source) = maps.endpoints.insert(key, info, 0) {
         let _ = datapath.detach(&ep.host_ifname);
-        return Err(AgentError::Map { context: format!("writing endpoint {} ({}) to the endpoint map", ep.id, ep.ip), source });
+        return Err(AgentError::Map {
+            context: format!("writing endpoint {} ({}) to the endpoint map", ep.id, ep.ip),
+            source,
+        });
     }
     if let Err(e) = nl.replace_route(&host_route(ep, router)) {
         let _ = maps.endpoints.remove(&key);
@@ -175,12 +188,24 @@ pub fn plumb(
 
 /// Removes what `plumb` made. Missing pieces are fine: a deleted device takes
 /// its route and links with it.
-pub fn unplumb(ep: &Endpoint, router: Ipv4Addr, datapath: &Datapath, maps: &mut Maps, nl: &Netlink) -> Result<(), AgentError> {
+pub fn unplumb(
+    ep: &Endpoint,
+    router: Ipv4Addr,
+    datapath: &Datapath,
+    maps: &mut Maps,
+    nl: &Netlink,
+) -> Result<(), AgentError> {
     let key = EndpointKey::new(ep.ip);
     match maps.endpoints.remove(&key) {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-        Err(source) => return Err(AgentError::Map { context: format!("removing {} from the endpoint map", ep.ip), source }),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(source) => {
+            return Err(AgentError::Map {
+                context: format!("removing {} from the endpoint map", ep.ip),
+                source,
+            })
+        }
     }
     datapath.detach(&ep.host_ifname)?;
     let _ = nl.del_route(&host_route(ep, router));

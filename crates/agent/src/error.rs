@@ -58,7 +58,9 @@ impl AgentError {
 
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
-        let body = ciliate_api::ApiError { error: self.chain() };
+        let body = ciliate_api::ApiError {
+            error: self.chain(),
+        };
         (self.status(), Json(body)).into_response()
     }
 }

@@ -24,7 +24,9 @@ pub fn ensure(daemon: &Daemon) -> anyhow::Result<()> {
         if ep.state == EndpointState::Ready {
             return Ok(());
         }
-        daemon.delete_endpoint(&EndpointRef::Id(ep.id)).context("removing the broken health endpoint")?;
+        daemon
+            .delete_endpoint(&EndpointRef::Id(ep.id))
+            .context("removing the broken health endpoint")?;
     }
     let nl = Netlink::new()?;
     nl.del_link_by_name(HEALTH_DEVICE)?;

@@ -37,7 +37,12 @@ pub struct Ipam {
 impl Ipam {
     pub fn new(cidr: Ipv4Net) -> Self {
         let router = cidr.hosts().next().expect("PodCIDR has hosts");
-        Self { cidr, router, allocated: BTreeMap::new(), next: 0 }
+        Self {
+            cidr,
+            router,
+            allocated: BTreeMap::new(),
+            next: 0,
+        }
     }
 
     pub fn cidr(&self) -> Ipv4Net {
@@ -60,8 +65,15 @@ impl Ipam {
     /// Re-records an allocation read back from disk. Entries outside the
     /// current CIDR are reported, not kept.
     pub fn restore(&mut self, ip: Ipv4Addr, alloc: Allocation) -> Result<(), IpamError> {
-        if !self.cidr.contains(&ip) || ip == self.router || ip == self.cidr.network() || ip == self.cidr.broadcast() {
-            return Err(IpamError::OutOfRange { ip, cidr: self.cidr });
+        if !self.cidr.contains(&ip)
+            || ip == self.router
+            || ip == self.cidr.network()
+            || ip == self.cidr.broadcast()
+        {
+            return Err(IpamError::OutOfRange {
+                ip,
+                cidr: self.cidr,
+            });
         }
         self.allocated.insert(ip, alloc);
         Ok(())
@@ -78,11 +90,16 @@ impl Ipam {
                 return Ok(ip);
             }
         }
-        Err(IpamError::Exhausted { cidr: self.cidr, capacity: hosts.len() })
+        Err(IpamError::Exhausted {
+            cidr: self.cidr,
+            capacity: hosts.len(),
+        })
     }
 
     pub fn release(&mut self, ip: Ipv4Addr) -> Result<Allocation, IpamError> {
-        self.allocated.remove(&ip).ok_or(IpamError::NotAllocated { ip })
+        self.allocated
+            .remove(&ip)
+            .ok_or(IpamError::NotAllocated { ip })
     }
 
     pub fn get(&self, ip: Ipv4Addr) -> Option<&Allocation> {
@@ -95,7 +112,10 @@ mod tests {
     use super::*;
 
     fn owner(o: &str) -> Allocation {
-        Allocation { owner: o.into(), container_id: None }
+        Allocation {
+            owner: o.into(),
+            container_id: None,
+        }
     }
 
     #[test]
@@ -103,11 +123,16 @@ mod tests {
         let mut ipam = Ipam::new("10.0.0.0/29".parse().unwrap());
         assert_eq!(ipam.router(), "10.0.0.1".parse::<Ipv4Addr>().unwrap());
         assert_eq!(ipam.capacity(), 5);
-        let got: Vec<_> = (0..5).map(|i| ipam.allocate(owner(&i.to_string())).unwrap()).collect();
+        let got: Vec<_> = (0..5)
+            .map(|i| ipam.allocate(owner(&i.to_string())).unwrap())
+            .collect();
         assert_eq!(got[0], "10.0.0.2".parse::<Ipv4Addr>().unwrap());
         assert_eq!(got[4], "10.0.0.6".parse::<Ipv4Addr>().unwrap());
         let err = ipam.allocate(owner("x")).unwrap_err();
-        assert_eq!(err.to_string(), "PodCIDR 10.0.0.0/29 is exhausted: all 5 addresses are allocated");
+        assert_eq!(
+            err.to_string(),
+            "PodCIDR 10.0.0.0/29 is exhausted: all 5 addresses are allocated"
+        );
     }
 
     #[test]
@@ -116,7 +141,10 @@ mod tests {
         let a = ipam.allocate(owner("a")).unwrap();
         let b = ipam.allocate(owner("b")).unwrap();
         ipam.release(a).unwrap();
-        assert_eq!(ipam.release(a).unwrap_err(), IpamError::NotAllocated { ip: a });
+        assert_eq!(
+            ipam.release(a).unwrap_err(),
+            IpamError::NotAllocated { ip: a }
+        );
         let c = ipam.allocate(owner("c")).unwrap();
         assert_ne!(c, a, "a just-released address is not handed out first");
         assert_ne!(c, b);
@@ -125,9 +153,14 @@ mod tests {
     #[test]
     fn restore_refuses_foreign_addresses() {
         let mut ipam = Ipam::new("10.0.0.0/24".parse().unwrap());
-        assert!(ipam.restore("10.0.1.5".parse().unwrap(), owner("x")).is_err());
-        assert!(ipam.restore("10.0.0.1".parse().unwrap(), owner("x")).is_err());
-        ipam.restore("10.0.0.9".parse().unwrap(), owner("x")).unwrap();
+        assert!(ipam
+            .restore("10.0.1.5".parse().unwrap(), owner("x"))
+            .is_err());
+        assert!(ipam
+            .restore("10.0.0.1".parse().unwrap(), owner("x"))
+            .is_err());
+        ipam.restore("10.0.0.9".parse().unwrap(), owner("x"))
+            .unwrap();
         assert_eq!(ipam.get("10.0.0.9".parse().unwrap()).unwrap().owner, "x");
     }
 }

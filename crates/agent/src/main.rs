@@ -81,7 +81,9 @@ async fn serve(daemon: Arc<Daemon>, config: Config) -> anyhow::Result<()> {
     match std::fs::remove_file(socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing stale socket {}", socket.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", socket.display()))
+        }
     }
     let listener = tokio::net::UnixListener::bind(socket)
         .with_context(|| format!("binding the API socket {}", socket.display()))?;
@@ -90,7 +92,11 @@ async fn serve(daemon: Arc<Daemon>, config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("restricting {}", socket.display()))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let api = Api { daemon, events, stopping: stop_rx.clone() };
+    let api = Api {
+        daemon,
+        events,
+        stopping: stop_rx.clone(),
+    };
     let mut stopped = stop_rx;
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;

@@ -31,8 +31,17 @@ pub fn decode(ev: &TraceEvent) -> MonitorEvent {
     MonitorEvent {
         kind: if drop { "drop" } else { "trace" }.to_string(),
         code: ev.reason,
-        reason: if drop { drop_reason_name(ev.reason) } else { trace_point_name(ev.reason) },
-        direction: if ev.dir == METRIC_INGRESS { "ingress" } else { "egress" }.to_string(),
+        reason: if drop {
+            drop_reason_name(ev.reason)
+        } else {
+            trace_point_name(ev.reason)
+        },
+        direction: if ev.dir == METRIC_INGRESS {
+            "ingress"
+        } else {
+            "egress"
+        }
+        .to_string(),
         ifindex: ev.ifindex,
         dst_ifindex: ev.dst_ifindex,
         src_endpoint: ev.src_ep,
@@ -121,6 +130,9 @@ mod tests {
             ..TraceEvent::default()
         };
         let m = decode(&ev);
-        assert_eq!((m.kind.as_str(), m.reason.as_str(), m.protocol.as_str()), ("trace", "to-endpoint", "ICMP"));
+        assert_eq!(
+            (m.kind.as_str(), m.reason.as_str(), m.protocol.as_str()),
+            ("trace", "to-endpoint", "ICMP")
+        );
     }
 }

@@ -8,7 +8,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use ciliate_api::{Endpoint, EndpointCreateRequest, IpamAllocateRequest, IpamAllocation, MonitorEvent, Status};
+use ciliate_api::{
+    Endpoint, EndpointCreateRequest, IpamAllocateRequest, IpamAllocation, MonitorEvent, Status,
+};
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
 
@@ -31,7 +33,10 @@ pub fn router(api: Api) -> Router {
         .route("/v1/ipam", post(allocate))
         .route("/v1/ipam/{ip}", delete(release))
         .route("/v1/endpoint", post(create_endpoint).get(list_endpoints))
-        .route("/v1/endpoint/{id}", get(get_endpoint).delete(delete_endpoint))
+        .route(
+            "/v1/endpoint/{id}",
+            get(get_endpoint).delete(delete_endpoint),
+        )
         .route("/v1/monitor", get(monitor))
         .with_state(api)
 }
@@ -42,7 +47,9 @@ pub async fn run(
     api: Api,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(api)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(api))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Runs a blocking daemon operation off the async workers (it does netlink
@@ -63,8 +70,13 @@ struct StatusQuery {
     verbose: bool,
 }
 
-async fn status(State(api): State<Api>, Query(q): Query<StatusQuery>) -> Result<Json<Status>, AgentError> {
-    blocking(&api.daemon, move |d| Ok(d.status(q.verbose))).await.map(Json)
+async fn status(
+    State(api): State<Api>,
+    Query(q): Query<StatusQuery>,
+) -> Result<Json<Status>, AgentError> {
+    blocking(&api.daemon, move |d| Ok(d.status(q.verbose)))
+        .await
+        .map(Json)
 }
 
 async fn allocate(
@@ -97,12 +109,20 @@ async fn list_endpoints(State(api): State<Api>) -> Result<Json<Vec<Endpoint>>, A
     blocking(&api.daemon, |d| Ok(d.endpoints())).await.map(Json)
 }
 
-async fn get_endpoint(State(api): State<Api>, Path(id): Path<String>) -> Result<Json<Endpoint>, AgentError> {
+async fn get_endpoint(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Endpoint>, AgentError> {
     let r = EndpointRef::parse(&id)?;
-    blocking(&api.daemon, move |d| d.endpoint(&r)).await.map(Json)
+    blocking(&api.daemon, move |d| d.endpoint(&r))
+        .await
+        .map(Json)
 }
 
-async fn delete_endpoint(State(api): State<Api>, Path(id): Path<String>) -> Result<StatusCode, AgentError> {
+async fn delete_endpoint(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AgentError> {
     let r = EndpointRef::parse(&id)?;
     blocking(&api.daemon, move |d| d.delete_endpoint(&r)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -125,12 +145,17 @@ impl Drop for Listener {
     }
 }
 
-async fn monitor(State(api): State<Api>, Query(q): Query<MonitorQuery>) -> Result<Body, AgentError> {
+async fn monitor(
+    State(api): State<Api>,
+    Query(q): Query<MonitorQuery>,
+) -> Result<Body, AgentError> {
     let filter = match q.kind.as_deref() {
         None | Some("") => None,
         Some(k @ ("drop" | "trace")) => Some(k.to_string()),
         Some(other) => {
-            return Err(AgentError::BadRequest(format!("type {other:?} is not an event type: use drop or trace")))
+            return Err(AgentError::BadRequest(format!(
+                "type {other:?} is not an event type: use drop or trace"
+            )))
         }
     };
     let rx = api.events.subscribe();
@@ -141,26 +166,29 @@ async fn monitor(State(api): State<Api>, Query(q): Query<MonitorQuery>) -> Resul
     .await?;
     let listener = Listener(Arc::clone(&api.daemon));
     let state = (rx, api.stopping.clone(), listener, filter);
-    let stream = futures_util::stream::unfold(state, |(mut rx, mut stopping, listener, filter)| async move {
-        loop {
-            tokio::select! {
-                ev = rx.recv() => match ev {
-                    Ok(ev) => {
-                        if filter.as_ref().is_some_and(|f| *f != ev.kind) {
-                            continue;
+    let stream = futures_util::stream::unfold(
+        state,
+        |(mut rx, mut stopping, listener, filter)| async move {
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Ok(ev) => {
+                            if filter.as_ref().is_some_and(|f| *f != ev.kind) {
+                                continue;
+                            }
+                            let mut line = serde_json::to_vec(&ev).expect("events serialize");
+                            line.push(b'\n');
+                            return Some((Ok::<_, std::io::Error>(line), (rx, stopping, listener, filter)));
                         }
-                        let mut line = serde_json::to_vec(&ev).expect("events serialize");
-                        line.push(b'\n');
-                        return Some((Ok::<_, std::io::Error>(line), (rx, stopping, listener, filter)));
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "a monitor listener is too slow");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
-                _ = stopping.changed() => return None,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(missed = n, "a monitor listener is too slow");
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
+                    _ = stopping.changed() => return None,
+                }
             }
-        }
-    });
+        },
+    );
     Ok(Body::from_stream(stream))
 }

@@ -43,9 +43,14 @@ pub fn path(dir: &Path) -> PathBuf {
 pub fn load(dir: &Path) -> Result<State, StateError> {
     let file = path(dir);
     match std::fs::read(&file) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path: file, source }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|source| StateError::Corrupt { path: file, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-        Err(source) => Err(StateError::Io { what: "reading", path: file, source }),
+        Err(source) => Err(StateError::Io {
+            what: "reading",
+            path: file,
+            source,
+        }),
     }
 }
 
@@ -53,6 +58,14 @@ pub fn save(dir: &Path, state: &State) -> Result<(), StateError> {
     let file = path(dir);
     let tmp = dir.join("state.json.tmp");
     let bytes = serde_json::to_vec_pretty(state).expect("state always serializes");
-    std::fs::write(&tmp, bytes).map_err(|source| StateError::Io { what: "writing", path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, &file).map_err(|source| StateError::Io { what: "renaming into", path: file, source })
+    std::fs::write(&tmp, bytes).map_err(|source| StateError::Io {
+        what: "writing",
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, &file).map_err(|source| StateError::Io {
+        what: "renaming into",
+        path: file,
+        source,
+    })
 }

@@ -27,7 +27,12 @@ pub enum ClientError {
         source: std::io::Error,
     },
     #[error("the agent answered {method} {uri} with {status}: {message}")]
-    Status { method: String, uri: String, status: u16, message: String },
+    Status {
+        method: String,
+        uri: String,
+        status: u16,
+        message: String,
+    },
     #[error("malformed answer from the agent to {uri}: {detail}")]
     Protocol { uri: String, detail: String },
     #[error("cannot decode the agent's answer to {uri}")]
@@ -55,7 +60,10 @@ pub struct Client {
 
 impl Client {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), timeout: Some(Duration::from_secs(30)) }
+        Self {
+            path: path.into(),
+            timeout: Some(Duration::from_secs(30)),
+        }
     }
 
     /// A client for `$CILIATE_SOCKET` or the default socket.
@@ -72,7 +80,11 @@ impl Client {
         decode(uri, &body)
     }
 
-    pub fn post<B: Serialize, T: DeserializeOwned>(&self, uri: &str, body: &B) -> Result<T, ClientError> {
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        uri: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         let json = serde_json::to_vec(body).expect("API types always serialize");
         let answer = self.request("POST", uri, Some(&json))?;
         decode(uri, &answer)
@@ -96,7 +108,9 @@ impl Client {
             let body = self.read_body(&mut reader, uri, &headers)?;
             return Err(status_error("GET", uri, status, &body));
         }
-        let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
         let mut pending = Vec::new();
         loop {
             let piece = if chunked {
@@ -125,7 +139,12 @@ impl Client {
         }
     }
 
-    fn request(&self, method: &str, uri: &str, body: Option<&[u8]>) -> Result<Vec<u8>, ClientError> {
+    fn request(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Vec<u8>, ClientError> {
         let stream = self.connect(self.timeout)?;
         let mut reader = self.send(&stream, method, uri, body)?;
         let (status, headers) = self.read_head(&mut reader, uri)?;
@@ -137,10 +156,16 @@ impl Client {
     }
 
     fn connect(&self, timeout: Option<Duration>) -> Result<UnixStream, ClientError> {
-        let stream = UnixStream::connect(&self.path)
-            .map_err(|source| ClientError::Connect { path: self.path.clone(), source })?;
-        stream.set_read_timeout(timeout).map_err(|source| self.io(source))?;
-        stream.set_write_timeout(timeout).map_err(|source| self.io(source))?;
+        let stream = UnixStream::connect(&self.path).map_err(|source| ClientError::Connect {
+            path: self.path.clone(),
+            source,
+        })?;
+        stream
+            .set_read_timeout(timeout)
+            .map_err(|source| self.io(source))?;
+        stream
+            .set_write_timeout(timeout)
+            .map_err(|source| self.io(source))?;
         Ok(stream)
     }
 
@@ -160,7 +185,9 @@ impl Client {
         }
         head.push_str("\r\n");
         let mut writer = stream;
-        writer.write_all(head.as_bytes()).map_err(|source| self.io(source))?;
+        writer
+            .write_all(head.as_bytes())
+            .map_err(|source| self.io(source))?;
         if let Some(body) = body {
             writer.write_all(body).map_err(|source| self.io(source))?;
         }
@@ -173,7 +200,9 @@ impl Client {
         uri: &str,
     ) -> Result<(u16, Vec<(String, String)>), ClientError> {
         let mut line = String::new();
-        reader.read_line(&mut line).map_err(|source| self.io(source))?;
+        reader
+            .read_line(&mut line)
+            .map_err(|source| self.io(source))?;
         let status = line
             .split_whitespace()
             .nth(1)
@@ -182,7 +211,9 @@ impl Client {
         let mut headers = Vec::new();
         loop {
             line.clear();
-            reader.read_line(&mut line).map_err(|source| self.io(source))?;
+            reader
+                .read_line(&mut line)
+                .map_err(|source| self.io(source))?;
             let trimmed = line.trim_end();
             if trimmed.is_empty() {
                 break;
@@ -200,7 +231,12 @@ impl Client {
         uri: &str,
         headers: &[(String, String)],
     ) -> Result<Vec<u8>, ClientError> {
-        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
         if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
             let mut body = Vec::new();
             while let Some(piece) = self.read_chunk(reader, uri)? {
@@ -210,19 +246,31 @@ impl Client {
         }
         let mut body = Vec::new();
         if let Some(len) = header("content-length") {
-            let len: usize = len.parse().map_err(|_| protocol(uri, format!("bad Content-Length {len}")))?;
+            let len: usize = len
+                .parse()
+                .map_err(|_| protocol(uri, format!("bad Content-Length {len}")))?;
             body.resize(len, 0);
-            reader.read_exact(&mut body).map_err(|source| self.io(source))?;
+            reader
+                .read_exact(&mut body)
+                .map_err(|source| self.io(source))?;
         } else {
-            reader.read_to_end(&mut body).map_err(|source| self.io(source))?;
+            reader
+                .read_to_end(&mut body)
+                .map_err(|source| self.io(source))?;
         }
         Ok(body)
     }
 
     /// One chunk of a chunked body; `None` at the terminating zero-size chunk.
-    fn read_chunk(&self, reader: &mut impl BufRead, uri: &str) -> Result<Option<Vec<u8>>, ClientError> {
+    fn read_chunk(
+        &self,
+        reader: &mut impl BufRead,
+        uri: &str,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
         let mut line = String::new();
-        let n = reader.read_line(&mut line).map_err(|source| self.io(source))?;
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|source| self.io(source))?;
         if n == 0 {
             return Ok(None);
         }
@@ -233,26 +281,42 @@ impl Client {
             return Ok(None);
         }
         let mut piece = vec![0; size + 2];
-        reader.read_exact(&mut piece).map_err(|source| self.io(source))?;
+        reader
+            .read_exact(&mut piece)
+            .map_err(|source| self.io(source))?;
         piece.truncate(size);
         Ok(Some(piece))
     }
 
     fn io(&self, source: std::io::Error) -> ClientError {
-        ClientError::Io { path: self.path.clone(), source }
+        ClientError::Io {
+            path: self.path.clone(),
+            source,
+        }
     }
 }
 
 fn protocol(uri: &str, detail: String) -> ClientError {
-    ClientError::Protocol { uri: uri.to_string(), detail }
+    ClientError::Protocol {
+        uri: uri.to_string(),
+        detail,
+    }
 }
 
 fn status_error(method: &str, uri: &str, status: u16, body: &[u8]) -> ClientError {
     let message = serde_json::from_slice::<ApiError>(body)
         .map_or_else(|_| String::from_utf8_lossy(body).into_owned(), |e| e.error);
-    ClientError::Status { method: method.to_string(), uri: uri.to_string(), status, message }
+    ClientError::Status {
+        method: method.to_string(),
+        uri: uri.to_string(),
+        status,
+        message,
+    }
 }
 
 fn decode<T: DeserializeOwned>(uri: &str, body: &[u8]) -> Result<T, ClientError> {
-    serde_json::from_slice(body).map_err(|source| ClientError::Decode { uri: uri.to_string(), source })
+    serde_json::from_slice(body).map_err(|source| ClientError::Decode {
+        uri: uri.to_string(),
+        source,
+    })
 }

@@ -198,7 +198,11 @@ impl std::fmt::Display for MonitorEvent {
     /// One line per event, in the spirit of `cilium monitor`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let addr = |ip: &str, port: u16| {
-            if port == 0 { ip.to_string() } else { format!("{ip}:{port}") }
+            if port == 0 {
+                ip.to_string()
+            } else {
+                format!("{ip}:{port}")
+            }
         };
         if self.kind == "drop" {
             write!(f, "xx drop ({}) ", self.reason)?;
@@ -218,7 +222,11 @@ impl std::fmt::Display for MonitorEvent {
             ": {} -> {} {} {} bytes",
             addr(&self.src, self.src_port),
             addr(&self.dst, self.dst_port),
-            if self.l3 == "IPv4" { &self.protocol } else { &self.l3 },
+            if self.l3 == "IPv4" {
+                &self.protocol
+            } else {
+                &self.l3
+            },
             self.length
         )
     }

@@ -135,7 +135,12 @@ fn metrics_list(client: &Client, args: &MapArgs) -> anyhow::Result<()> {
         .map(|(reason, dir, packets, bytes)| MetricEntry {
             reason_code: reason,
             reason: drop_reason_name(reason),
-            direction: if dir == METRIC_INGRESS { "INGRESS" } else { "EGRESS" }.to_string(),
+            direction: if dir == METRIC_INGRESS {
+                "INGRESS"
+            } else {
+                "EGRESS"
+            }
+            .to_string(),
             packets,
             bytes,
         })
@@ -145,7 +150,14 @@ fn metrics_list(client: &Client, args: &MapArgs) -> anyhow::Result<()> {
     }
     let rows: Vec<Vec<String>> = entries
         .iter()
-        .map(|e| vec![e.reason.clone(), e.direction.clone(), e.packets.to_string(), e.bytes.to_string()])
+        .map(|e| {
+            vec![
+                e.reason.clone(),
+                e.direction.clone(),
+                e.packets.to_string(),
+                e.bytes.to_string(),
+            ]
+        })
         .collect();
     print_table(&["REASON", "DIRECTION", "PACKETS", "BYTES"], &rows);
     Ok(())

@@ -35,7 +35,10 @@ pub fn run(client: &Client, cmd: EndpointCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print_table(&["ENDPOINT", "IPv4", "STATUS", "INTERFACE", "LABELS"], &rows);
+            print_table(
+                &["ENDPOINT", "IPv4", "STATUS", "INTERFACE", "LABELS"],
+                &rows,
+            );
         }
         EndpointCommand::Get { id, output } => {
             let ep: Endpoint = client
@@ -49,7 +52,10 @@ pub fn run(client: &Client, cmd: EndpointCommand) -> anyhow::Result<()> {
             println!("  Labels:         {}", ep.label());
             println!("  Container ID:   {}", ep.container_id);
             println!("  Networking:");
-            println!("    Interface:    {} (index {})", ep.host_ifname, ep.host_ifindex);
+            println!(
+                "    Interface:    {} (index {})",
+                ep.host_ifname, ep.host_ifindex
+            );
             println!("    MAC:          {}", ep.mac);
             println!("    Host MAC:     {}", ep.host_mac);
             println!("    Addressing:   IPv4 {}", ep.ip);

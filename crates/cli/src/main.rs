@@ -10,7 +10,11 @@ mod status;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ciliate", version, about = "ciliate: eBPF pod networking for Kubernetes")]
+#[command(
+    name = "ciliate",
+    version,
+    about = "ciliate: eBPF pod networking for Kubernetes"
+)]
 struct Cli {
     /// The agent's API socket (default: $CILIATE_SOCKET, else /var/run/ciliate/ciliate.sock).
     #[arg(long, global = true)]
@@ -39,7 +43,11 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let client = || cli.socket.clone().map_or_else(ciliate_api::Client::from_env, ciliate_api::Client::new);
+    let client = || {
+        cli.socket
+            .clone()
+            .map_or_else(ciliate_api::Client::from_env, ciliate_api::Client::new)
+    };
     let result = match cli.command {
         Command::Status(args) => status::run(&client(), &args).map(|()| 0),
         Command::Endpoint(cmd) => endpoint::run(&client(), cmd).map(|()| 0),

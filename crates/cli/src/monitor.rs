@@ -27,7 +27,10 @@ pub fn run(client: &Client, args: &MonitorArgs) -> anyhow::Result<()> {
     };
     let json = args.output.is_some();
     if !json {
-        eprintln!("Listening for events on {}. Press Ctrl-C to quit", client.path().display());
+        eprintln!(
+            "Listening for events on {}. Press Ctrl-C to quit",
+            client.path().display()
+        );
     }
     let mut seen = 0;
     client.stream_lines(uri, |line| {

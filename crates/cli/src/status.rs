@@ -12,31 +12,51 @@ pub struct StatusArgs {
 }
 
 pub fn run(client: &Client, args: &StatusArgs) -> anyhow::Result<()> {
-    let uri = if args.verbose { "/v1/status?verbose=true" } else { "/v1/status" };
+    let uri = if args.verbose {
+        "/v1/status?verbose=true"
+    } else {
+        "/v1/status"
+    };
     let status: Status = client.get(uri)?;
     if args.output.format == Format::Json {
         return print_json(&status);
     }
     let row = |k: &str, v: String| println!("{:<24}{v}", format!("{k}:"));
     row("Node", status.node_name.clone());
-    row("Agent", format!("Ok   {} (up {}s)", status.version, status.uptime_seconds));
+    row(
+        "Agent",
+        format!("Ok   {} (up {}s)", status.version, status.uptime_seconds),
+    );
     row("Kernel", status.kernel.clone());
     row("KVStore", "Disabled".into());
     row("Kubernetes", "Disabled".into());
     row(
         "Host device",
-        format!("{} with router IP {} (MTU {})", status.host_device, status.router_ip, status.mtu),
+        format!(
+            "{} with router IP {} (MTU {})",
+            status.host_device, status.router_ip, status.mtu
+        ),
     );
     let d = &status.datapath;
     row("Datapath mode", d.datapath_mode.clone());
     row("Routing", format!("Mode: {}", d.routing_mode));
-    let progs: Vec<String> = d.programs.iter().map(|p| format!("{} (id {})", p.name, p.id)).collect();
-    row("BPF programs", format!("{} [{}]", progs.join(", "), d.object));
+    let progs: Vec<String> = d
+        .programs
+        .iter()
+        .map(|p| format!("{} (id {})", p.name, p.id))
+        .collect();
+    row(
+        "BPF programs",
+        format!("{} [{}]", progs.join(", "), d.object),
+    );
     row("BPF root", d.bpf_root.clone());
     let ipam = &status.ipam;
     row(
         "IPAM",
-        format!("IPv4: {}/{} allocated from {} ({})", ipam.allocated, ipam.capacity, ipam.cidr, ipam.mode),
+        format!(
+            "IPv4: {}/{} allocated from {} ({})",
+            ipam.allocated, ipam.capacity, ipam.cidr, ipam.mode
+        ),
     );
     if args.verbose {
         println!("Allocated addresses:");
@@ -45,7 +65,10 @@ pub fn run(client: &Client, args: &StatusArgs) -> anyhow::Result<()> {
             println!("  {} ({})", a.ip, a.owner);
         }
     }
-    row("Endpoints", format!("{} ({} ready)", status.endpoints, status.endpoints_ready));
+    row(
+        "Endpoints",
+        format!("{} ({} ready)", status.endpoints, status.endpoints_ready),
+    );
     row("Monitor", format!("{} listeners", status.monitor_listeners));
     Ok(())
 }

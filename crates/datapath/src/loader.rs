@@ -23,13 +23,14 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use sha2::{Digest, Sha256};
 
 use crate::maps::{
-    DatapathConfig, EndpointInfo, EndpointKey, MetricsValue, CONFIG_MAP, ENDPOINTS_MAP,
-    METRICS_MAP,
+    DatapathConfig, EndpointInfo, EndpointKey, MetricsValue, CONFIG_MAP, ENDPOINTS_MAP, METRICS_MAP,
 };
 
 /// The programs of `bpf/lxc.c`, with where each is attached on an lxc device.
-pub const LXC_PROGRAMS: &[(&str, TcAttachType)] =
-    &[("from_container", TcAttachType::Ingress), ("to_container", TcAttachType::Egress)];
+pub const LXC_PROGRAMS: &[(&str, TcAttachType)] = &[
+    ("from_container", TcAttachType::Ingress),
+    ("to_container", TcAttachType::Egress),
+];
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -113,7 +114,11 @@ fn load_and_pin(progs_dir: &Path, maps_dir: &Path, object: &[u8]) -> Result<(), 
     for (name, _) in LXC_PROGRAMS {
         let prog_err = |action: &'static str| {
             let name = (*name).to_string();
-            move |e: aya::programs::ProgramError| LoadError::Program { name, action, source: Box::new(e) }
+            move |e: aya::programs::ProgramError| LoadError::Program {
+                name,
+                action,
+                source: Box::new(e),
+            }
         };
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
@@ -127,18 +132,28 @@ fn load_and_pin(progs_dir: &Path, maps_dir: &Path, object: &[u8]) -> Result<(), 
         prog.load().map_err(prog_err("loading"))?;
         let path = progs_dir.join(name);
         let _ = std::fs::remove_file(&path);
-        prog.pin(&path).map_err(|source| LoadError::Pin { path: path.clone(), source })?;
+        prog.pin(&path).map_err(|source| LoadError::Pin {
+            path: path.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
 
 /// Hex sha256 of the embedded object, the identity of "what is loaded".
 pub fn object_hash(object: &[u8]) -> String {
-    Sha256::digest(object).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(object)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LoadError + 'a {
-    move |source| LoadError::Io { what, path: path.to_owned(), source }
+    move |source| LoadError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Fails unless `path` (or its closest existing ancestor) is on a bpffs.
@@ -147,12 +162,17 @@ pub fn check_bpffs(path: &Path) -> Result<(), LoadError> {
     while !probe.exists() {
         probe = probe.parent().unwrap_or(Path::new("/"));
     }
-    let stat = nix::sys::statfs::statfs(probe)
-        .map_err(|e| LoadError::Io { what: "statfs", path: probe.to_owned(), source: e.into() })?;
+    let stat = nix::sys::statfs::statfs(probe).map_err(|e| LoadError::Io {
+        what: "statfs",
+        path: probe.to_owned(),
+        source: e.into(),
+    })?;
     if stat.filesystem_type().0 as i64 == BPF_FS_MAGIC {
         Ok(())
     } else {
-        Err(LoadError::NotBpffs { path: path.to_owned() })
+        Err(LoadError::NotBpffs {
+            path: path.to_owned(),
+        })
     }
 }
 
@@ -180,7 +200,11 @@ impl Datapath {
         } else {
             std::fs::create_dir_all(&current).map_err(io("creating", &current))?;
             load_and_pin(&current, &root.join("maps"), object)?;
-            if others.iter().any(|d| pinned_in(d)) { Origin::Replaced } else { Origin::Loaded }
+            if others.iter().any(|d| pinned_in(d)) {
+                Origin::Replaced
+            } else {
+                Origin::Loaded
+            }
         };
 
         // Loaded or adopted, the programs are used through their pins.
@@ -194,7 +218,11 @@ impl Datapath {
             })?;
             programs.push(((*name).to_string(), *attach, prog));
         }
-        let mut datapath = Self { root: root.to_owned(), programs, origin };
+        let mut datapath = Self {
+            root: root.to_owned(),
+            programs,
+            origin,
+        };
         if origin == Origin::Replaced {
             datapath.update_pinned_links()?;
         }
@@ -203,6 +231,14 @@ impl Datapath {
             let _ = std::fs::remove_dir_all(&dir);
         }
         Ok(datapath)
+    }
+
+    /// A loaded program by name, e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn program(&self, name: &str) -> Option<&SchedClassifier> {
+        self.programs
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, p)| p)
     }
 
     pub fn origin(&self) -> Origin {
@@ -225,13 +261,19 @@ impl Datapath {
     }
 
     fn link_path(&self, device: &str, attach: TcAttachType) -> PathBuf {
-        let dir = if attach == TcAttachType::Ingress { "ingress" } else { "egress" };
+        let dir = if attach == TcAttachType::Ingress {
+            "ingress"
+        } else {
+            "egress"
+        };
         self.root.join("links").join(format!("{device}-{dir}"))
     }
 
     /// Whether every program has a pinned link on `device`.
     pub fn is_attached(&self, device: &str) -> bool {
-        self.programs.iter().all(|(_, attach, _)| self.link_path(device, *attach).exists())
+        self.programs
+            .iter()
+            .all(|(_, attach, _)| self.link_path(device, *attach).exists())
     }
 
     /// Attaches every lxc program to `device` with TCX and pins the links.
@@ -250,26 +292,43 @@ impl Datapath {
     fn attach_inner(&mut self, device: &str, made: &mut Vec<PathBuf>) -> Result<(), LoadError> {
         let root = self.root.clone();
         for (name, attach, prog) in &mut self.programs {
-            let dir = if *attach == TcAttachType::Ingress { "ingress" } else { "egress" };
+            let dir = if *attach == TcAttachType::Ingress {
+                "ingress"
+            } else {
+                "egress"
+            };
             let path = root.join("links").join(format!("{device}-{dir}"));
             if path.exists() {
                 continue;
             }
             let prog_err = |action: &'static str| {
                 let name = name.clone();
-                move |e: aya::programs::ProgramError| LoadError::Program { name, action, source: Box::new(e) }
+                move |e: aya::programs::ProgramError| LoadError::Program {
+                    name,
+                    action,
+                    source: Box::new(e),
+                }
             };
             let id = prog
-                .attach_with_options(device, *attach, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .attach_with_options(
+                    device,
+                    *attach,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
                 .map_err(prog_err("attaching"))?;
-            let link: FdLink = prog.take_link(id).map_err(prog_err("taking link"))?.try_into().map_err(
-                |e: aya::programs::links::LinkError| LoadError::Link {
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(prog_err("taking link"))?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| LoadError::Link {
                     path: path.clone(),
                     action: "converting",
                     source: Box::new(e),
-                },
-            )?;
-            link.pin(&path).map_err(|source| LoadError::Pin { path: path.clone(), source })?;
+                })?;
+            link.pin(&path).map_err(|source| LoadError::Pin {
+                path: path.clone(),
+                source,
+            })?;
             made.push(path);
         }
         Ok(())
@@ -282,7 +341,13 @@ impl Datapath {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LoadError::Io { what: "removing", path, source: e }),
+                Err(e) => {
+                    return Err(LoadError::Io {
+                        what: "removing",
+                        path,
+                        source: e,
+                    })
+                }
             }
         }
         Ok(())
@@ -294,7 +359,12 @@ impl Datapath {
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| e.file_name().to_str()?.rsplit_once('-').map(|(d, _)| d.to_string()))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .rsplit_once('-')
+                    .map(|(d, _)| d.to_string())
+            })
             .collect();
         devices.sort();
         devices.dedup();
@@ -306,7 +376,11 @@ impl Datapath {
         let root = self.root.clone();
         for device in self.attached_devices() {
             for (_, attach, prog) in &mut self.programs {
-                let dir = if *attach == TcAttachType::Ingress { "ingress" } else { "egress" };
+                let dir = if *attach == TcAttachType::Ingress {
+                    "ingress"
+                } else {
+                    "egress"
+                };
                 let path = root.join("links").join(format!("{device}-{dir}"));
                 if !path.exists() {
                     continue;
@@ -317,7 +391,11 @@ impl Datapath {
                     source: Box::new(e),
                 })?;
                 let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| {
-                    LoadError::Link { path: path.clone(), action: "not a tc link", source: Box::new(e) }
+                    LoadError::Link {
+                        path: path.clone(),
+                        action: "not a tc link",
+                        source: Box::new(e),
+                    }
                 })?;
                 // The program keeps the link's fd; dropping it later only closes
                 // the fd, the pin keeps the link (now with the new program).
@@ -331,7 +409,6 @@ impl Datapath {
         Ok(())
     }
 }
-
 
 /// Typed handles on the pinned maps, opened from their pins so that the agent,
 /// the CLI and tests all see the same kernel objects.
@@ -359,7 +436,11 @@ fn typed<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     name: &str,
     map: aya::maps::Map,
 ) -> Result<T, LoadError> {
-    T::try_from(map).map_err(|e| LoadError::Map { name: name.to_string(), action: "wrong type", source: Box::new(e) })
+    T::try_from(map).map_err(|e| LoadError::Map {
+        name: name.to_string(),
+        action: "wrong type",
+        source: Box::new(e),
+    })
 }
 
 impl Maps {
@@ -373,16 +454,22 @@ impl Maps {
 
     /// The ring buffer of events; only one reader should consume it.
     pub fn open_events(root: &Path) -> Result<aya::maps::RingBuf<MapData>, LoadError> {
-        typed(crate::maps::EVENTS_MAP, open_map(root, crate::maps::EVENTS_MAP)?)
+        typed(
+            crate::maps::EVENTS_MAP,
+            open_map(root, crate::maps::EVENTS_MAP)?,
+        )
     }
 
     /// Every endpoint map entry.
     pub fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, EndpointInfo)>, LoadError> {
-        self.endpoints.iter().collect::<Result<Vec<_>, _>>().map_err(|e| LoadError::Map {
-            name: ENDPOINTS_MAP.to_string(),
-            action: "iterating",
-            source: Box::new(e),
-        })
+        self.endpoints
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| LoadError::Map {
+                name: ENDPOINTS_MAP.to_string(),
+                action: "iterating",
+                source: Box::new(e),
+            })
     }
 
     /// Non-zero counters summed over CPUs: (reason, direction, packets, bytes).
@@ -394,7 +481,9 @@ impl Maps {
                 action: "reading",
                 source: Box::new(e),
             })?;
-            let (packets, bytes) = values.iter().fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
+            let (packets, bytes) = values
+                .iter()
+                .fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
             if packets > 0 {
                 let (reason, dir) = crate::maps::metrics_key(index);
                 out.push((reason, dir, packets, bytes));

@@ -1,0 +1,127 @@
+//! The C and Rust views of every shared struct must agree: this reads the BTF
+//! of `bpf/layout.c` (compiled from the same headers as the programs) with
+//! bpftool and compares sizes, member names and offsets with the Rust types.
+
+use std::mem::{offset_of, size_of};
+
+use ciliate_datapath::maps::{DatapathConfig, EndpointInfo, EndpointKey, MetricsValue, TraceEvent};
+
+struct RustLayout {
+    c_name: &'static str,
+    size: usize,
+    /// (C member name, Rust offset) in declaration order.
+    members: Vec<(&'static str, usize)>,
+}
+
+fn rust_layouts() -> Vec<RustLayout> {
+    vec![
+        RustLayout {
+            c_name: "endpoint_key",
+            size: size_of::<EndpointKey>(),
+            members: vec![("ip4", offset_of!(EndpointKey, ip4))],
+        },
+        RustLayout {
+            c_name: "endpoint_info",
+            size: size_of::<EndpointInfo>(),
+            members: vec![
+                ("ifindex", offset_of!(EndpointInfo, ifindex)),
+                ("lxc_id", offset_of!(EndpointInfo, lxc_id)),
+                ("flags", offset_of!(EndpointInfo, flags)),
+                ("mac", offset_of!(EndpointInfo, mac)),
+                ("node_mac", offset_of!(EndpointInfo, node_mac)),
+                ("sec_identity", offset_of!(EndpointInfo, sec_identity)),
+            ],
+        },
+        RustLayout {
+            c_name: "datapath_config",
+            size: size_of::<DatapathConfig>(),
+            members: vec![
+                ("router_ip", offset_of!(DatapathConfig, router_ip)),
+                ("trace_enabled", offset_of!(DatapathConfig, trace_enabled)),
+            ],
+        },
+        RustLayout {
+            c_name: "metrics_value",
+            size: size_of::<MetricsValue>(),
+            members: vec![
+                ("packets", offset_of!(MetricsValue, packets)),
+                ("bytes", offset_of!(MetricsValue, bytes)),
+            ],
+        },
+        RustLayout {
+            c_name: "trace_event",
+            size: size_of::<TraceEvent>(),
+            members: vec![
+                ("type", offset_of!(TraceEvent, kind)),
+                ("reason", offset_of!(TraceEvent, reason)),
+                ("dir", offset_of!(TraceEvent, dir)),
+                ("proto", offset_of!(TraceEvent, proto)),
+                ("ifindex", offset_of!(TraceEvent, ifindex)),
+                ("src_ip", offset_of!(TraceEvent, src_ip)),
+                ("dst_ip", offset_of!(TraceEvent, dst_ip)),
+                ("sport", offset_of!(TraceEvent, sport)),
+                ("dport", offset_of!(TraceEvent, dport)),
+                ("src_ep", offset_of!(TraceEvent, src_ep)),
+                ("dst_ep", offset_of!(TraceEvent, dst_ep)),
+                ("len", offset_of!(TraceEvent, len)),
+                ("dst_ifindex", offset_of!(TraceEvent, dst_ifindex)),
+                ("eth_proto", offset_of!(TraceEvent, eth_proto)),
+                ("pad", offset_of!(TraceEvent, pad)),
+                ("ktime_ns", offset_of!(TraceEvent, ktime_ns)),
+            ],
+        },
+    ]
+}
+
+#[test]
+fn rust_types_match_the_btf_of_the_c_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let obj = dir.path().join("layout.o");
+    std::fs::write(&obj, ciliate_datapath::LAYOUT_OBJECT).unwrap();
+    let out = std::process::Command::new("bpftool")
+        .args(["btf", "dump", "file"])
+        .arg(&obj)
+        .arg("-j")
+        .output()
+        .expect("running bpftool (install Debian's bpftool; scripts/install-deps.sh does)");
+    assert!(
+        out.status.success(),
+        "bpftool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let btf: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let types = btf["types"].as_array().unwrap();
+
+    for rust in rust_layouts() {
+        let c = types
+            .iter()
+            .find(|t| t["kind"] == "STRUCT" && t["name"] == rust.c_name)
+            .unwrap_or_else(|| panic!("struct {} missing from the BTF", rust.c_name));
+        assert_eq!(
+            c["size"].as_u64().unwrap() as usize,
+            rust.size,
+            "size of struct {}",
+            rust.c_name
+        );
+        let members = c["members"].as_array().unwrap();
+        let c_members: Vec<(String, usize)> = members
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap().to_string(),
+                    m["bits_offset"].as_u64().unwrap() as usize / 8,
+                )
+            })
+            .collect();
+        let r_members: Vec<(String, usize)> = rust
+            .members
+            .iter()
+            .map(|(n, o)| ((*n).to_string(), *o))
+            .collect();
+        assert_eq!(
+            c_members, r_members,
+            "members of struct {} (C, then Rust)",
+            rust.c_name
+        );
+    }
+}
