@@ -192,11 +192,13 @@ impl Daemon {
         let inner = &mut *guard;
 
         match inner.ipam.get(req.ip) {
-            None => return Err(AgentError::BadRequest(format!(
+            None => {
+                return Err(AgentError::BadRequest(format!(
                 "field ip: address {} is not allocated by this node's IPAM ({}); allocate it first",
                 req.ip,
                 inner.ipam.cidr()
-            ))),
+            )))
+            }
             Some(Allocation {
                 container_id: Some(owner),
                 ..

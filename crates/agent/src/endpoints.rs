@@ -9,6 +9,7 @@ use ciliate_api::{Endpoint, EndpointCreateRequest, EndpointState};
 use ciliate_datapath::loader::{Datapath, Maps};
 use ciliate_datapath::maps::{EndpointInfo, EndpointKey, ENDPOINT_F_HEALTH};
 use ciliate_datapath::netlink::{self, Netlink, Route};
+use ciliate_datapath::sysctl;
 use ipnet::Ipv4Net;
 
 use crate::error::AgentError;
@@ -169,6 +170,7 @@ pub fn plumb(
     maps: &mut Maps,
     nl: &Netlink,
 ) -> Result<(), AgentError> {
+    isolate_from_kernel_routing(&ep.host_ifname)?;
     datapath.attach(&ep.host_ifname)?;
     let (key, info) = map_entry(ep);
     if let Err(source) = maps.endpoints.insert(key, info, 0) {
@@ -182,6 +184,18 @@ pub fn plumb(
         let _ = maps.endpoints.remove(&key);
         let _ = datapath.detach(&ep.host_ifname);
         return Err(e.into());
+    }
+    Ok(())
+}
+
+/// The kernel must not carry pod traffic: only the BPF programs do. With
+/// forwarding off on the lxc device the stack delivers what a pod sends to
+/// the node itself but never routes it on, and with `arp_ignore=1` the node
+/// does not answer the pod's ARP (the lxc device has no address); so without
+/// our programs a pod reaches nothing, and with them every path is theirs.
+fn isolate_from_kernel_routing(device: &str) -> Result<(), AgentError> {
+    for (key, value) in [("forwarding", "0"), ("arp_ignore", "1")] {
+        sysctl::set(&format!("net/ipv4/conf/{device}/{key}"), value)?;
     }
     Ok(())
 }

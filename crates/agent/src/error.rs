@@ -19,6 +19,8 @@ pub enum AgentError {
     #[error(transparent)]
     Netlink(#[from] ciliate_datapath::netlink::NetlinkError),
     #[error(transparent)]
+    Sysctl(#[from] ciliate_datapath::sysctl::SysctlError),
+    #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error("{context}")]
     Map {

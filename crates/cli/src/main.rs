@@ -38,7 +38,8 @@ enum Command {
     Metrics(bpf::MetricsCommand),
     /// Print datapath events (drops and traces) as they happen.
     Monitor(monitor::MonitorArgs),
-    // LAB-COMMAND
+    /// A ciliate cluster in network namespaces on this machine.
+    Lab(ciliate_lab::cli::LabArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,7 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Bpf(cmd) => bpf::run(&client(), cmd).map(|()| 0),
         Command::Metrics(cmd) => bpf::run_metrics(&client(), cmd).map(|()| 0),
         Command::Monitor(args) => monitor::run(&client(), &args).map(|()| 0),
-        // LAB-RUN
+        Command::Lab(args) => ciliate_lab::cli::run(args),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),

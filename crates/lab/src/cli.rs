@@ -1,0 +1,316 @@
+//! `ciliate lab ...`: the command line over [`crate::Lab`].
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use crate::lab::{ApplyOutcome, Lab, LabSpec, LabStatus};
+use crate::{manifest, names};
+
+#[derive(clap::Args, Debug)]
+pub struct LabArgs {
+    /// The lab to act on: a lowercase letter then letters or digits.
+    #[arg(long, global = true, default_value = names::DEFAULT_LAB, env = "CILIATE_LAB")]
+    pub name: String,
+    #[command(subcommand)]
+    pub cmd: LabCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum LabCommand {
+    /// Create the lab: fabric bridge, nodes, one agent per node. Does nothing
+    /// if the lab is up and healthy with the same number of nodes.
+    Up {
+        /// Number of nodes (node0 at 192.168.10.100, node1 at .101, ...).
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// Directory with ciliate-agent and ciliate-cni (default: next to this program).
+        #[arg(long, env = "CILIATE_BIN_DIR")]
+        bin_dir: Option<PathBuf>,
+        /// Seconds to wait for each agent to answer.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Remove everything the lab made, even after a crash. Idempotent.
+    Down,
+    /// Create the Pods of a Kubernetes YAML file ("-" for stdin).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Delete the Pods of a file, or `delete pod NAME...`.
+    Delete {
+        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "pods"])]
+        file: Option<PathBuf>,
+        /// `pod` (or `pods`, `po`).
+        #[arg(required_unless_present = "file")]
+        kind: Option<String>,
+        /// Pod names: `name` or `namespace/name`.
+        pods: Vec<String>,
+    },
+    /// Run a command in a node's or pod's network namespace.
+    Exec {
+        /// A node (`node0`), a pod (`client`) or `namespace/pod`.
+        target: String,
+        /// The command and its arguments, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Nodes and pods with their addresses and processes.
+    Status {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Runs a lab command; returns the process exit code.
+pub fn run(args: LabArgs) -> anyhow::Result<i32> {
+    let name = args.name;
+    match args.cmd {
+        LabCommand::Up {
+            nodes,
+            bin_dir,
+            timeout,
+        } => {
+            let spec = LabSpec {
+                bin_dir,
+                agent_timeout: Duration::from_secs(timeout),
+                ..LabSpec::new(&name, nodes)
+            };
+            let lab = Lab::up(&spec).with_context(|| format!("bringing lab {name} up"))?;
+            if lab.was_already_up() {
+                println!("lab {name} is up already and healthy; nothing to do");
+            } else {
+                println!(
+                    "lab {name} is up: {} node(s) on bridge br0 in namespace {}, state in {}",
+                    lab.nodes().len(),
+                    lab.state().fabric_netns,
+                    lab.dir().display()
+                );
+            }
+            print_status(&lab.status());
+            Ok(0)
+        }
+        LabCommand::Down => {
+            let report = Lab::down(&name).with_context(|| format!("taking lab {name} down"))?;
+            if report.found_anything() {
+                println!(
+                    "lab {name} is down: stopped {} process(es), deleted {} namespace(s), unmounted {} bpffs, removed {}",
+                    report.processes,
+                    report.namespaces.len(),
+                    report.mounts,
+                    if report.removed_dir { names::lab_dir(&name).display().to_string() } else { "no files".into() }
+                );
+            } else {
+                println!("lab {name}: nothing to remove");
+            }
+            Ok(0)
+        }
+        LabCommand::Apply { file } => {
+            let text = read_input(&file)?;
+            let manifest =
+                manifest::parse(&text).with_context(|| format!("reading {}", file.display()))?;
+            for w in &manifest.warnings {
+                eprintln!("warning: {w}");
+            }
+            let mut lab = Lab::open(&name)?;
+            lab.check_nodes(&manifest)
+                .with_context(|| format!("applying {}", file.display()))?;
+            for object in &manifest.objects {
+                match object {
+                    manifest::Object::Pod(pod) => {
+                        let outcome = lab
+                            .apply_pod(pod)
+                            .with_context(|| format!("creating pod {}", pod.key()))?;
+                        println!("{outcome}");
+                        if let ApplyOutcome::Created { .. } = outcome {
+                            warn_exited(&lab, &pod.key());
+                        }
+                    }
+                    manifest::Object::Skipped { .. } => {}
+                }
+            }
+            Ok(0)
+        }
+        LabCommand::Delete { file, kind, pods } => {
+            let mut lab = Lab::open(&name)?;
+            let targets: Vec<String> = if let Some(file) = file {
+                let text = read_input(&file)?;
+                let manifest = manifest::parse(&text)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                manifest.pods().map(manifest::PodManifest::key).collect()
+            } else {
+                let kind = kind.unwrap_or_default();
+                if !matches!(kind.as_str(), "pod" | "pods" | "po") {
+                    bail!("resource type {kind:?} is not supported: the lab deletes pods (`ciliate lab delete pod NAME`)");
+                }
+                if pods.is_empty() {
+                    bail!("no pod named: `ciliate lab delete pod NAME...`");
+                }
+                pods
+            };
+            let mut missing = 0;
+            for pod in targets {
+                if lab
+                    .delete_pod(&pod)
+                    .with_context(|| format!("deleting pod {pod}"))?
+                {
+                    println!("pod/{pod} deleted");
+                } else {
+                    println!("pod/{pod} not found");
+                    missing += 1;
+                }
+            }
+            Ok(i32::from(missing > 0))
+        }
+        LabCommand::Exec { target, cmd } => {
+            let lab = Lab::open(&name)?;
+            let status = lab.exec_inherit(&target, &cmd)?;
+            Ok(exit_code(status))
+        }
+        LabCommand::Status { output } => {
+            let lab = Lab::open(&name)?;
+            let status = lab.status();
+            match output {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                Format::Table => print_status(&status),
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// The shell's convention: the exit code, or 128 + the signal.
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+fn read_input(file: &PathBuf) -> anyhow::Result<String> {
+    if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the manifest from stdin")?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+    }
+}
+
+/// Tells about containers that exited right after starting, with their logs.
+fn warn_exited(lab: &Lab, key: &str) {
+    std::thread::sleep(Duration::from_millis(150));
+    let Ok(pod) = lab.pod(key) else { return };
+    for (container, log) in Lab::exited_containers(pod) {
+        eprintln!("warning: container {container} of pod {key} exited right after starting");
+        if let Some(log) = log {
+            eprintln!("{}:\n{}", log.display(), crate::sys::tail(&log, 10));
+        }
+    }
+}
+
+pub fn print_status(status: &LabStatus) {
+    println!("lab {} ({})", status.name, status.dir.display());
+    let mut rows = vec![vec![
+        "NODE".to_string(),
+        "IP".into(),
+        "PODCIDR".into(),
+        "AGENT".into(),
+        "NETNS".into(),
+        "SOCKET".into(),
+    ]];
+    for n in &status.nodes {
+        let agent = match (n.agent_pid, n.agent_alive, n.agent_ready) {
+            (Some(pid), true, true) => format!("{pid} ready"),
+            (Some(pid), true, false) => format!("{pid} not answering"),
+            (Some(pid), false, _) => format!("{pid} dead"),
+            (None, _, _) => "not started".into(),
+        };
+        rows.push(vec![
+            n.name.clone(),
+            n.ip.to_string(),
+            n.pod_cidr.to_string(),
+            agent,
+            n.netns.clone(),
+            n.socket.display().to_string(),
+        ]);
+    }
+    print_table(&rows);
+    if status.pods.is_empty() {
+        println!("no pods (add some with `ciliate lab apply -f FILE`)");
+        return;
+    }
+    let mut rows = vec![vec![
+        "POD".to_string(),
+        "NODE".into(),
+        "IP".into(),
+        "NETNS".into(),
+        "PROCESSES".into(),
+    ]];
+    for p in &status.pods {
+        let procs = p
+            .containers
+            .iter()
+            .map(|c| match c.pid {
+                Some(pid) => format!(
+                    "{}:{pid} {}",
+                    c.name,
+                    if c.alive { "running" } else { "exited" }
+                ),
+                None => format!("{}:no command", c.name),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let netns = if p.host_network {
+            format!("{} (host network)", p.netns)
+        } else {
+            p.netns.clone()
+        };
+        rows.push(vec![
+            format!("{}/{}", p.namespace, p.name),
+            p.node.clone(),
+            p.ip.to_string(),
+            netns,
+            procs,
+        ]);
+    }
+    print_table(&rows);
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if i + 1 == row.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}

@@ -1,0 +1,1299 @@
+//! The lab: a cluster in network namespaces on one machine.
+//!
+//! ```text
+//!  <lab>-fabric:  br0 ── node0 ── node1 ── ...        (veth ports, no address)
+//!                         │        │
+//!  <lab>-node0:   eth0 192.168.10.100/24   ciliate-agent, ciliate_host, lxc*...
+//!  <lab>-node1:   eth0 192.168.10.101/24
+//!  <lab>-pod-<ns>-<name>: eth0 from ciliate-cni, the pod's commands
+//! ```
+//!
+//! Nothing is created in the machine's own namespace except files under
+//! `/run/ciliate-lab/<lab>/` (with the lab's bpffs mounted there) and the
+//! namespace mount points `/run/netns/<lab>-*`; the fabric has no path out.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ciliate_datapath::netns;
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::error::{io_err, LabError, Result};
+use crate::manifest::{self, Manifest, PodManifest};
+use crate::names;
+use crate::state::{
+    ContainerInfo, LabLock, LabState, NodeInfo, PodInfo, ProcessRecord, STATE_VERSION,
+};
+use crate::sys;
+use crate::{cni, fabric};
+
+/// The agent binary, looked up in the binary directory.
+pub const AGENT_BIN: &str = "ciliate-agent";
+/// The CNI plugin binary; the conflist names it by its `type`, `ciliate`.
+pub const CNI_BIN: &str = "ciliate-cni";
+/// The CLI, made first in `PATH` for commands run in a node.
+pub const CLI_BIN: &str = "ciliate";
+/// Environment variable naming the directory of the ciliate binaries.
+pub const BIN_DIR_ENV: &str = "CILIATE_BIN_DIR";
+/// The CNI `type` of ciliate's plugin in the conflist.
+pub const CNI_TYPE: &str = "ciliate";
+/// Most nodes a lab may have.
+pub const MAX_NODES: usize = 64;
+
+/// What `Lab::up` builds.
+#[derive(Clone, Debug)]
+pub struct LabSpec {
+    pub name: String,
+    pub nodes: usize,
+    /// Directory holding `ciliate-agent` and `ciliate-cni`; found automatically when unset.
+    pub bin_dir: Option<PathBuf>,
+    /// The fabric subnet; node `i` gets host address `node_host_offset + i`.
+    pub fabric_cidr: Ipv4Net,
+    pub node_host_offset: u32,
+    /// Node `i` gets the `i`-th subnet of this pool as its `PodCIDR`.
+    pub pod_cidr_pool: Ipv4Net,
+    pub pod_cidr_prefix: u8,
+    /// Extra keys for every agent's config (e.g. `routingMode`), merged over
+    /// the lab's own keys (nested mappings are merged key by key).
+    pub agent_config: serde_yaml::Mapping,
+    /// How long to wait for each agent to answer `GET /v1/status`.
+    pub agent_timeout: Duration,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        Self {
+            name: names::DEFAULT_LAB.to_string(),
+            nodes: 1,
+            bin_dir: None,
+            fabric_cidr: "192.168.10.0/24".parse().expect("valid"),
+            node_host_offset: 100,
+            pod_cidr_pool: "172.20.0.0/16".parse().expect("valid"),
+            pod_cidr_prefix: 24,
+            agent_config: serde_yaml::Mapping::new(),
+            agent_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl LabSpec {
+    /// A spec with defaults for everything but the name and node count.
+    pub fn new(name: impl Into<String>, nodes: usize) -> Self {
+        Self {
+            name: name.into(),
+            nodes,
+            ..Self::default()
+        }
+    }
+
+    fn invalid(field: &str, value: &dyn std::fmt::Display, allowed: impl Into<String>) -> LabError {
+        LabError::Invalid {
+            field: field.into(),
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
+    }
+
+    /// Checks the spec and computes each node's fabric address and `PodCIDR`.
+    pub fn plan(&self) -> Result<Vec<(String, Ipv4Net, Ipv4Net)>> {
+        names::validate_lab_name(&self.name)?;
+        if self.nodes == 0 || self.nodes > MAX_NODES {
+            return Err(Self::invalid(
+                "--nodes",
+                &self.nodes,
+                format!("1 to {MAX_NODES}"),
+            ));
+        }
+        let hosts = self.fabric_cidr.hosts().count() as u32;
+        if self.node_host_offset == 0 || self.node_host_offset + self.nodes as u32 > hosts {
+            return Err(Self::invalid(
+                "fabric CIDR",
+                &self.fabric_cidr,
+                format!(
+                    "a subnet with room for {} node addresses from host {}",
+                    self.nodes, self.node_host_offset
+                ),
+            ));
+        }
+        let subnets = self
+            .pod_cidr_pool
+            .subnets(self.pod_cidr_prefix)
+            .map_err(|_| {
+                Self::invalid(
+                    "PodCIDR mask size",
+                    &self.pod_cidr_prefix,
+                    format!(
+                        "{} to 30 for pool {}",
+                        self.pod_cidr_pool.prefix_len(),
+                        self.pod_cidr_pool
+                    ),
+                )
+            })?;
+        let subnets: Vec<Ipv4Net> = subnets.take(self.nodes).collect();
+        if subnets.len() < self.nodes || self.pod_cidr_prefix > 30 {
+            return Err(Self::invalid(
+                "PodCIDR pool",
+                &format!("{}, /{} per node", self.pod_cidr_pool, self.pod_cidr_prefix),
+                format!("a pool with {} subnets of at most /30", self.nodes),
+            ));
+        }
+        let base = u32::from(self.fabric_cidr.network());
+        Ok((0..self.nodes)
+            .map(|i| {
+                let ip = Ipv4Addr::from(base + self.node_host_offset + i as u32);
+                let address =
+                    Ipv4Net::new(ip, self.fabric_cidr.prefix_len()).expect("valid prefix");
+                (names::node_name(i), address, subnets[i])
+            })
+            .collect())
+    }
+}
+
+/// What `apply` did with one object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "action")]
+pub enum ApplyOutcome {
+    Created {
+        pod: String,
+        node: String,
+        ip: Ipv4Addr,
+        scheduled: bool,
+    },
+    Unchanged {
+        pod: String,
+        differs: bool,
+    },
+    Skipped {
+        kind: String,
+        name: String,
+    },
+}
+
+impl std::fmt::Display for ApplyOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Created {
+                pod,
+                node,
+                ip,
+                scheduled,
+            } => {
+                write!(f, "pod/{pod} created on {node} with IP {ip}")?;
+                if *scheduled {
+                    write!(f, " (no spec.nodeName: picked {node} round-robin)")?;
+                }
+                Ok(())
+            }
+            Self::Unchanged {
+                pod,
+                differs: false,
+            } => write!(f, "pod/{pod} unchanged"),
+            Self::Unchanged { pod, differs: true } => write!(
+                f,
+                "pod/{pod} unchanged: it exists with a different spec; pods cannot be updated, \
+                 delete it and apply again"
+            ),
+            Self::Skipped { kind, name } => write!(
+                f,
+                "{kind}/{name} skipped: the lab handles only Pods for now"
+            ),
+        }
+    }
+}
+
+/// What `down` removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DownReport {
+    pub processes: usize,
+    pub namespaces: Vec<String>,
+    pub mounts: usize,
+    pub removed_dir: bool,
+}
+
+impl DownReport {
+    /// Whether there was anything to remove.
+    pub fn found_anything(&self) -> bool {
+        self.processes > 0 || !self.namespaces.is_empty() || self.mounts > 0 || self.removed_dir
+    }
+}
+
+/// `lab status`, as printed and as JSON.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabStatus {
+    pub name: String,
+    pub dir: PathBuf,
+    pub fabric_netns: String,
+    pub bpffs: PathBuf,
+    pub nodes: Vec<NodeStatus>,
+    pub pods: Vec<PodStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+    pub netns: String,
+    pub socket: PathBuf,
+    pub agent_pid: Option<i32>,
+    pub agent_alive: bool,
+    /// Whether the agent answered `GET /v1/status`.
+    pub agent_ready: bool,
+    pub log: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub netns: String,
+    pub host_network: bool,
+    pub containers: Vec<ContainerStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    pub name: String,
+    pub pid: Option<i32>,
+    pub alive: bool,
+    pub log: Option<PathBuf>,
+}
+
+/// Where `exec` runs a command.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    Node(&'a NodeInfo),
+    Pod(&'a PodInfo),
+}
+
+/// A lab that exists (made by [`Lab::up`] or found by [`Lab::open`]).
+#[derive(Debug)]
+pub struct Lab {
+    state: LabState,
+    /// `up` found the lab already running and healthy.
+    already_up: bool,
+}
+
+impl Lab {
+    /// Creates a lab. If one of that name is up, healthy and has the same
+    /// number of nodes, it is returned as is ([`Lab::was_already_up`]); if
+    /// anything of that name exists otherwise, this fails and says to run
+    /// `down`. A failure half-way removes what was made.
+    pub fn up(spec: &LabSpec) -> Result<Self> {
+        if !sys::is_root() {
+            return Err(LabError::NotRoot);
+        }
+        let plan = spec.plan()?;
+        let name = spec.name.clone();
+        let dir = names::lab_dir(&name);
+        if LabState::path(&dir).exists() {
+            let lab = Self::open(&name)?;
+            let problems = lab.health_problems();
+            if problems.is_empty() && lab.state.nodes.len() == spec.nodes {
+                return Ok(Self {
+                    already_up: true,
+                    ..lab
+                });
+            }
+            let mut detail = problems.join("; ");
+            if lab.state.nodes.len() != spec.nodes {
+                if !detail.is_empty() {
+                    detail.push_str("; ");
+                }
+                let _ = write!(
+                    detail,
+                    "it has {} nodes, not {}",
+                    lab.state.nodes.len(),
+                    spec.nodes
+                );
+            }
+            return Err(LabError::Exists { name, detail });
+        }
+        let leftovers = leftovers(&name);
+        if !leftovers.is_empty() {
+            return Err(LabError::Exists {
+                name,
+                detail: format!(
+                    "has no state file and these remain: {}",
+                    leftovers.join(", ")
+                ),
+            });
+        }
+        let bin_dir = find_bin_dir(spec.bin_dir.as_deref(), &[AGENT_BIN, CNI_BIN])?;
+        match Self::build(spec, &plan, &dir, &bin_dir) {
+            Ok(state) => Ok(Self {
+                state,
+                already_up: false,
+            }),
+            Err(e) => {
+                let _ = Self::down(&name);
+                Err(e)
+            }
+        }
+    }
+
+    fn build(
+        spec: &LabSpec,
+        plan: &[(String, Ipv4Net, Ipv4Net)],
+        dir: &Path,
+        bin_dir: &Path,
+    ) -> Result<LabState> {
+        let name = &spec.name;
+        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        let _lock = LabLock::acquire(dir)?;
+        let bpffs = dir.join("bpffs");
+        std::fs::create_dir_all(&bpffs).map_err(io_err("creating", &bpffs))?;
+        sys::mount_bpffs(&bpffs)?;
+
+        // The plugin binary under the name a runtime looks for: its `type`.
+        let cni_bin = dir.join("cni-bin");
+        std::fs::create_dir_all(&cni_bin).map_err(io_err("creating", &cni_bin))?;
+        let link = cni_bin.join(CNI_TYPE);
+        std::os::unix::fs::symlink(bin_dir.join(CNI_BIN), &link)
+            .map_err(io_err("linking", &link))?;
+        let mut cni_path = format!("{}:{}", cni_bin.display(), bin_dir.display());
+        if Path::new("/opt/cni/bin").is_dir() {
+            cni_path.push_str(":/opt/cni/bin");
+        }
+
+        let mut state = LabState {
+            version: STATE_VERSION,
+            name: name.clone(),
+            dir: dir.to_owned(),
+            fabric_netns: names::fabric_netns(name),
+            fabric_cidr: spec.fabric_cidr,
+            bpffs: bpffs.clone(),
+            bin_dir: bin_dir.to_owned(),
+            cni_path,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            next_node: 0,
+        };
+        state.save(dir)?;
+
+        fabric::create_fabric(&state.fabric_netns)?;
+
+        for (index, (node, address, pod_cidr)) in plan.iter().enumerate() {
+            let node_ns = names::node_netns(name, node);
+            let node_dir = dir.join(node);
+            let info = NodeInfo {
+                name: node.clone(),
+                index,
+                netns: node_ns.clone(),
+                netns_path: netns::named_path(&node_ns),
+                address: *address,
+                pod_cidr: *pod_cidr,
+                socket: node_dir.join("ciliate.sock"),
+                config: node_dir.join("agent.yaml"),
+                conflist: node_dir.join("net.d").join(cni::CONFLIST_NAME),
+                bpf_root: bpffs.join(node),
+                health_netns: names::health_netns(name, node),
+                dir: node_dir,
+                agent: None,
+            };
+            state.nodes.push(info.clone());
+            state.save(dir)?;
+            Self::build_node(&state, &info, spec)?;
+        }
+
+        for i in 0..state.nodes.len() {
+            let node = &state.nodes[i];
+            let log = node.dir.join("agent.log");
+            let argv = vec![
+                bin_dir.join(AGENT_BIN).to_string_lossy().into_owned(),
+                "--config".to_string(),
+                node.config.to_string_lossy().into_owned(),
+            ];
+            let rec = sys::spawn_detached(&sys::Detached {
+                what: format!("the agent of {}", node.name),
+                netns: &node.netns_path,
+                argv: &argv,
+                // Its output goes to a file: no colour codes.
+                env: &[("NO_COLOR".to_string(), "1".to_string())],
+                env_remove: &[ciliate_api::SOCKET_ENV],
+                cwd: None,
+                log: &log,
+            })?;
+            state.nodes[i].agent = Some(rec);
+            state.save(dir)?;
+        }
+        for node in &state.nodes {
+            wait_for_agent(node, spec.agent_timeout)?;
+        }
+        Ok(state)
+    }
+
+    fn build_node(state: &LabState, node: &NodeInfo, spec: &LabSpec) -> Result<()> {
+        fabric::create_netns(&node.netns, &[("net.ipv4.ip_forward", "1")])?;
+        fabric::plug_node(
+            &state.fabric_netns,
+            &node.name,
+            &node.netns_path,
+            node.address,
+        )?;
+
+        for d in [
+            node.dir.clone(),
+            node.dir.join("state"),
+            node.dir.join("net.d"),
+            node.bpf_root.clone(),
+        ] {
+            std::fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
+        }
+        let conflist = cni::conflist(&node.socket, &node.dir.join("cni.log"));
+        let text = serde_json::to_string_pretty(&conflist).expect("JSON values serialize");
+        std::fs::write(&node.conflist, text).map_err(io_err("writing", &node.conflist))?;
+        let config = agent_config(node, &spec.agent_config);
+        let text = serde_yaml::to_string(&config).expect("YAML values serialize");
+        std::fs::write(&node.config, text).map_err(io_err("writing", &node.config))
+    }
+
+    /// An existing lab.
+    pub fn open(name: &str) -> Result<Self> {
+        names::validate_lab_name(name)?;
+        let dir = names::lab_dir(name);
+        if !LabState::path(&dir).exists() {
+            return Err(LabError::NoLab {
+                name: name.to_string(),
+                state: LabState::path(&dir),
+            });
+        }
+        Ok(Self {
+            state: LabState::load(&dir)?,
+            already_up: false,
+        })
+    }
+
+    /// Whether `up` found this lab running already.
+    pub fn was_already_up(&self) -> bool {
+        self.already_up
+    }
+
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.state.dir
+    }
+
+    pub fn state(&self) -> &LabState {
+        &self.state
+    }
+
+    /// Reads the state file again (another process may have changed it).
+    pub fn reload(&mut self) -> Result<()> {
+        self.state = LabState::load(&self.state.dir)?;
+        Ok(())
+    }
+
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.state.nodes
+    }
+
+    pub fn pods(&self) -> &[PodInfo] {
+        &self.state.pods
+    }
+
+    pub fn node(&self, name: &str) -> Result<&NodeInfo> {
+        self.state.node(name).ok_or_else(|| LabError::UnknownNode {
+            lab: self.state.name.clone(),
+            field: "node".into(),
+            value: name.to_string(),
+            nodes: self.state.node_names(),
+        })
+    }
+
+    /// A pod by `namespace/name`, or by `name` when only one namespace has it.
+    pub fn pod(&self, name: &str) -> Result<&PodInfo> {
+        match self.resolve(name)? {
+            Target::Pod(p) => Ok(p),
+            Target::Node(_) => Err(LabError::Invalid {
+                field: "pod".into(),
+                value: name.to_string(),
+                allowed: format!("a pod of lab {}, not a node", self.state.name),
+            }),
+        }
+    }
+
+    /// A client for a node's agent.
+    pub fn client(&self, node: &str) -> Result<ciliate_api::Client> {
+        Ok(ciliate_api::Client::new(&self.node(node)?.socket))
+    }
+
+    /// Resolves a node name, `namespace/pod` or a pod name.
+    pub fn resolve(&self, name: &str) -> Result<Target<'_>> {
+        let lab = self.state.name.clone();
+        let unknown = || LabError::UnknownTarget {
+            lab: lab.clone(),
+            value: name.to_string(),
+            nodes: self.state.node_names(),
+            pods: self.state.pods.iter().map(PodInfo::key).collect(),
+        };
+        if let Some((ns, pod)) = name.split_once('/') {
+            return self.state.pod(ns, pod).map(Target::Pod).ok_or_else(unknown);
+        }
+        let node = self.state.node(name);
+        let pods: Vec<&PodInfo> = self.state.pods.iter().filter(|p| p.name == name).collect();
+        match (node, pods.as_slice()) {
+            (Some(n), []) => Ok(Target::Node(n)),
+            (None, [p]) => Ok(Target::Pod(p)),
+            (None, []) => Err(unknown()),
+            (node, pods) => Err(LabError::Ambiguous {
+                lab,
+                value: name.to_string(),
+                matches: node
+                    .map(|n| format!("node {}", n.name))
+                    .into_iter()
+                    .chain(pods.iter().map(|p| format!("pod {}", p.key())))
+                    .collect(),
+            }),
+        }
+    }
+
+    /// A command that runs `argv` in a node's or pod's namespace. In a node,
+    /// `CILIATE_SOCKET` points at that node's agent and the ciliate binaries
+    /// come first in `PATH`; in a pod, `CILIATE_SOCKET` is removed.
+    pub fn command(&self, target: &str, argv: &[String]) -> Result<Command> {
+        let Some((program, rest)) = argv.split_first() else {
+            return Err(LabError::Invalid {
+                field: "command".into(),
+                value: String::new(),
+                allowed: "a program and its arguments after --".into(),
+            });
+        };
+        let (path, node) = match self.resolve(target)? {
+            Target::Node(n) => (&n.netns_path, Some(n)),
+            Target::Pod(p) => (&p.netns_path, None),
+        };
+        let mut cmd = sys::command_in(path, program)?;
+        cmd.args(rest);
+        match node {
+            Some(n) => {
+                cmd.env(ciliate_api::SOCKET_ENV, &n.socket);
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                let mut dirs = vec![self.state.bin_dir.clone()];
+                dirs.extend(std::env::split_paths(&path));
+                if let Ok(joined) = std::env::join_paths(dirs) {
+                    cmd.env("PATH", joined);
+                }
+            }
+            None => {
+                cmd.env_remove(ciliate_api::SOCKET_ENV);
+            }
+        }
+        Ok(cmd)
+    }
+
+    /// Runs `argv` in a node or pod and captures its output.
+    pub fn exec(&self, target: &str, argv: &[&str]) -> Result<Output> {
+        let argv: Vec<String> = argv.iter().map(|s| (*s).to_string()).collect();
+        let mut cmd = self.command(target, &argv)?;
+        cmd.stdin(Stdio::null())
+            .output()
+            .map_err(|source| LabError::Spawn {
+                what: format!("a command in {target}"),
+                argv,
+                source,
+            })
+    }
+
+    /// Runs `argv` in a node or pod with the caller's stdio; SIGINT and SIGQUIT
+    /// go to the command while it runs.
+    pub fn exec_inherit(&self, target: &str, argv: &[String]) -> Result<ExitStatus> {
+        let mut cmd = self.command(target, argv)?;
+        // SAFETY: changing dispositions of SIGINT/SIGQUIT; restored below.
+        let (old_int, old_quit) = unsafe {
+            (
+                libc::signal(libc::SIGINT, libc::SIG_IGN),
+                libc::signal(libc::SIGQUIT, libc::SIG_IGN),
+            )
+        };
+        let result = cmd.status();
+        // SAFETY: restores what was there.
+        unsafe {
+            libc::signal(libc::SIGINT, old_int);
+            libc::signal(libc::SIGQUIT, old_quit);
+        }
+        result.map_err(|source| LabError::Spawn {
+            what: format!("a command in {target}"),
+            argv: argv.to_vec(),
+            source,
+        })
+    }
+
+    /// Applies every Pod of a Kubernetes YAML text; other kinds are skipped.
+    pub fn apply_yaml(&mut self, yaml: &str) -> Result<Vec<ApplyOutcome>> {
+        let manifest = manifest::parse(yaml)?;
+        self.apply_manifest(&manifest)
+    }
+
+    /// Applies a parsed manifest. Every pod's node is checked before
+    /// anything is made; pods are then made one by one.
+    pub fn apply_manifest(&mut self, manifest: &Manifest) -> Result<Vec<ApplyOutcome>> {
+        self.check_nodes(manifest)?;
+        let mut outcomes = Vec::new();
+        for object in &manifest.objects {
+            outcomes.push(match object {
+                manifest::Object::Pod(pod) => self.apply_pod(pod)?,
+                manifest::Object::Skipped { kind, name } => ApplyOutcome::Skipped {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                },
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// Fails if a pod names a node the lab does not have.
+    pub fn check_nodes(&self, manifest: &Manifest) -> Result<()> {
+        for pod in manifest.pods() {
+            if let Some(node) = &pod.node_name {
+                if self.state.node(node).is_none() {
+                    return Err(LabError::UnknownNode {
+                        lab: self.state.name.clone(),
+                        field: format!("spec.nodeName of pod {}", pod.key()),
+                        value: node.clone(),
+                        nodes: self.state.node_names(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates one pod: its namespace, CNI ADD as a runtime does it, then its
+    /// containers' commands. Applying an existing pod changes nothing.
+    pub fn apply_pod(&mut self, pod: &PodManifest) -> Result<ApplyOutcome> {
+        let _lock = LabLock::acquire(&self.state.dir)?;
+        self.reload()?;
+        if let Some(existing) = self.state.pod(&pod.namespace, &pod.name) {
+            return Ok(ApplyOutcome::Unchanged {
+                pod: pod.key(),
+                differs: existing.spec_hash != pod.spec_hash,
+            });
+        }
+        let (node, scheduled) = if let Some(n) = &pod.node_name {
+            let node = self.state.node(n).ok_or_else(|| LabError::UnknownNode {
+                lab: self.state.name.clone(),
+                field: format!("spec.nodeName of pod {}", pod.key()),
+                value: n.clone(),
+                nodes: self.state.node_names(),
+            })?;
+            (node.clone(), false)
+        } else {
+            let i = self.state.next_node % self.state.nodes.len();
+            self.state.next_node = self.state.next_node.wrapping_add(1);
+            (self.state.nodes[i].clone(), true)
+        };
+        let info = self.create_pod(pod, &node)?;
+        let outcome = ApplyOutcome::Created {
+            pod: pod.key(),
+            node: node.name.clone(),
+            ip: info.ip,
+            scheduled,
+        };
+        Ok(outcome)
+    }
+
+    fn create_pod(&mut self, pod: &PodManifest, node: &NodeInfo) -> Result<PodInfo> {
+        let lab = self.state.name.clone();
+        let container_id = names::container_id(&lab, &pod.namespace, &pod.name);
+        let dir = self
+            .state
+            .dir
+            .join("pods")
+            .join(names::pod_dir_name(&pod.namespace, &pod.name));
+        let mut info = PodInfo {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            node: node.name.clone(),
+            netns: node.netns.clone(),
+            netns_path: node.netns_path.clone(),
+            container_id,
+            ip: node.ip(),
+            host_network: pod.host_network,
+            cni_result: None,
+            spec_hash: pod.spec_hash.clone(),
+            dir: dir.clone(),
+            containers: Vec::new(),
+        };
+        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        if !pod.host_network {
+            let mut ns = names::pod_netns(&lab, &pod.namespace, &pod.name, false);
+            if self.state.pods.iter().any(|p| p.netns == ns) || netns::named_path(&ns).exists() {
+                ns = names::pod_netns(&lab, &pod.namespace, &pod.name, true);
+            }
+            info.netns_path = netns::named_path(&ns);
+            info.netns.clone_from(&ns);
+            if let Err(e) = self.network_pod(&mut info, node) {
+                let _ = netns::delete_named(&info.netns);
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        }
+        self.state.pods.push(info.clone());
+        self.state.save(&self.state.dir)?;
+
+        if let Err(e) = Self::start_containers(&mut info, pod) {
+            let key = info.key();
+            let _ = self.remove_pod(&key);
+            return Err(e);
+        }
+        if let Some(p) = self.state.pods.iter_mut().find(|p| p.key() == info.key()) {
+            p.containers.clone_from(&info.containers);
+        }
+        self.state.save(&self.state.dir)?;
+        Ok(info)
+    }
+
+    /// Namespace and CNI ADD. On failure, DEL undoes the plugin's part.
+    fn network_pod(&self, info: &mut PodInfo, node: &NodeInfo) -> Result<()> {
+        fabric::create_netns(&info.netns, &[])?;
+        let list = read_conflist(&node.conflist)?;
+        let key = info.key();
+        let inv = cni::Invocation {
+            pod: &key,
+            pod_namespace: &info.namespace,
+            pod_name: &info.name,
+            container_id: &info.container_id,
+            netns_path: &info.netns_path,
+            ifname: "eth0",
+            cni_path: &self.state.cni_path,
+            runtime_netns: &node.netns_path,
+        };
+        let result = match cni::add(&list, &inv) {
+            Ok(r) => r,
+            Err(e) => {
+                // A runtime calls DEL after a failed ADD.
+                let _ = cni::del(&list, &inv, None);
+                return Err(e);
+            }
+        };
+        let Some(ip) = cni::result_ipv4(&result) else {
+            let _ = cni::del(&list, &inv, Some(&result));
+            return Err(LabError::Cni {
+                pod: key,
+                command: "ADD".into(),
+                plugin: CNI_TYPE.into(),
+                message: format!("its result has no IPv4 address in \"ips\": {result}"),
+            });
+        };
+        info.ip = ip;
+        info.cni_result = Some(result);
+        Ok(())
+    }
+
+    fn start_containers(info: &mut PodInfo, pod: &PodManifest) -> Result<()> {
+        for c in &pod.containers {
+            if c.argv.is_empty() {
+                info.containers.push(ContainerInfo {
+                    name: c.name.clone(),
+                    process: None,
+                });
+                continue;
+            }
+            let log = info.dir.join(format!("{}.log", c.name));
+            let mut env = c.env.clone();
+            env.push(("HOSTNAME".into(), pod.name.clone()));
+            let rec = sys::spawn_detached(&sys::Detached {
+                what: format!("container {} of pod {}", c.name, info.key()),
+                netns: &info.netns_path,
+                argv: &c.argv,
+                env: &env,
+                env_remove: &[ciliate_api::SOCKET_ENV],
+                cwd: c.working_dir.as_deref().map(Path::new),
+                log: &log,
+            })?;
+            info.containers.push(ContainerInfo {
+                name: c.name.clone(),
+                process: Some(rec),
+            });
+        }
+        Ok(())
+    }
+
+    /// Containers of a pod whose command is not running (exited or never started).
+    pub fn exited_containers(info: &PodInfo) -> Vec<(String, Option<PathBuf>)> {
+        info.containers
+            .iter()
+            .filter_map(|c| match &c.process {
+                Some(p) if !sys::alive(p) => Some((c.name.clone(), Some(p.log.clone()))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Deletes the Pods of a Kubernetes YAML text; returns the ones that existed.
+    pub fn delete_yaml(&mut self, yaml: &str) -> Result<Vec<String>> {
+        let manifest = manifest::parse(yaml)?;
+        let mut deleted = Vec::new();
+        for pod in manifest.pods() {
+            if self.delete_pod(&pod.key())? {
+                deleted.push(pod.key());
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes a pod (`namespace/name` or a unique `name`): kills its
+    /// processes, CNI DEL with the cached result, deletes its namespace.
+    /// Returns false if there was no such pod.
+    pub fn delete_pod(&mut self, name: &str) -> Result<bool> {
+        let _lock = LabLock::acquire(&self.state.dir)?;
+        self.reload()?;
+        let key = match self.resolve(name) {
+            Ok(Target::Pod(p)) => p.key(),
+            Ok(Target::Node(_)) => {
+                return Err(LabError::Invalid {
+                    field: "pod".into(),
+                    value: name.into(),
+                    allowed: "a pod, not a node".into(),
+                })
+            }
+            Err(LabError::UnknownTarget { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        self.remove_pod(&key)?;
+        Ok(true)
+    }
+
+    fn remove_pod(&mut self, key: &str) -> Result<()> {
+        let Some(info) = self.state.pods.iter().find(|p| p.key() == key).cloned() else {
+            return Ok(());
+        };
+        let mut pids: BTreeSet<i32> = info
+            .containers
+            .iter()
+            .filter_map(|c| c.process.as_ref())
+            .filter(|p| sys::alive(p))
+            .map(|p| p.pid)
+            .collect();
+        if !info.host_network {
+            if let Some(id) = sys::ns_id(&info.netns_path) {
+                pids.extend(sys::pids_in_namespaces(&BTreeSet::from([id])));
+            }
+        }
+        let left = sys::terminate(&pids, Duration::from_secs(3));
+        if !left.is_empty() {
+            return Err(LabError::Leftovers {
+                name: self.state.name.clone(),
+                leftovers: left
+                    .iter()
+                    .map(|p| format!("process {p} of pod {key}"))
+                    .collect(),
+            });
+        }
+        if !info.host_network {
+            let node = self.node(&info.node)?.clone();
+            let list = read_conflist(&node.conflist)?;
+            let inv = cni::Invocation {
+                pod: key,
+                pod_namespace: &info.namespace,
+                pod_name: &info.name,
+                container_id: &info.container_id,
+                netns_path: &info.netns_path,
+                ifname: "eth0",
+                cni_path: &self.state.cni_path,
+                runtime_netns: &node.netns_path,
+            };
+            cni::del(&list, &inv, info.cni_result.as_ref())?;
+            netns::delete_named(&info.netns)?;
+        }
+        let _ = std::fs::remove_dir_all(&info.dir);
+        self.state.pods.retain(|p| p.key() != key);
+        self.state.save(&self.state.dir)
+    }
+
+    /// Problems that make the lab unusable (missing namespaces, dead agents).
+    pub fn health_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !netns::named_path(&self.state.fabric_netns).exists() {
+            problems.push(format!("namespace {} is missing", self.state.fabric_netns));
+        }
+        if sys::mounts_under(&self.state.bpffs).is_empty() {
+            problems.push(format!(
+                "bpffs {} is not mounted",
+                self.state.bpffs.display()
+            ));
+        }
+        for node in &self.state.nodes {
+            if !node.netns_path.exists() {
+                problems.push(format!("namespace {} is missing", node.netns));
+            }
+            match &node.agent {
+                Some(p) if sys::alive(p) => {
+                    if let Err(e) = ciliate_api::Client::new(&node.socket)
+                        .get::<ciliate_api::Status>("/v1/status")
+                    {
+                        problems.push(format!("the agent of {} does not answer: {e}", node.name));
+                    }
+                }
+                Some(p) => problems.push(format!(
+                    "the agent of {} (pid {}) is not running",
+                    node.name, p.pid
+                )),
+                None => problems.push(format!("the agent of {} was never started", node.name)),
+            }
+        }
+        problems
+    }
+
+    /// Nodes and pods with their addresses and processes.
+    pub fn status(&self) -> LabStatus {
+        let nodes = self
+            .state
+            .nodes
+            .iter()
+            .map(|n| {
+                let alive = n.agent.as_ref().is_some_and(sys::alive);
+                let ready = alive
+                    && ciliate_api::Client::new(&n.socket)
+                        .get::<ciliate_api::Status>("/v1/status")
+                        .is_ok();
+                NodeStatus {
+                    name: n.name.clone(),
+                    ip: n.ip(),
+                    pod_cidr: n.pod_cidr,
+                    netns: n.netns.clone(),
+                    socket: n.socket.clone(),
+                    agent_pid: n.agent.as_ref().map(|a| a.pid),
+                    agent_alive: alive,
+                    agent_ready: ready,
+                    log: n.agent.as_ref().map(|a| a.log.clone()),
+                }
+            })
+            .collect();
+        let pods = self
+            .state
+            .pods
+            .iter()
+            .map(|p| PodStatus {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                node: p.node.clone(),
+                ip: p.ip,
+                netns: p.netns.clone(),
+                host_network: p.host_network,
+                containers: p
+                    .containers
+                    .iter()
+                    .map(|c| ContainerStatus {
+                        name: c.name.clone(),
+                        pid: c.process.as_ref().map(|p| p.pid),
+                        alive: c.process.as_ref().is_some_and(sys::alive),
+                        log: c.process.as_ref().map(|p| p.log.clone()),
+                    })
+                    .collect(),
+            })
+            .collect();
+        LabStatus {
+            name: self.state.name.clone(),
+            dir: self.state.dir.clone(),
+            fabric_netns: self.state.fabric_netns.clone(),
+            bpffs: self.state.bpffs.clone(),
+            nodes,
+            pods,
+        }
+    }
+
+    /// Wraps the lab in a guard that takes it down when dropped.
+    pub fn into_guard(self) -> LabGuard {
+        LabGuard { lab: Some(self) }
+    }
+
+    /// Removes everything lab `name` made, with or without a state file:
+    /// processes in its namespaces (and recorded ones), the bpffs (and with
+    /// it every pin), every `<name>-*` namespace, and its directory.
+    /// Succeeds when there is nothing to remove.
+    pub fn down(name: &str) -> Result<DownReport> {
+        names::validate_lab_name(name)?;
+        if !sys::is_root() {
+            return Err(LabError::NotRoot);
+        }
+        let dir = names::lab_dir(name);
+        let mut report = DownReport::default();
+        let state = LabState::load(&dir).ok();
+        let recorded: Vec<ProcessRecord> = state
+            .iter()
+            .flat_map(|s| {
+                s.nodes.iter().filter_map(|n| n.agent.clone()).chain(
+                    s.pods
+                        .iter()
+                        .flat_map(|p| p.containers.iter().filter_map(|c| c.process.clone())),
+                )
+            })
+            .collect();
+
+        let mut pids: BTreeSet<i32> = recorded
+            .iter()
+            .filter(|p| sys::alive(p))
+            .map(|p| p.pid)
+            .collect();
+        let mut failures = Vec::new();
+        // Children may appear while their parents die: scan until quiet.
+        for _ in 0..5 {
+            let ids: BTreeSet<sys::NsId> = lab_namespaces(name)
+                .iter()
+                .filter_map(|n| sys::ns_id(&netns::named_path(n)))
+                .collect();
+            pids.extend(sys::pids_in_namespaces(&ids));
+            if pids.is_empty() {
+                break;
+            }
+            report.processes += pids.len();
+            let left = sys::terminate(&pids, Duration::from_secs(3));
+            pids.clear();
+            if !left.is_empty() {
+                failures = left.iter().map(|p| format!("process {p}")).collect();
+            }
+        }
+
+        let mounts = sys::mounts_under(&dir);
+        report.mounts = mounts.len();
+        failures.extend(sys::unmount_all_under(&dir));
+
+        for ns in lab_namespaces(name) {
+            match netns::delete_named(&ns) {
+                Ok(()) => report.namespaces.push(ns),
+                Err(e) => failures.push(format!("namespace {ns}: {e}")),
+            }
+        }
+        if dir.exists() && sys::mounts_under(&dir).is_empty() {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => report.removed_dir = true,
+                Err(e) => failures.push(format!("{}: {e}", dir.display())),
+            }
+        }
+        failures.extend(leftovers(name));
+        failures.sort();
+        failures.dedup();
+        if failures.is_empty() {
+            Ok(report)
+        } else {
+            Err(LabError::Leftovers {
+                name: name.to_string(),
+                leftovers: failures,
+            })
+        }
+    }
+}
+
+/// Takes its lab down when dropped, so a failing test leaves nothing behind.
+#[derive(Debug)]
+pub struct LabGuard {
+    lab: Option<Lab>,
+}
+
+impl LabGuard {
+    /// `Lab::up` wrapped in a guard.
+    pub fn up(spec: &LabSpec) -> Result<Self> {
+        Lab::up(spec).map(Lab::into_guard)
+    }
+
+    /// Takes the lab down now and reports how it went.
+    pub fn down(mut self) -> Result<DownReport> {
+        let lab = self
+            .lab
+            .take()
+            .expect("the guard holds a lab until dropped");
+        Lab::down(lab.name())
+    }
+}
+
+impl std::ops::Deref for LabGuard {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        self.lab
+            .as_ref()
+            .expect("the guard holds a lab until dropped")
+    }
+}
+
+impl std::ops::DerefMut for LabGuard {
+    fn deref_mut(&mut self) -> &mut Lab {
+        self.lab
+            .as_mut()
+            .expect("the guard holds a lab until dropped")
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Some(lab) = self.lab.take() {
+            if let Err(e) = Lab::down(lab.name()) {
+                eprintln!("taking lab {} down: {e}", lab.name());
+            }
+        }
+    }
+}
+
+/// Every `/run/netns` entry of a lab.
+pub fn lab_namespaces(lab: &str) -> Vec<String> {
+    let prefix = names::netns_prefix(lab);
+    let mut found: Vec<String> = std::fs::read_dir(netns::NETNS_RUN_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    found.sort();
+    found
+}
+
+/// What of a lab exists: namespaces, processes in them, mounts, its directory.
+pub fn leftovers(lab: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let namespaces = lab_namespaces(lab);
+    let ids: BTreeSet<sys::NsId> = namespaces
+        .iter()
+        .filter_map(|n| sys::ns_id(&netns::named_path(n)))
+        .collect();
+    items.extend(namespaces.iter().map(|n| format!("namespace {n}")));
+    items.extend(
+        sys::pids_in_namespaces(&ids)
+            .iter()
+            .map(|p| format!("process {p}")),
+    );
+    let dir = names::lab_dir(lab);
+    items.extend(
+        sys::mounts_under(&dir)
+            .iter()
+            .map(|m| format!("mount {}", m.display())),
+    );
+    if dir.exists() {
+        items.push(format!("directory {}", dir.display()));
+    }
+    items
+}
+
+/// The directory with the ciliate binaries: `explicit`, `$CILIATE_BIN_DIR`,
+/// the current executable's directory or its parent (tests run from
+/// `target/debug/deps`), the first that holds all of `needed`.
+pub fn find_bin_dir(explicit: Option<&Path>, needed: &[&str]) -> Result<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = explicit {
+        candidates.push(dir.to_owned());
+    } else if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
+        candidates.push(PathBuf::from(dir));
+    } else if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.to_owned());
+            if let Some(parent) = dir.parent() {
+                candidates.push(parent.to_owned());
+            }
+        }
+    }
+    for dir in &candidates {
+        if needed.iter().all(|b| dir.join(b).is_file()) {
+            return Ok(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()));
+        }
+    }
+    let missing = needed
+        .iter()
+        .find(|b| !candidates.iter().any(|d| d.join(b).is_file()))
+        .or(needed.first())
+        .map_or_else(String::new, |b| (*b).to_string());
+    Err(LabError::BinaryMissing {
+        binary: missing,
+        searched: candidates,
+    })
+}
+
+fn read_conflist(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read(path).map_err(io_err("reading the CNI conflist", path))?;
+    serde_json::from_slice(&text).map_err(|e| LabError::Invalid {
+        field: format!("CNI conflist {}", path.display()),
+        value: String::from_utf8_lossy(&text).chars().take(200).collect(),
+        allowed: format!("a JSON network configuration list ({e})"),
+    })
+}
+
+/// The agent's config for a node, with the spec's extra keys merged over it.
+pub fn agent_config(node: &NodeInfo, extra: &serde_yaml::Mapping) -> serde_yaml::Value {
+    let mut config = serde_yaml::Mapping::new();
+    let s = |v: &str| serde_yaml::Value::String(v.to_string());
+    let p = |v: &Path| serde_yaml::Value::String(v.to_string_lossy().into_owned());
+    config.insert(s("nodeName"), s(&node.name));
+    config.insert(s("ipv4Range"), s(&node.pod_cidr.to_string()));
+    let mut bpf = serde_yaml::Mapping::new();
+    bpf.insert(s("root"), p(&node.bpf_root));
+    config.insert(s("bpf"), serde_yaml::Value::Mapping(bpf));
+    config.insert(s("stateDir"), p(&node.dir.join("state")));
+    config.insert(s("socketPath"), p(&node.socket));
+    config.insert(s("healthNetns"), s(&node.health_netns));
+    let mut config = serde_yaml::Value::Mapping(config);
+    merge(&mut config, &serde_yaml::Value::Mapping(extra.clone()));
+    config
+}
+
+fn merge(base: &mut serde_yaml::Value, over: &serde_yaml::Value) {
+    match (base, over) {
+        (serde_yaml::Value::Mapping(b), serde_yaml::Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// Waits until the node's agent answers `GET /v1/status`, failing early if it exits.
+fn wait_for_agent(node: &NodeInfo, timeout: Duration) -> Result<()> {
+    let client = ciliate_api::Client::new(&node.socket);
+    let deadline = Instant::now() + timeout;
+    let log = node
+        .agent
+        .as_ref()
+        .map_or_else(|| node.dir.join("agent.log"), |a| a.log.clone());
+    let fail = |problem: String, source| LabError::AgentNotReady {
+        node: node.name.clone(),
+        problem: format!("{problem} (socket {})", node.socket.display()),
+        log: log.clone(),
+        log_tail: sys::tail(&log, 20),
+        source,
+    };
+    loop {
+        let Err(last) = client.get::<ciliate_api::Status>("/v1/status") else {
+            return Ok(());
+        };
+        if let Some(agent) = &node.agent {
+            if !sys::alive(agent) {
+                // It may have answered and exited at once; give the log a moment.
+                std::thread::sleep(Duration::from_millis(50));
+                return Err(fail(
+                    format!("exited (pid {})", agent.pid),
+                    Some(Box::new(last)),
+                ));
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(
+                format!(
+                    "did not answer GET /v1/status within {} s",
+                    timeout.as_secs()
+                ),
+                Some(Box::new(last)),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

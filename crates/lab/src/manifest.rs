@@ -1,0 +1,297 @@
+//! Kubernetes YAML as the lab reads it: multi-document files (and `kind: List`),
+//! Pods parsed with the k8s-openapi types, everything else skipped with a
+//! warning. Images are ignored: a container is its `command` + `args`.
+
+use std::fmt::Write as _;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{LabError, Result};
+use crate::names;
+
+/// A pod as the lab runs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodManifest {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.nodeName`, not yet checked against the lab's nodes.
+    pub node_name: Option<String>,
+    /// `spec.hostNetwork`: the pod shares its node's namespace and gets no CNI.
+    pub host_network: bool,
+    pub containers: Vec<ContainerSpec>,
+    /// A digest of the pod as written, to tell an unchanged re-apply from an edit.
+    pub spec_hash: String,
+}
+
+impl PodManifest {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub name: String,
+    /// `command` followed by `args`; empty when the container has no command.
+    pub argv: Vec<String>,
+    /// Literal `env` values (`valueFrom` is not supported and is warned about).
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+}
+
+/// One object of a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Object {
+    Pod(PodManifest),
+    /// A kind the lab does not handle yet.
+    Skipped {
+        kind: String,
+        name: String,
+    },
+}
+
+/// A parsed manifest: its objects in order and what the reader should know.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Manifest {
+    pub objects: Vec<Object>,
+    pub warnings: Vec<String>,
+}
+
+impl Manifest {
+    pub fn pods(&self) -> impl Iterator<Item = &PodManifest> {
+        self.objects.iter().filter_map(|o| match o {
+            Object::Pod(p) => Some(p),
+            Object::Skipped { .. } => None,
+        })
+    }
+}
+
+/// Parses a (multi-document) Kubernetes YAML text.
+pub fn parse(text: &str) -> Result<Manifest> {
+    let mut manifest = Manifest::default();
+    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let doc = i + 1;
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| LabError::Manifest {
+            doc,
+            message: format!("not valid YAML: {e}"),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        parse_object(doc, value, &mut manifest)?;
+    }
+    Ok(manifest)
+}
+
+fn parse_object(doc: usize, value: serde_yaml::Value, manifest: &mut Manifest) -> Result<()> {
+    let bad = |message: String| LabError::Manifest { doc, message };
+    if !value.is_mapping() {
+        return Err(bad(format!(
+            "expected a Kubernetes object (a mapping with apiVersion and kind), found {}",
+            describe(&value)
+        )));
+    }
+    let field = |name: &str| {
+        value
+            .get(name)
+            .and_then(serde_yaml::Value::as_str)
+            .map(str::to_string)
+    };
+    let kind =
+        field("kind").ok_or_else(|| bad("kind: missing (expected e.g. kind: Pod)".into()))?;
+    let api_version = field("apiVersion").ok_or_else(|| {
+        bad(format!(
+            "apiVersion: missing for kind {kind} (expected e.g. apiVersion: v1)"
+        ))
+    })?;
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(serde_yaml::Value::as_str)
+        .unwrap_or("<unnamed>")
+        .to_string();
+    match kind.as_str() {
+        "Pod" => {
+            if api_version != "v1" {
+                return Err(bad(format!(
+                    "apiVersion: {api_version:?} is not valid for kind Pod; allowed: v1"
+                )));
+            }
+            let pod: Pod = serde_path_to_error::deserialize(value)
+                .map_err(|e| bad(format!("Pod {name}: {}: {}", e.path(), e.inner())))?;
+            let pod = pod_manifest(&pod, &mut manifest.warnings).map_err(|e| match e {
+                LabError::Invalid {
+                    field,
+                    value,
+                    allowed,
+                } => bad(format!(
+                    "Pod {name}: {field} {value:?} is not valid: {allowed}"
+                )),
+                other => other,
+            })?;
+            if manifest.pods().any(|p| p.key() == pod.key()) {
+                return Err(bad(format!(
+                    "Pod {} appears twice in the manifest",
+                    pod.key()
+                )));
+            }
+            manifest.objects.push(Object::Pod(pod));
+        }
+        "List" => {
+            let items = match value.get("items") {
+                Some(serde_yaml::Value::Sequence(items)) => items.clone(),
+                None | Some(serde_yaml::Value::Null) => Vec::new(),
+                Some(other) => {
+                    return Err(bad(format!(
+                        "items: expected a list of objects, found {}",
+                        describe(other)
+                    )))
+                }
+            };
+            for item in items {
+                parse_object(doc, item, manifest)?;
+            }
+        }
+        _ => {
+            manifest.warnings.push(format!(
+                "document {doc}: skipping {kind} {name}: the lab handles only Pods for now"
+            ));
+            manifest.objects.push(Object::Skipped { kind, name });
+        }
+    }
+    Ok(())
+}
+
+fn describe(value: &serde_yaml::Value) -> &'static str {
+    match value {
+        serde_yaml::Value::Null => "nothing",
+        serde_yaml::Value::Bool(_) => "a boolean",
+        serde_yaml::Value::Number(_) => "a number",
+        serde_yaml::Value::String(_) => "a string",
+        serde_yaml::Value::Sequence(_) => "a list",
+        serde_yaml::Value::Mapping(_) => "a mapping",
+        serde_yaml::Value::Tagged(_) => "a tagged value",
+    }
+}
+
+fn pod_manifest(pod: &Pod, warnings: &mut Vec<String>) -> Result<PodManifest> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    names::validate_object_name("metadata.name", &name)?;
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
+    names::validate_namespace("metadata.namespace", &namespace)?;
+    let spec = pod.spec.clone().unwrap_or_default();
+    if spec.containers.is_empty() {
+        return Err(LabError::Invalid {
+            field: "spec.containers".into(),
+            value: "[]".into(),
+            allowed: "at least one container".into(),
+        });
+    }
+    let mut containers = Vec::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        names::validate_namespace(&format!("spec.containers[{i}].name"), &c.name)?;
+        if containers.iter().any(|o: &ContainerSpec| o.name == c.name) {
+            return Err(LabError::Invalid {
+                field: format!("spec.containers[{i}].name"),
+                value: c.name.clone(),
+                allowed: "a name no other container of the pod has".into(),
+            });
+        }
+        let mut argv: Vec<String> = c.command.clone().unwrap_or_default();
+        if argv.is_empty() {
+            warnings.push(format!(
+                "pod {namespace}/{name}: container {} has no command (images are ignored), nothing runs for it",
+                c.name
+            ));
+        } else {
+            argv.extend(c.args.clone().unwrap_or_default());
+        }
+        let mut env = Vec::new();
+        for var in c.env.iter().flatten() {
+            if var.value_from.is_some() {
+                warnings.push(format!(
+                    "pod {namespace}/{name}: container {}: env {} uses valueFrom, which the lab ignores",
+                    c.name, var.name
+                ));
+                continue;
+            }
+            env.push((var.name.clone(), var.value.clone().unwrap_or_default()));
+        }
+        let argv = argv.iter().map(|a| expand(a, &env)).collect();
+        containers.push(ContainerSpec {
+            name: c.name.clone(),
+            argv,
+            env,
+            working_dir: c.working_dir.clone(),
+        });
+    }
+    let json = serde_json::to_vec(pod).expect("Pods always serialize");
+    let spec_hash = Sha256::digest(&json)
+        .iter()
+        .take(16)
+        .fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        });
+    Ok(PodManifest {
+        namespace,
+        name,
+        node_name: spec.node_name.clone(),
+        host_network: spec.host_network.unwrap_or(false),
+        containers,
+        spec_hash,
+    })
+}
+
+/// Kubernetes' `$(VAR)` expansion in command and args, from the container's
+/// env; `$$(VAR)` stays literal `$(VAR)` and unknown names are left as written.
+fn expand(arg: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if let Some(after) = tail.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(inner) = tail.strip_prefix("$(") {
+            if let Some(end) = inner.find(')') {
+                let var = &inner[..end];
+                match env.iter().rev().find(|(k, _)| k == var) {
+                    Some((_, v)) => out.push_str(v),
+                    None => out.push_str(&tail[..end + 3]),
+                }
+                rest = &inner[end + 1..];
+            } else {
+                out.push_str(tail);
+                rest = "";
+            }
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_like_kubernetes() {
+        let env = vec![("PORT".to_string(), "8080".to_string())];
+        assert_eq!(expand("listen:$(PORT)", &env), "listen:8080");
+        assert_eq!(expand("$$(PORT)", &env), "$(PORT)");
+        assert_eq!(expand("$(NOPE) $HOME $", &env), "$(NOPE) $HOME $");
+        assert_eq!(expand("$(PORT", &env), "$(PORT");
+    }
+}

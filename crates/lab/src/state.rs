@@ -1,0 +1,182 @@
+//! The lab's state file (`/run/ciliate-lab/<lab>/state.json`): what `up` and
+//! `apply` made, so that later commands can find it. `down` does not need it
+//! (it finds everything by name), but uses the recorded pids when present.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_err, LabError, Result};
+
+/// Bumped when the layout changes incompatibly.
+pub const STATE_VERSION: u32 = 1;
+pub const STATE_FILE: &str = "state.json";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LabState {
+    pub version: u32,
+    pub name: String,
+    pub dir: PathBuf,
+    /// The namespace holding the fabric bridge `br0`.
+    pub fabric_netns: String,
+    /// The fabric's subnet (nodes' `eth0` addresses are in it).
+    pub fabric_cidr: Ipv4Net,
+    /// The lab's private bpffs mount; each node pins under `<bpffs>/<node>`.
+    pub bpffs: PathBuf,
+    /// Where the lab found `ciliate-agent` and `ciliate-cni`.
+    pub bin_dir: PathBuf,
+    /// `CNI_PATH` given to plugins.
+    pub cni_path: String,
+    pub nodes: Vec<NodeInfo>,
+    pub pods: Vec<PodInfo>,
+    /// Round-robin cursor for pods without `spec.nodeName`.
+    #[serde(default)]
+    pub next_node: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub name: String,
+    pub index: usize,
+    /// Name of the node's namespace (under /run/netns).
+    pub netns: String,
+    pub netns_path: PathBuf,
+    /// `eth0`'s address with its prefix length.
+    pub address: Ipv4Net,
+    pub pod_cidr: Ipv4Net,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub conflist: PathBuf,
+    pub bpf_root: PathBuf,
+    pub health_netns: String,
+    pub agent: Option<ProcessRecord>,
+}
+
+impl NodeInfo {
+    /// The node's address on the fabric.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.address.addr()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    /// Name of the pod's namespace (the node's, for host-network pods).
+    pub netns: String,
+    pub netns_path: PathBuf,
+    pub container_id: String,
+    pub ip: Ipv4Addr,
+    pub host_network: bool,
+    /// The final CNI result, given back as `prevResult` on DEL.
+    pub cni_result: Option<serde_json::Value>,
+    pub spec_hash: String,
+    pub dir: PathBuf,
+    pub containers: Vec<ContainerInfo>,
+}
+
+impl PodInfo {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerInfo {
+    pub name: String,
+    /// None when the container has no command.
+    pub process: Option<ProcessRecord>,
+}
+
+/// A process the lab started. The start time (in clock ticks since boot, from
+/// `/proc/PID/stat`) tells the process from a later one that reused its pid.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessRecord {
+    pub pid: i32,
+    pub start_time: u64,
+    pub argv: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl LabState {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(STATE_FILE)
+    }
+
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = Self::path(dir);
+        let text = std::fs::read(&path).map_err(io_err("reading the lab state", &path))?;
+        let state: Self = serde_json::from_slice(&text).map_err(|source| LabError::State {
+            path: path.clone(),
+            source,
+        })?;
+        if state.version != STATE_VERSION {
+            return Err(LabError::Invalid {
+                field: format!("version in {}", path.display()),
+                value: state.version.to_string(),
+                allowed: format!(
+                    "{STATE_VERSION} (this ciliate); remove the lab with `ciliate lab down`"
+                ),
+            });
+        }
+        Ok(state)
+    }
+
+    /// Writes the state atomically (temporary file, then rename).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = Self::path(dir);
+        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+        let json = serde_json::to_vec_pretty(self).expect("lab state always serializes");
+        std::fs::write(&tmp, json).map_err(io_err("writing the lab state", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err("writing the lab state", &path))
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodInfo> {
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+    }
+
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+}
+
+/// An exclusive lock on a lab's directory, held while a command changes it.
+pub struct LabLock {
+    _file: File,
+}
+
+impl LabLock {
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        let path = dir.join("lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening the lab lock", &path))?;
+        // SAFETY: flock on a descriptor we own; it is released when the file closes.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err("locking", &path)(std::io::Error::last_os_error()));
+        }
+        Ok(Self { _file: file })
+    }
+}

@@ -1,0 +1,395 @@
+//! Pure logic of the lab: manifests, names, state, CNI plumbing, planning.
+//! No root needed.
+
+use std::net::Ipv4Addr;
+
+use ciliate_lab::manifest::{self, Object};
+use ciliate_lab::{cni, lab, names, LabError, LabSpec, LabState};
+use serde_json::json;
+
+const PODS: &str = include_str!("../../../examples/pods.yaml");
+
+#[test]
+fn parses_the_example_pods() {
+    let m = manifest::parse(PODS).unwrap();
+    let pods: Vec<_> = m.pods().collect();
+    assert_eq!(pods.len(), 2);
+    let server = pods.iter().find(|p| p.name == "server").unwrap();
+    assert_eq!(server.namespace, "default");
+    assert_eq!(server.node_name.as_deref(), Some("node0"));
+    assert_eq!(server.containers.len(), 2);
+    assert_eq!(
+        server.containers[0].argv[..3],
+        ["python3", "-m", "http.server"]
+    );
+    assert_eq!(server.containers[0].working_dir.as_deref(), Some("/tmp"));
+    let client = pods.iter().find(|p| p.name == "client").unwrap();
+    assert_eq!(client.containers[0].argv, ["sleep", "infinity"]);
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+}
+
+#[test]
+fn command_args_env_and_defaults() {
+    let m = manifest::parse(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  hostNetwork: true
+  containers:
+  - name: main
+    command: [sh, -c]
+    args: ["echo $(GREETING) $$(GREETING)"]
+    env: [{name: GREETING, value: hi}]
+  - name: idle
+    image: nginx
+"#,
+    )
+    .unwrap();
+    let pod = m.pods().next().unwrap();
+    assert_eq!(pod.namespace, "default");
+    assert_eq!(pod.node_name, None);
+    assert!(pod.host_network);
+    assert_eq!(pod.containers[0].argv, ["sh", "-c", "echo hi $(GREETING)"]);
+    assert_eq!(
+        pod.containers[0].env,
+        [("GREETING".to_string(), "hi".to_string())]
+    );
+    assert!(pod.containers[1].argv.is_empty());
+    assert!(
+        m.warnings
+            .iter()
+            .any(|w| w.contains("idle") && w.contains("no command")),
+        "{:?}",
+        m.warnings
+    );
+}
+
+#[test]
+fn other_kinds_are_skipped_and_lists_expanded() {
+    let m = manifest::parse(
+        r"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {ports: [{port: 80}]}
+---
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: a, namespace: team-a}
+  spec: {containers: [{name: c, command: [sleep, '1']}]}
+",
+    )
+    .unwrap();
+    assert_eq!(m.objects.len(), 2);
+    assert!(
+        matches!(&m.objects[0], Object::Skipped { kind, name } if kind == "Service" && name == "web")
+    );
+    assert!(matches!(&m.objects[1], Object::Pod(p) if p.key() == "team-a/a"));
+    assert!(
+        m.warnings[0].contains("skipping Service web"),
+        "{:?}",
+        m.warnings
+    );
+}
+
+fn manifest_error(text: &str) -> String {
+    match manifest::parse(text) {
+        Err(e @ LabError::Manifest { .. }) => e.to_string(),
+        other => panic!("expected a manifest error, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_manifests_name_the_document_and_field() {
+    let e = manifest_error("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: c, command: 5}]}\n");
+    assert!(
+        e.contains("document 1") && e.contains("spec.containers[0].command"),
+        "{e}"
+    );
+
+    let e = manifest_error("a: [\n");
+    assert!(e.contains("not valid YAML"), "{e}");
+
+    let e = manifest_error("---\nkind: Pod\nmetadata: {name: x}\n");
+    assert!(e.contains("apiVersion: missing"), "{e}");
+
+    let e = manifest_error("apiVersion: v1\nmetadata: {name: x}\n");
+    assert!(e.contains("kind: missing"), "{e}");
+
+    let e = manifest_error(
+        "apiVersion: apps/v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: []}\n",
+    );
+    assert!(e.contains("apiVersion") && e.contains("allowed: v1"), "{e}");
+
+    let e = manifest_error(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: [{name: c}]}\n",
+    );
+    assert!(
+        e.contains("metadata.name") && e.contains("Bad_Name") && e.contains("DNS subdomain"),
+        "{e}"
+    );
+
+    let e =
+        manifest_error("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: []}\n");
+    assert!(
+        e.contains("spec.containers") && e.contains("at least one"),
+        "{e}"
+    );
+
+    let e = manifest_error("- 1\n- 2\n");
+    assert!(e.contains("found a list"), "{e}");
+
+    let twice = "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: c}]}\n";
+    let e = manifest_error(&format!("{twice}---\n{twice}"));
+    assert!(e.contains("appears twice"), "{e}");
+}
+
+#[test]
+fn lab_names() {
+    for ok in ["ciliate", "t123a", "a"] {
+        names::validate_lab_name(ok).unwrap();
+    }
+    for bad in ["", "Lab", "my-lab", "1lab", "a_b", "abcdefghijklmnopqrstu"] {
+        let e = names::validate_lab_name(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("lab name") && e.contains(&format!("{bad:?}")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn derived_names() {
+    let id = names::container_id("lab", "default", "web");
+    assert_eq!(id.len(), 64);
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(id, names::container_id("lab", "default", "web"));
+    assert_ne!(id, names::container_id("lab2", "default", "web"));
+
+    assert_eq!(
+        names::pod_netns("lab", "default", "web", false),
+        "lab-pod-default-web"
+    );
+    let long = "a".repeat(200);
+    let n = names::pod_netns("lab", "default", &long, false);
+    assert!(
+        n.len() <= names::MAX_POD_NETNS && n.starts_with("lab-pod-default-aaa"),
+        "{n}"
+    );
+    assert_ne!(
+        n,
+        names::pod_netns("lab", "default", &format!("{long}b"), false)
+    );
+    // The two pods whose plain names meet get distinct hashed names.
+    assert_eq!(
+        names::pod_netns("l", "a-b", "c", false),
+        names::pod_netns("l", "a", "b-c", false)
+    );
+    assert_ne!(
+        names::pod_netns("l", "a-b", "c", true),
+        names::pod_netns("l", "a", "b-c", true)
+    );
+    assert!(names::pod_netns("l", "a", "b-c", true).starts_with("l-pod-a-b-c-"));
+
+    assert_eq!(names::node_netns("lab", "node0"), "lab-node0");
+    assert_eq!(names::health_netns("lab", "node0"), "lab-node0-health");
+    assert!(names::node_netns("lab", "node0").starts_with(&names::netns_prefix("lab")));
+}
+
+#[test]
+fn plan_addresses_and_cidrs() {
+    let plan = LabSpec::new("x", 3).plan().unwrap();
+    let got: Vec<_> = plan
+        .iter()
+        .map(|(n, a, c)| (n.as_str(), a.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("node0", "192.168.10.100/24".into(), "172.20.0.0/24".into()),
+            ("node1", "192.168.10.101/24".into(), "172.20.1.0/24".into()),
+            ("node2", "192.168.10.102/24".into(), "172.20.2.0/24".into()),
+        ]
+    );
+    let e = LabSpec::new("x", 0).plan().unwrap_err().to_string();
+    assert!(e.contains("--nodes") && e.contains("1 to"), "{e}");
+    let e = LabSpec::new("x", 200).plan().unwrap_err().to_string();
+    assert!(e.contains("--nodes"), "{e}");
+    let e = LabSpec::new("bad-name", 1).plan().unwrap_err().to_string();
+    assert!(e.contains("lab name"), "{e}");
+}
+
+#[test]
+fn state_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = LabSpec::new("rt", 2);
+    let plan = spec.plan().unwrap();
+    let nodes = plan
+        .iter()
+        .enumerate()
+        .map(|(i, (name, address, cidr))| ciliate_lab::NodeInfo {
+            name: name.clone(),
+            index: i,
+            netns: names::node_netns("rt", name),
+            netns_path: format!("/run/netns/rt-{name}").into(),
+            address: *address,
+            pod_cidr: *cidr,
+            dir: dir.path().join(name),
+            socket: dir.path().join(name).join("ciliate.sock"),
+            config: dir.path().join(name).join("agent.yaml"),
+            conflist: dir.path().join(name).join("net.d/05-ciliate.conflist"),
+            bpf_root: dir.path().join("bpffs").join(name),
+            health_netns: names::health_netns("rt", name),
+            agent: Some(ciliate_lab::ProcessRecord {
+                pid: 42,
+                start_time: 7,
+                argv: vec!["ciliate-agent".into()],
+                log: "/x".into(),
+            }),
+        })
+        .collect();
+    let state = LabState {
+        version: ciliate_lab::state::STATE_VERSION,
+        name: "rt".into(),
+        dir: dir.path().to_owned(),
+        fabric_netns: "rt-fabric".into(),
+        fabric_cidr: spec.fabric_cidr,
+        bpffs: dir.path().join("bpffs"),
+        bin_dir: "/bin".into(),
+        cni_path: "/a:/b".into(),
+        nodes,
+        pods: vec![ciliate_lab::PodInfo {
+            namespace: "default".into(),
+            name: "web".into(),
+            node: "node1".into(),
+            netns: "rt-pod-default-web".into(),
+            netns_path: "/run/netns/rt-pod-default-web".into(),
+            container_id: names::container_id("rt", "default", "web"),
+            ip: Ipv4Addr::new(172, 20, 1, 5),
+            host_network: false,
+            cni_result: Some(json!({"ips": [{"address": "172.20.1.5/24"}]})),
+            spec_hash: "abc".into(),
+            dir: dir.path().join("pods/default_web"),
+            containers: vec![ciliate_lab::ContainerInfo {
+                name: "c".into(),
+                process: None,
+            }],
+        }],
+        next_node: 3,
+    };
+    state.save(dir.path()).unwrap();
+    let back = LabState::load(dir.path()).unwrap();
+    assert_eq!(back, state);
+    assert_eq!(
+        back.node("node1").unwrap().ip(),
+        Ipv4Addr::new(192, 168, 10, 101)
+    );
+    assert_eq!(back.pod("default", "web").unwrap().key(), "default/web");
+
+    std::fs::write(LabState::path(dir.path()), "{not json").unwrap();
+    let e = LabState::load(dir.path()).unwrap_err();
+    assert!(matches!(e, LabError::State { .. }), "{e}");
+}
+
+#[test]
+fn plugin_config_is_injected_like_libcni() {
+    let list = json!({"cniVersion": "1.1.0", "name": "ciliate", "plugins": [{"type": "ciliate", "socketPath": "/s"}]});
+    let plugin = &list["plugins"][0];
+    let first = cni::plugin_config(&list, plugin, None);
+    assert_eq!(
+        first,
+        json!({"type": "ciliate", "socketPath": "/s", "name": "ciliate", "cniVersion": "1.1.0"})
+    );
+    let prev = json!({"cniVersion": "1.1.0", "ips": [{"address": "172.20.0.9/32"}]});
+    let second = cni::plugin_config(&list, plugin, Some(&prev));
+    assert_eq!(second["prevResult"], prev);
+    assert_eq!(cni::result_ipv4(&prev), Some(Ipv4Addr::new(172, 20, 0, 9)));
+    assert_eq!(cni::result_ipv4(&json!({"ips": []})), None);
+
+    let conflist = cni::conflist("/n/ciliate.sock".as_ref(), "/n/cni.log".as_ref());
+    assert_eq!(
+        conflist,
+        json!({"cniVersion": "1.1.0", "name": "ciliate",
+               "plugins": [{"type": "ciliate", "socketPath": "/n/ciliate.sock", "logFile": "/n/cni.log"}]})
+    );
+}
+
+#[test]
+fn cni_args_and_plugin_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("ciliate");
+    std::fs::write(&bin, "").unwrap();
+    let path = format!("/nonexistent:{}", dir.path().display());
+    assert_eq!(cni::find_plugin(&path, "ciliate"), Some(bin));
+    assert_eq!(cni::find_plugin(&path, "bridge"), None);
+    assert_eq!(cni::find_plugin(&path, "../ciliate"), None);
+
+    let inv = cni::Invocation {
+        pod: "default/web",
+        pod_namespace: "default",
+        pod_name: "web",
+        container_id: "abc",
+        netns_path: "/run/netns/x".as_ref(),
+        ifname: "eth0",
+        cni_path: &path,
+        runtime_netns: "/run/netns/y".as_ref(),
+    };
+    assert_eq!(
+        inv.cni_args(),
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=abc"
+    );
+}
+
+#[test]
+fn agent_config_merges_extra_keys() {
+    let spec = LabSpec::new("cfg", 1);
+    let (name, address, cidr) = spec.plan().unwrap().remove(0);
+    let node = ciliate_lab::NodeInfo {
+        netns: names::node_netns("cfg", &name),
+        netns_path: "/run/netns/cfg-node0".into(),
+        address,
+        pod_cidr: cidr,
+        dir: "/run/ciliate-lab/cfg/node0".into(),
+        socket: "/run/ciliate-lab/cfg/node0/ciliate.sock".into(),
+        config: "/run/ciliate-lab/cfg/node0/agent.yaml".into(),
+        conflist: "/c".into(),
+        bpf_root: "/run/ciliate-lab/cfg/bpffs/node0".into(),
+        health_netns: names::health_netns("cfg", &name),
+        agent: None,
+        index: 0,
+        name,
+    };
+    let extra: serde_yaml::Mapping =
+        serde_yaml::from_str("routingMode: native\nbpf: {mapSize: 10}\n").unwrap();
+    let config = lab::agent_config(&node, &extra);
+    let want: serde_yaml::Value = serde_yaml::from_str(
+        "nodeName: node0
+ipv4Range: 172.20.0.0/24
+bpf: {root: /run/ciliate-lab/cfg/bpffs/node0, mapSize: 10}
+stateDir: /run/ciliate-lab/cfg/node0/state
+socketPath: /run/ciliate-lab/cfg/node0/ciliate.sock
+healthNetns: cfg-node0-health
+routingMode: native
+",
+    )
+    .unwrap();
+    assert_eq!(config, want);
+}
+
+#[test]
+fn missing_binaries_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = ciliate_lab::find_bin_dir(Some(dir.path()), &["ciliate-agent"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ciliate-agent") && e.contains(&dir.path().display().to_string()),
+        "{e}"
+    );
+}
