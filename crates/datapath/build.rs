@@ -8,7 +8,10 @@ const OBJECTS: &[&str] = &["lxc", "layout"];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let bpf = manifest.join("../../bpf").canonicalize().expect("bpf/ directory");
+    let bpf = manifest
+        .join("../../bpf")
+        .canonicalize()
+        .expect("bpf/ directory");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     println!("cargo:rerun-if-changed={}", bpf.display());
     println!("cargo:rerun-if-env-changed=CLANG");
@@ -18,7 +21,9 @@ fn main() {
         let src = bpf.join(format!("{name}.c"));
         let obj = out.join(format!("{name}.o"));
         let status = Command::new(&clang)
-            .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
+            .args([
+                "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
+            ])
             .arg("-I")
             .arg(bpf.join("include"))
             .arg("-I")
@@ -32,7 +37,11 @@ fn main() {
             .unwrap_or_else(|e| {
                 panic!("running {clang} (install Debian's clang-19, or set CLANG): {e}")
             });
-        assert!(status.success(), "{clang} failed to compile {}", src.display());
+        assert!(
+            status.success(),
+            "{clang} failed to compile {}",
+            src.display()
+        );
     }
 
     let reasons = bpf.join("include/ciliate_reasons.h");
@@ -46,11 +55,19 @@ fn reasons_table(header: &Path) -> String {
     let mut drops = String::new();
     let mut traces = String::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("#define ") else { continue };
-        let Some((def, comment)) = rest.split_once("//") else { continue };
+        let Some(rest) = line.strip_prefix("#define ") else {
+            continue;
+        };
+        let Some((def, comment)) = rest.split_once("//") else {
+            continue;
+        };
         let mut parts = def.split_whitespace();
-        let (Some(name), Some(value)) = (parts.next(), parts.next()) else { continue };
-        let Ok(value) = value.parse::<u8>() else { continue };
+        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(value) = value.parse::<u8>() else {
+            continue;
+        };
         let human = comment.trim();
         writeln!(consts, "pub const {name}: u8 = {value};").unwrap();
         let entry = format!("    ({value}, \"{name}\", \"{human}\"),\n");

@@ -15,5 +15,4 @@ pub mod sysctl;
 pub const LXC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lxc.o"));
 
 /// `bpf/layout.c`: never loaded; its BTF describes every shared struct.
-pub const LAYOUT_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/layout.o"));
+pub const LAYOUT_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/layout.o"));

@@ -26,7 +26,9 @@ pub struct EndpointKey {
 
 impl EndpointKey {
     pub fn new(ip: Ipv4Addr) -> Self {
-        Self { ip4: u32::from_ne_bytes(ip.octets()) }
+        Self {
+            ip4: u32::from_ne_bytes(ip.octets()),
+        }
     }
 
     pub fn ip(&self) -> Ipv4Addr {
@@ -55,7 +57,10 @@ pub struct DatapathConfig {
 
 impl DatapathConfig {
     pub fn new(router: Ipv4Addr, trace_enabled: bool) -> Self {
-        Self { router_ip: u32::from_ne_bytes(router.octets()), trace_enabled: u32::from(trace_enabled) }
+        Self {
+            router_ip: u32::from_ne_bytes(router.octets()),
+            trace_enabled: u32::from(trace_enabled),
+        }
     }
 }
 
@@ -73,7 +78,11 @@ pub fn metrics_index(reason: u8, dir: u8) -> u32 {
 
 /// The (reason, direction) a metrics map index stands for.
 pub fn metrics_key(index: u32) -> (u8, u8) {
-    let dir = if index >> 8 == 1 { METRIC_INGRESS } else { METRIC_EGRESS };
+    let dir = if index >> 8 == 1 {
+        METRIC_INGRESS
+    } else {
+        METRIC_EGRESS
+    };
     ((index & 0xff) as u8, dir)
 }
 

@@ -238,6 +238,9 @@ enum Failure {
 }
 
 /// One rtnetlink socket in the namespace that was current when it was made.
+///
+/// `Send` but not `Sync`: requests and answers on one socket must not
+/// interleave, so share it between threads behind a lock, or open one per thread.
 pub struct Netlink {
     socket: Socket,
     seq: Cell<u32>,

@@ -55,7 +55,10 @@ pub fn named_path(name: &str) -> PathBuf {
 
 /// Opens a namespace file; the error names the path.
 pub fn open(path: &Path) -> Result<File, NetnsError> {
-    File::open(path).map_err(|source| NetnsError::Open { path: path.to_owned(), source })
+    File::open(path).map_err(|source| NetnsError::Open {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// While alive, the current thread is in another network namespace.
@@ -67,15 +70,18 @@ pub struct NetnsGuard {
 pub fn enter(path: &Path) -> Result<NetnsGuard, NetnsError> {
     let original = open(Path::new("/proc/thread-self/ns/net"))?;
     let target = open(path)?;
-    setns(target.as_fd(), CloneFlags::CLONE_NEWNET)
-        .map_err(|source| NetnsError::Enter { path: path.to_owned(), source })?;
+    setns(target.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(NetnsGuard { original })
 }
 
 impl NetnsGuard {
     /// Returns to the original namespace, reporting failure instead of aborting.
     pub fn restore(self) -> Result<(), NetnsError> {
-        let result = setns(self.original.as_fd(), CloneFlags::CLONE_NEWNET).map_err(NetnsError::Restore);
+        let result =
+            setns(self.original.as_fd(), CloneFlags::CLONE_NEWNET).map_err(NetnsError::Restore);
         std::mem::forget(self);
         result
     }
@@ -154,8 +160,10 @@ pub fn delete_named(name: &str) -> Result<(), NetnsError> {
         return Ok(());
     }
     let _ = umount2(&path, MntFlags::MNT_DETACH);
-    std::fs::remove_file(&path)
-        .map_err(|source| NetnsError::Delete { name: name.to_string(), source })
+    std::fs::remove_file(&path).map_err(|source| NetnsError::Delete {
+        name: name.to_string(),
+        source,
+    })
 }
 
 /// The inode that identifies a namespace, for comparing with `/proc/PID/ns/net`.
@@ -163,5 +171,8 @@ pub fn inode(path: &Path) -> Result<u64, NetnsError> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path)
         .map(|m| m.ino())
-        .map_err(|source| NetnsError::Open { path: path.to_owned(), source })
+        .map_err(|source| NetnsError::Open {
+            path: path.to_owned(),
+            source,
+        })
 }

@@ -52,8 +52,12 @@ pub fn create(host: &Netlink, spec: &PodNetSpec<'_>) -> Result<PodNet, PodNetErr
     let netns_file = netns::open(spec.netns)?;
     // Born in the pod's namespace under a temporary name, so that a pod that
     // already has `eth0` fails here instead of after we touched it.
-    let temp = format!("tmp{}", &spec.host_ifname[spec.host_ifname.len().saturating_sub(11)..]);
-    let link = host.create_veth_with_peer_in(spec.host_ifname, &temp, Some(spec.mtu), netns_file.as_fd())?;
+    let temp = format!(
+        "tmp{}",
+        &spec.host_ifname[spec.host_ifname.len().saturating_sub(11)..]
+    );
+    let link =
+        host.create_veth_with_peer_in(spec.host_ifname, &temp, Some(spec.mtu), netns_file.as_fd())?;
     match configure(host, spec, link.index, &temp) {
         Ok(made) => Ok(made),
         Err(e) => {
@@ -63,12 +67,19 @@ pub fn create(host: &Netlink, spec: &PodNetSpec<'_>) -> Result<PodNet, PodNetErr
     }
 }
 
-fn configure(host: &Netlink, spec: &PodNetSpec<'_>, host_index: u32, temp: &str) -> Result<PodNet, PodNetError> {
+fn configure(
+    host: &Netlink,
+    spec: &PodNetSpec<'_>,
+    host_index: u32,
+    temp: &str,
+) -> Result<PodNet, PodNetError> {
     let pod = Netlink::new_in(spec.netns)?;
-    let peer = pod.link_by_name(temp)?.ok_or_else(|| NetlinkError::Protocol {
-        operation: format!("creating {temp} in {}", spec.netns.display()),
-        detail: "the pod end is missing".into(),
-    })?;
+    let peer = pod
+        .link_by_name(temp)?
+        .ok_or_else(|| NetlinkError::Protocol {
+            operation: format!("creating {temp} in {}", spec.netns.display()),
+            detail: "the pod end is missing".into(),
+        })?;
     pod.set_name(peer.index, spec.ifname)?;
     let ifname = spec.ifname.to_string();
     let netns_path = spec.netns.to_owned();
@@ -87,13 +98,25 @@ fn configure(host: &Netlink, spec: &PodNetSpec<'_>, host_index: u32, temp: &str)
     let mac = pod
         .link_by_index(peer.index)?
         .and_then(|l| l.mac)
-        .ok_or_else(|| PodNetError::NoMac { what: format!("{} in {}", spec.ifname, spec.netns.display()) })?;
+        .ok_or_else(|| PodNetError::NoMac {
+            what: format!("{} in {}", spec.ifname, spec.netns.display()),
+        })?;
 
-    let _ = sysctl::set_if_exists(&format!("net/ipv6/conf/{}/disable_ipv6", spec.host_ifname), "1");
+    let _ = sysctl::set_if_exists(
+        &format!("net/ipv6/conf/{}/disable_ipv6", spec.host_ifname),
+        "1",
+    );
     host.set_up(host_index)?;
     let host_link = host.link_by_index(host_index)?;
     let host_mac = host_link
         .and_then(|l| l.mac)
-        .ok_or_else(|| PodNetError::NoMac { what: spec.host_ifname.to_string() })?;
-    Ok(PodNet { host_ifindex: host_index, host_mac, mac, ifindex: peer.index })
+        .ok_or_else(|| PodNetError::NoMac {
+            what: spec.host_ifname.to_string(),
+        })?;
+    Ok(PodNet {
+        host_ifindex: host_index,
+        host_mac,
+        mac,
+        ifindex: peer.index,
+    })
 }

@@ -7,7 +7,10 @@ pub fn drop_reason_name(code: u8) -> String {
     DROP_REASONS
         .iter()
         .find(|(c, _, _)| *c == code)
-        .map_or_else(|| format!("Unknown reason {code}"), |(_, _, name)| (*name).to_string())
+        .map_or_else(
+            || format!("Unknown reason {code}"),
+            |(_, _, name)| (*name).to_string(),
+        )
 }
 
 /// Name of a trace observation point ("to-endpoint").
@@ -15,5 +18,8 @@ pub fn trace_point_name(code: u8) -> String {
     TRACE_POINTS
         .iter()
         .find(|(c, _, _)| *c == code)
-        .map_or_else(|| format!("trace-{code}"), |(_, _, name)| (*name).to_string())
+        .map_or_else(
+            || format!("trace-{code}"),
+            |(_, _, name)| (*name).to_string(),
+        )
 }

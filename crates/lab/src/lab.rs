@@ -409,23 +409,7 @@ impl Lab {
         }
 
         for i in 0..state.nodes.len() {
-            let node = &state.nodes[i];
-            let log = node.dir.join("agent.log");
-            let argv = vec![
-                bin_dir.join(AGENT_BIN).to_string_lossy().into_owned(),
-                "--config".to_string(),
-                node.config.to_string_lossy().into_owned(),
-            ];
-            let rec = sys::spawn_detached(&sys::Detached {
-                what: format!("the agent of {}", node.name),
-                netns: &node.netns_path,
-                argv: &argv,
-                // Its output goes to a file: no colour codes.
-                env: &[("NO_COLOR".to_string(), "1".to_string())],
-                env_remove: &[ciliate_api::SOCKET_ENV],
-                cwd: None,
-                log: &log,
-            })?;
+            let rec = spawn_agent(&state.nodes[i], bin_dir)?;
             state.nodes[i].agent = Some(rec);
             state.save(dir)?;
         }
@@ -529,6 +513,31 @@ impl Lab {
     }
 
     /// A client for a node's agent.
+    /// Kills a node's agent with SIGKILL, as a crash would, and waits for it
+    /// to be gone. Its pinned programs, maps and links stay.
+    pub fn kill_agent(&mut self, node: &str) -> Result<()> {
+        let index = self.node(node)?.index;
+        if let Some(rec) = self.state.nodes[index].agent.take() {
+            // SAFETY: plain kill(2) of a pid this lab started and recorded.
+            unsafe { libc::kill(rec.pid, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while sys::alive(&rec) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.state.save(&self.state.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a node's agent again (after [`Lab::kill_agent`]) and waits until it answers.
+    pub fn start_agent(&mut self, node: &str, timeout: Duration) -> Result<()> {
+        let index = self.node(node)?.index;
+        let rec = spawn_agent(&self.state.nodes[index], &self.state.bin_dir)?;
+        self.state.nodes[index].agent = Some(rec);
+        self.state.save(&self.state.dir)?;
+        wait_for_agent(&self.state.nodes[index], timeout)
+    }
+
     pub fn client(&self, node: &str) -> Result<ciliate_api::Client> {
         Ok(ciliate_api::Client::new(&self.node(node)?.socket))
     }
@@ -1257,6 +1266,25 @@ fn merge(base: &mut serde_yaml::Value, over: &serde_yaml::Value) {
 }
 
 /// Waits until the node's agent answers `GET /v1/status`, failing early if it exits.
+/// Starts a node's agent, detached, inside the node's namespace.
+fn spawn_agent(node: &NodeInfo, bin_dir: &Path) -> Result<ProcessRecord> {
+    let argv = vec![
+        bin_dir.join(AGENT_BIN).to_string_lossy().into_owned(),
+        "--config".to_string(),
+        node.config.to_string_lossy().into_owned(),
+    ];
+    sys::spawn_detached(&sys::Detached {
+        what: format!("the agent of {}", node.name),
+        netns: &node.netns_path,
+        argv: &argv,
+        // Its output goes to a file: no colour codes.
+        env: &[("NO_COLOR".to_string(), "1".to_string())],
+        env_remove: &[ciliate_api::SOCKET_ENV],
+        cwd: None,
+        log: &node.dir.join("agent.log"),
+    })
+}
+
 fn wait_for_agent(node: &NodeInfo, timeout: Duration) -> Result<()> {
     let client = ciliate_api::Client::new(&node.socket);
     let deadline = Instant::now() + timeout;

@@ -1,0 +1,53 @@
+//! DEL: idempotent. Removes the host device (the pod end goes with it) and the
+//! agent's endpoint, which releases the address. Missing pieces are fine.
+
+use ciliate_api::{Client, Endpoint};
+use ciliate_datapath::netlink::Netlink;
+
+use crate::conf::{Env, NetConf};
+use crate::error::{CniError, CniResult};
+use crate::info;
+use crate::veth;
+
+pub fn run(env: &Env, conf: &NetConf) -> CniResult<()> {
+    let container_id = env.require_container_id()?;
+    let ifname = env.require_ifname()?;
+    // CNI_NETNS may be empty or gone: the host device is found by name.
+    let host_name = veth::host_ifname(container_id, ifname);
+    let host_nl = Netlink::new().map_err(|e| CniError::io("opening netlink", &e))?;
+    if veth::teardown(&host_nl, &host_name)? {
+        info!("deleted {host_name}");
+    } else {
+        info!("{host_name} was already gone");
+    }
+    let client = Client::new(&conf.socket_path);
+    let agent_error = |e| {
+        CniError::agent(
+            &format!("deleting the endpoint of container {container_id}"),
+            &e,
+        )
+    };
+    // One endpoint per container: only this attachment's (same interface) goes.
+    let uri = format!("/v1/endpoint/container-id:{container_id}");
+    let endpoint = match client.get::<Endpoint>(&uri) {
+        Ok(ep) => ep,
+        Err(e) if e.status() == Some(404) => {
+            info!("the agent has no endpoint for container {container_id}");
+            return Ok(());
+        }
+        Err(e) => return Err(agent_error(e)),
+    };
+    if endpoint.ifname != ifname {
+        info!(
+            "endpoint {} of container {container_id} is for {}, not {ifname}: kept",
+            endpoint.id, endpoint.ifname
+        );
+        return Ok(());
+    }
+    match client.delete(&format!("/v1/endpoint/{}", endpoint.id)) {
+        Ok(()) => info!("endpoint {} deleted", endpoint.id),
+        Err(e) if e.status() == Some(404) => info!("endpoint {} was already gone", endpoint.id),
+        Err(e) => return Err(agent_error(e)),
+    }
+    Ok(())
+}
