@@ -35,12 +35,14 @@ pub enum AgentError {
 impl AgentError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) | Self::Ipam(crate::ipam::IpamError::OutOfRange { .. }) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::NotFound(_) | Self::Ipam(crate::ipam::IpamError::NotAllocated { .. }) => {
+                StatusCode::NOT_FOUND
+            }
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Ipam(crate::ipam::IpamError::Exhausted { .. }) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Ipam(crate::ipam::IpamError::NotAllocated { .. }) => StatusCode::NOT_FOUND,
-            Self::Ipam(crate::ipam::IpamError::OutOfRange { .. }) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -84,8 +84,8 @@ impl Ipam {
         let n = hosts.len() as u32;
         for i in 0..n {
             let ip = hosts[((self.next + i) % n) as usize];
-            if !self.allocated.contains_key(&ip) {
-                self.allocated.insert(ip, alloc);
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.allocated.entry(ip) {
+                slot.insert(alloc);
                 self.next = (self.next + i + 1) % n;
                 return Ok(ip);
             }

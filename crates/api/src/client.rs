@@ -2,6 +2,7 @@
 //! plugin must not start an async runtime, and the CLI does not need one, so
 //! both use this. It understands `Content-Length` and chunked bodies.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -178,10 +179,11 @@ impl Client {
     ) -> Result<BufReader<&'s UnixStream>, ClientError> {
         let mut head = format!("{method} {uri} HTTP/1.1\r\nHost: ciliate\r\nConnection: close\r\n");
         if let Some(body) = body {
-            head.push_str(&format!(
+            let _ = write!(
+                head,
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",
                 body.len()
-            ));
+            );
         }
         head.push_str("\r\n");
         let mut writer = stream;

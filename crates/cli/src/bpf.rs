@@ -46,14 +46,13 @@ pub enum MetricsCommand {
 }
 
 fn open_maps(client: &Client, args: &MapArgs) -> anyhow::Result<Maps> {
-    let root = match &args.bpf_root {
-        Some(root) => root.clone(),
-        None => {
-            let status: Status = client
-                .get("/v1/status")
-                .context("asking the agent for its bpf.root (or pass --bpf-root)")?;
-            PathBuf::from(status.datapath.bpf_root)
-        }
+    let root = if let Some(root) = &args.bpf_root {
+        root.clone()
+    } else {
+        let status: Status = client
+            .get("/v1/status")
+            .context("asking the agent for its bpf.root (or pass --bpf-root)")?;
+        PathBuf::from(status.datapath.bpf_root)
     };
     Maps::open(&root).with_context(|| format!("opening the maps pinned under {}", root.display()))
 }

@@ -1,5 +1,7 @@
 //! Output formats shared by every listing: a table for people, JSON for tools.
 
+use std::fmt::Write as _;
+
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, Default, clap::ValueEnum, PartialEq, Eq)]
@@ -35,7 +37,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
             if i + 1 == cells.len() {
                 out.push_str(cell);
             } else {
-                out.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+                let _ = write!(out, "{cell:<w$}   ", w = widths[i]);
             }
         }
         println!("{}", out.trim_end());

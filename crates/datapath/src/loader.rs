@@ -142,10 +142,13 @@ fn load_and_pin(progs_dir: &Path, maps_dir: &Path, object: &[u8]) -> Result<(), 
 
 /// Hex sha256 of the embedded object, the identity of "what is loaded".
 pub fn object_hash(object: &[u8]) -> String {
+    use std::fmt::Write as _;
     Sha256::digest(object)
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::new(), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LoadError + 'a {

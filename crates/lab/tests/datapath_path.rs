@@ -37,13 +37,17 @@ fn root() -> bool {
 }
 
 fn lab(tag: char) -> LabGuard {
-    let mut lab = LabGuard::up(&LabSpec::new(format!("p{}{tag}", std::process::id()), 1)).expect("lab up");
+    let mut lab =
+        LabGuard::up(&LabSpec::new(format!("p{}{tag}", std::process::id()), 1)).expect("lab up");
     lab.apply_yaml(PODS).expect("apply pods");
     lab
 }
 
 fn ping(lab: &LabGuard, from: &str, to: &str) -> bool {
-    lab.exec(from, &["ping", "-c", "1", "-W", "1", to]).unwrap().status.success()
+    lab.exec(from, &["ping", "-c", "1", "-W", "1", to])
+        .unwrap()
+        .status
+        .success()
 }
 
 fn eventually_ping(lab: &LabGuard, from: &str, to: &str) {
@@ -63,20 +67,43 @@ fn pod_traffic_needs_the_bpf_programs() {
     let node = lab.node("node0").unwrap().clone();
     let node_ip = node.ip().to_string();
     eventually_ping(&lab, "a", &b_ip);
-    assert!(ping(&lab, "a", &node_ip), "pod to node works with the programs");
+    assert!(
+        ping(&lab, "a", &node_ip),
+        "pod to node works with the programs"
+    );
 
     // Detach a's programs by removing their pinned TCX links, and forget the
     // router's MAC in the pod so nothing cached helps.
     let endpoints: Vec<Endpoint> = lab.client("node0").unwrap().get("/v1/endpoint").unwrap();
-    let a = endpoints.iter().find(|e| e.pod_name.as_deref() == Some("a")).expect("endpoint of a");
+    let a = endpoints
+        .iter()
+        .find(|e| e.pod_name.as_deref() == Some("a"))
+        .expect("endpoint of a");
     for dir in ["ingress", "egress"] {
-        std::fs::remove_file(node.bpf_root.join("links").join(format!("{}-{dir}", a.host_ifname)))
-            .expect("the pod's link is pinned");
+        std::fs::remove_file(
+            node.bpf_root
+                .join("links")
+                .join(format!("{}-{dir}", a.host_ifname)),
+        )
+        .expect("the pod's link is pinned");
     }
-    assert!(lab.exec("a", &["ip", "neigh", "flush", "all"]).unwrap().status.success());
-    assert!(!ping(&lab, "a", &b_ip), "without from_container the kernel must not route pod to pod");
-    assert!(!ping(&lab, "a", &node_ip), "without from_container the pod reaches nothing");
-    assert!(!ping(&lab, "b", &a.ip.to_string()), "nor can others reach it");
+    assert!(lab
+        .exec("a", &["ip", "neigh", "flush", "all"])
+        .unwrap()
+        .status
+        .success());
+    assert!(
+        !ping(&lab, "a", &b_ip),
+        "without from_container the kernel must not route pod to pod"
+    );
+    assert!(
+        !ping(&lab, "a", &node_ip),
+        "without from_container the pod reaches nothing"
+    );
+    assert!(
+        !ping(&lab, "b", &a.ip.to_string()),
+        "nor can others reach it"
+    );
 
     // A restarted agent restores the endpoint and attaches again.
     lab.kill_agent("node0").unwrap();
@@ -86,9 +113,9 @@ fn pod_traffic_needs_the_bpf_programs() {
 }
 
 /// Counts what arrives on an accepted connection until EOF or error.
-fn serve(listener: TcpListener, received: Arc<AtomicU64>, failed: Arc<AtomicBool>) {
+fn serve(listener: &TcpListener, received: &AtomicU64, failed: &AtomicBool) {
     let (mut conn, _) = listener.accept().unwrap();
-    let mut buf = [0u8; 65536];
+    let mut buf = vec![0u8; 65536];
     loop {
         match conn.read(&mut buf) {
             Ok(0) => return,
@@ -113,20 +140,25 @@ fn tcp_stream_survives_agent_kill_and_restart() {
     let a = lab.pod("a").unwrap().clone();
     let b = lab.pod("b").unwrap().clone();
     eventually_ping(&lab, "a", &b.ip.to_string());
-    let programs_before: ciliate_api::Status = lab.client("node0").unwrap().get("/v1/status").unwrap();
+    let programs_before: ciliate_api::Status =
+        lab.client("node0").unwrap().get("/v1/status").unwrap();
 
     // Sockets belong to the namespace they are created in.
-    let listener = netns::run_in(&b.netns_path, || TcpListener::bind("0.0.0.0:7000")).unwrap().unwrap();
-    let addr = SocketAddr::from((b.ip, 7000));
-    let stream = netns::run_in(&a.netns_path, move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+    let listener = netns::run_in(&b.netns_path, || TcpListener::bind("0.0.0.0:7000"))
         .unwrap()
-        .expect("connecting a to b");
+        .unwrap();
+    let addr = SocketAddr::from((b.ip, 7000));
+    let stream = netns::run_in(&a.netns_path, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    })
+    .unwrap()
+    .expect("connecting a to b");
 
     let received = Arc::new(AtomicU64::new(0));
     let server_failed = Arc::new(AtomicBool::new(false));
     let server = {
         let (r, f) = (Arc::clone(&received), Arc::clone(&server_failed));
-        std::thread::spawn(move || serve(listener, r, f))
+        std::thread::spawn(move || serve(&listener, &r, &f))
     };
     let stop = Arc::new(AtomicBool::new(false));
     let client = {
@@ -150,15 +182,24 @@ fn tcp_stream_survives_agent_kill_and_restart() {
     let at_kill = received.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs(1));
     let while_dead = received.load(Ordering::Relaxed);
-    assert!(while_dead > at_kill, "data must keep flowing while the agent is dead ({at_kill} -> {while_dead})");
+    assert!(
+        while_dead > at_kill,
+        "data must keep flowing while the agent is dead ({at_kill} -> {while_dead})"
+    );
 
     lab.start_agent("node0", Duration::from_secs(30)).unwrap();
     let at_restart = received.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
-    let sent = client.join().unwrap().expect("the client never saw a reset or error");
+    let sent = client
+        .join()
+        .unwrap()
+        .expect("the client never saw a reset or error");
     server.join().unwrap();
-    assert!(!server_failed.load(Ordering::Relaxed), "the server never saw a reset or error");
+    assert!(
+        !server_failed.load(Ordering::Relaxed),
+        "the server never saw a reset or error"
+    );
     let total = received.load(Ordering::Relaxed);
     assert!(total > at_restart, "data flows after the restart");
     assert_eq!(total, sent, "every byte sent arrived");
@@ -166,6 +207,9 @@ fn tcp_stream_survives_agent_kill_and_restart() {
     // The restarted agent adopted the pinned programs instead of reloading them.
     let after: ciliate_api::Status = lab.client("node0").unwrap().get("/v1/status").unwrap();
     assert_eq!(after.datapath.object, "adopted");
-    assert_eq!(after.datapath.programs, programs_before.datapath.programs, "same program ids: nothing reloaded");
+    assert_eq!(
+        after.datapath.programs, programs_before.datapath.programs,
+        "same program ids: nothing reloaded"
+    );
     assert_eq!(after.endpoints_ready, programs_before.endpoints_ready);
 }
