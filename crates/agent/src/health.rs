@@ -58,16 +58,16 @@ pub fn ensure(daemon: &Daemon) -> anyhow::Result<()> {
         netns: netns_path.display().to_string(),
         ifname: "eth0".into(),
         host_ifname: HEALTH_DEVICE.into(),
-        host_ifindex: made.host_ifindex,
+        host_ifindex: made.host.index,
         ip: alloc.ip,
-        mac: format_mac(made.mac),
-        host_mac: format_mac(made.host_mac),
+        mac: format_mac(made.pod.mac.unwrap_or_default()),
+        host_mac: format_mac(made.host.mac.unwrap_or_default()),
         pod_namespace: None,
         pod_name: None,
         health: true,
     };
     if let Err(e) = daemon.create_endpoint(&req) {
-        let _ = nl.del_link(made.host_ifindex);
+        let _ = nl.del_link(made.host.index);
         let _ = daemon.release(alloc.ip);
         return Err(anyhow::anyhow!(e.chain())).context("registering the health endpoint");
     }

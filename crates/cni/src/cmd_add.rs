@@ -18,7 +18,8 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<Value> {
     let ifname = env.require_ifname()?;
     let netns_path = env.require_netns()?;
     let prev = conf.prev_result()?;
-    let netns_file = veth::open_netns(netns_path)?;
+    // Checked first: a missing namespace is "container unknown" (code 3).
+    veth::open_netns(netns_path)?;
     let host_name = veth::host_ifname(container_id, ifname);
 
     let host_nl = Netlink::new().map_err(|e| CniError::io("opening netlink", &e))?;
@@ -69,14 +70,7 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<Value> {
     let attached = (|| {
         check_allocation(&alloc)?;
         undo.host_name = Some(host_name.clone());
-        let veth = veth::setup(
-            &host_nl,
-            netns_path,
-            &netns_file,
-            &host_name,
-            ifname,
-            &alloc,
-        )?;
+        let veth = veth::setup(&host_nl, netns_path, &host_name, ifname, &alloc)?;
         info!(
             "created {} (index {}) and {ifname} in {}",
             veth.host.name,

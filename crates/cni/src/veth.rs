@@ -3,18 +3,16 @@
 use std::fmt::Write as _;
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
 use std::path::Path;
 
 use ciliate_api::IpamAllocation;
 use ciliate_datapath::netlink::{Link, Netlink, Route};
-use ciliate_datapath::{netns, sysctl};
+use ciliate_datapath::{netns, podnet};
 use sha2::{Digest, Sha256};
 
 use crate::error::{code, CniError, CniResult};
 
-/// `0.0.0.0/0`.
-pub const DEFAULT_ROUTE: ipnet::Ipv4Net = ipnet::Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0);
+pub use podnet::DEFAULT_ROUTE;
 
 /// `lxc` + the first 11 hex digits of sha256(`container_id/ifname`): 14
 /// characters, the same every time, so DEL finds what ADD made.
@@ -46,112 +44,27 @@ pub fn open_netns(path: &Path) -> CniResult<File> {
 }
 
 /// Both ends as they ended up.
-#[derive(Debug)]
-pub struct Veth {
-    pub host: Link,
-    pub pod: Link,
-}
+pub type Veth = podnet::PodVeth;
 
 /// Creates the pair with the pod end born in the pod namespace under its final
-/// name, then configures both ends. On failure, deletes the pair again.
+/// name and configures both ends (the same code as the agent's health
+/// endpoint). On failure nothing is left.
 pub fn setup(
     host_nl: &Netlink,
     netns_path: &Path,
-    netns_file: &File,
     host_name: &str,
     ifname: &str,
     alloc: &IpamAllocation,
 ) -> CniResult<Veth> {
-    let host = host_nl
-        .create_veth_with_peer_in(host_name, ifname, Some(alloc.mtu), netns_file.as_fd())
-        .map_err(|e| {
-            CniError::io(
-                &format!(
-                    "creating veth {host_name} with {ifname} in {}",
-                    netns_path.display()
-                ),
-                &e,
-            )
-        })?;
-    match configure(host_nl, &host, netns_path, ifname, alloc) {
-        Ok(veth) => Ok(veth),
-        Err(e) => {
-            if let Err(undo) = host_nl.del_link(host.index) {
-                return Err(e.note(&format!(
-                    "and removing {host_name} again failed: {}",
-                    crate::error::chain(&undo)
-                )));
-            }
-            Err(e)
-        }
-    }
-}
-
-fn configure(
-    host_nl: &Netlink,
-    host: &Link,
-    netns_path: &Path,
-    ifname: &str,
-    alloc: &IpamAllocation,
-) -> CniResult<Veth> {
-    let pod = configure_pod(netns_path, ifname, alloc)?;
-    // The host side: no IPv6 (the datapath is IPv4), then up.
-    sysctl::set_if_exists(&format!("net/ipv6/conf/{}/disable_ipv6", host.name), "1")
-        .map_err(|e| CniError::io(&format!("disabling IPv6 on {}", host.name), &e))?;
-    host_nl
-        .set_up(host.index)
-        .map_err(|e| CniError::io(&format!("setting {} up", host.name), &e))?;
-    let host = host_nl
-        .link_by_index(host.index)
-        .map_err(|e| CniError::io(&format!("reading {} back", host.name), &e))?
-        .ok_or_else(|| {
-            CniError::new(
-                code::IO,
-                format!("{} vanished while it was being set up", host.name),
-            )
-        })?;
-    Ok(Veth { host, pod })
-}
-
-/// Inside the pod: address, up, `lo` up, the route to the router and the default route.
-fn configure_pod(netns_path: &Path, ifname: &str, alloc: &IpamAllocation) -> CniResult<Link> {
-    let in_pod = |what: &str| format!("{what} in {}", netns_path.display());
-    let guard = netns::enter(netns_path)
-        .map_err(|e| CniError::io(&in_pod("entering the namespace"), &e))?;
-    let result = (|| {
-        let nl = Netlink::new().map_err(|e| CniError::io(&in_pod("opening netlink"), &e))?;
-        let link = nl
-            .link_by_name(ifname)
-            .map_err(|e| CniError::io(&in_pod(&format!("looking up {ifname}")), &e))?
-            .ok_or_else(|| CniError::new(code::IO, in_pod(&format!("{ifname} did not appear"))))?;
-        sysctl::set_if_exists(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1")
-            .map_err(|e| CniError::io(&in_pod(&format!("disabling IPv6 on {ifname}")), &e))?;
-        let step = |e: &ciliate_datapath::netlink::NetlinkError| {
-            CniError::io(&in_pod("configuring the pod interface"), e)
-        };
-        nl.add_address(link.index, alloc.ip, 32)
-            .map_err(|e| step(&e))?;
-        nl.set_up(link.index).map_err(|e| step(&e))?;
-        if let Some(lo) = nl.link_by_name("lo").map_err(|e| step(&e))? {
-            nl.set_up(lo.index).map_err(|e| step(&e))?;
-        }
-        nl.add_route(&Route::link_scope(alloc.router.into(), link.index))
-            .map_err(|e| step(&e))?;
-        nl.add_route(&Route::via(DEFAULT_ROUTE, alloc.router, link.index))
-            .map_err(|e| step(&e))?;
-        nl.link_by_index(link.index)
-            .map_err(|e| step(&e))?
-            .ok_or_else(|| {
-                CniError::new(
-                    code::IO,
-                    in_pod(&format!("{ifname} vanished while it was being set up")),
-                )
-            })
-    })();
-    guard
-        .restore()
-        .map_err(|e| CniError::io("returning to the host namespace", &e))?;
-    result
+    let spec = podnet::PodNetSpec {
+        host_ifname: host_name,
+        ifname,
+        netns: netns_path,
+        ip: alloc.ip,
+        router: alloc.router,
+        mtu: alloc.mtu,
+    };
+    podnet::create(host_nl, &spec).map_err(|e| CniError::new(code::IO, crate::error::chain(&e)))
 }
 
 /// Deletes the host device (its peer goes with it); `false` if there was none.

@@ -1,26 +1,44 @@
 //! The pod side of an endpoint: a veth whose host end (`lxc...`) stays in the
-//! node's namespace and whose other end becomes the pod's interface, with its
-//! address, MTU and routes via the router IP. Used by the CNI plugin for pods
-//! and by the agent for its health endpoint, so both are wired identically.
+//! node's namespace and whose other end is born in the pod's namespace under
+//! its final name, with its address, MTU and routes via the router IP. The
+//! CNI plugin uses it for pods and the agent for its health endpoint, so both
+//! are wired identically.
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
-use crate::netlink::{Netlink, NetlinkError, Route};
+use crate::netlink::{Link, Netlink, NetlinkError, Route};
 use crate::netns::{self, NetnsError};
-use crate::sysctl;
+use crate::sysctl::{self, SysctlError};
+
+/// `0.0.0.0/0`.
+pub const DEFAULT_ROUTE: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodNetError {
-    #[error(transparent)]
-    Netlink(#[from] NetlinkError),
-    #[error(transparent)]
-    Netns(#[from] NetnsError),
-    #[error("{what} has no MAC address")]
-    NoMac { what: String },
+    #[error("{step}")]
+    Netlink {
+        step: String,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error("{step}")]
+    Netns {
+        step: String,
+        #[source]
+        source: NetnsError,
+    },
+    #[error("{step}")]
+    Sysctl {
+        step: String,
+        #[source]
+        source: SysctlError,
+    },
+    #[error("{what} vanished while it was being set up")]
+    Vanished { what: String },
 }
 
 /// What the pod should get.
@@ -37,28 +55,37 @@ pub struct PodNetSpec<'a> {
     pub mtu: u32,
 }
 
-/// What was created.
+/// Both ends as they ended up.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodNet {
-    pub host_ifindex: u32,
-    pub host_mac: [u8; 6],
-    pub mac: [u8; 6],
-    pub ifindex: u32,
+pub struct PodVeth {
+    pub host: Link,
+    pub pod: Link,
 }
 
-/// Creates and configures both ends. On any error, the pair is deleted again,
-/// so nothing is left half-made.
-pub fn create(host: &Netlink, spec: &PodNetSpec<'_>) -> Result<PodNet, PodNetError> {
-    let netns_file = netns::open(spec.netns)?;
-    // Born in the pod's namespace under a temporary name, so that a pod that
-    // already has `eth0` fails here instead of after we touched it.
-    let temp = format!(
-        "tmp{}",
-        &spec.host_ifname[spec.host_ifname.len().saturating_sub(11)..]
-    );
-    let link =
-        host.create_veth_with_peer_in(spec.host_ifname, &temp, Some(spec.mtu), netns_file.as_fd())?;
-    match configure(host, spec, link.index, &temp) {
+/// Creates and configures both ends. On any error the pair is deleted again,
+/// so nothing is left half-made. Routes are added, never replaced: a pod that
+/// already has a default route makes this fail instead of losing it.
+pub fn create(host: &Netlink, spec: &PodNetSpec<'_>) -> Result<PodVeth, PodNetError> {
+    let in_pod = |what: &str| format!("{what} in {}", spec.netns.display());
+    let netns_file = netns::open(spec.netns).map_err(|source| PodNetError::Netns {
+        step: in_pod("opening the namespace"),
+        source,
+    })?;
+    let link = host
+        .create_veth_with_peer_in(
+            spec.host_ifname,
+            spec.ifname,
+            Some(spec.mtu),
+            netns_file.as_fd(),
+        )
+        .map_err(|source| PodNetError::Netlink {
+            step: in_pod(&format!(
+                "creating veth {} with {}",
+                spec.host_ifname, spec.ifname
+            )),
+            source,
+        })?;
+    match configure(host, &link, spec) {
         Ok(made) => Ok(made),
         Err(e) => {
             let _ = host.del_link(link.index);
@@ -68,55 +95,82 @@ pub fn create(host: &Netlink, spec: &PodNetSpec<'_>) -> Result<PodNet, PodNetErr
 }
 
 fn configure(
-    host: &Netlink,
+    host_nl: &Netlink,
+    host: &Link,
     spec: &PodNetSpec<'_>,
-    host_index: u32,
-    temp: &str,
-) -> Result<PodNet, PodNetError> {
-    let pod = Netlink::new_in(spec.netns)?;
-    let peer = pod
-        .link_by_name(temp)?
-        .ok_or_else(|| NetlinkError::Protocol {
-            operation: format!("creating {temp} in {}", spec.netns.display()),
-            detail: "the pod end is missing".into(),
-        })?;
-    pod.set_name(peer.index, spec.ifname)?;
-    let ifname = spec.ifname.to_string();
-    let netns_path = spec.netns.to_owned();
-    // /proc/sys/net is per namespace: write it from inside the pod's.
-    netns::run_in(&netns_path, move || {
-        let _ = sysctl::set_if_exists(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1");
+) -> Result<PodVeth, PodNetError> {
+    let pod = configure_pod(spec)?;
+    // The host side: no IPv6 (the datapath is IPv4), then up.
+    let key = format!("net/ipv6/conf/{}/disable_ipv6", host.name);
+    sysctl::set_if_exists(&key, "1").map_err(|source| PodNetError::Sysctl {
+        step: format!("disabling IPv6 on {}", host.name),
+        source,
     })?;
-    pod.add_address(peer.index, spec.ip, 32)?;
-    pod.set_up(peer.index)?;
-    if let Some(lo) = pod.link_by_name("lo")? {
-        pod.set_up(lo.index)?;
-    }
-    let router_net = Ipv4Net::new(spec.router, 32).expect("/32 is valid");
-    pod.replace_route(&Route::link_scope(router_net, peer.index))?;
-    pod.replace_route(&Route::via(Ipv4Net::default(), spec.router, peer.index))?;
-    let mac = pod
-        .link_by_index(peer.index)?
-        .and_then(|l| l.mac)
-        .ok_or_else(|| PodNetError::NoMac {
-            what: format!("{} in {}", spec.ifname, spec.netns.display()),
+    host_nl
+        .set_up(host.index)
+        .map_err(|source| PodNetError::Netlink {
+            step: format!("setting {} up", host.name),
+            source,
         })?;
+    let host = host_nl
+        .link_by_index(host.index)
+        .map_err(|source| PodNetError::Netlink {
+            step: format!("reading {} back", host.name),
+            source,
+        })?
+        .ok_or_else(|| PodNetError::Vanished {
+            what: host.name.clone(),
+        })?;
+    Ok(PodVeth { host, pod })
+}
 
-    let _ = sysctl::set_if_exists(
-        &format!("net/ipv6/conf/{}/disable_ipv6", spec.host_ifname),
-        "1",
-    );
-    host.set_up(host_index)?;
-    let host_link = host.link_by_index(host_index)?;
-    let host_mac = host_link
-        .and_then(|l| l.mac)
-        .ok_or_else(|| PodNetError::NoMac {
-            what: spec.host_ifname.to_string(),
-        })?;
-    Ok(PodNet {
-        host_ifindex: host_index,
-        host_mac,
-        mac,
-        ifindex: peer.index,
+/// Inside the pod: no IPv6, address, up, `lo` up, the route to the router
+/// and the default route. Runs on a thread of its own in the pod's namespace.
+fn configure_pod(spec: &PodNetSpec<'_>) -> Result<Link, PodNetError> {
+    let netns_path: PathBuf = spec.netns.to_owned();
+    let (ifname, ip, router) = (spec.ifname.to_string(), spec.ip, spec.router);
+    let in_pod = {
+        let netns_path = netns_path.clone();
+        move |what: &str| format!("{what} in {}", netns_path.display())
+    };
+    let step = in_pod.clone();
+    netns::run_in(&netns_path, move || -> Result<Link, PodNetError> {
+        let nl_err = |what: &str| {
+            let step = in_pod(what);
+            move |source| PodNetError::Netlink { step, source }
+        };
+        let nl = Netlink::new().map_err(nl_err("opening netlink"))?;
+        let link = nl
+            .link_by_name(&ifname)
+            .map_err(nl_err(&format!("looking up {ifname}")))?
+            .ok_or_else(|| PodNetError::Vanished {
+                what: in_pod(&ifname),
+            })?;
+        sysctl::set_if_exists(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1").map_err(
+            |source| PodNetError::Sysctl {
+                step: in_pod(&format!("disabling IPv6 on {ifname}")),
+                source,
+            },
+        )?;
+        nl.add_address(link.index, ip, 32)
+            .map_err(nl_err("configuring the pod interface"))?;
+        nl.set_up(link.index)
+            .map_err(nl_err("configuring the pod interface"))?;
+        if let Some(lo) = nl.link_by_name("lo").map_err(nl_err("looking up lo"))? {
+            nl.set_up(lo.index).map_err(nl_err("setting lo up"))?;
+        }
+        nl.add_route(&Route::link_scope(router.into(), link.index))
+            .map_err(nl_err("configuring the pod interface"))?;
+        nl.add_route(&Route::via(DEFAULT_ROUTE, router, link.index))
+            .map_err(nl_err("configuring the pod interface"))?;
+        nl.link_by_index(link.index)
+            .map_err(nl_err(&format!("reading {ifname} back")))?
+            .ok_or_else(|| PodNetError::Vanished {
+                what: in_pod(&ifname),
+            })
     })
+    .map_err(|source| PodNetError::Netns {
+        step: step("entering the namespace"),
+        source,
+    })?
 }
