@@ -1,0 +1,65 @@
+//! The agent binary refuses a bad configuration at start, naming the key, the
+//! value and what is allowed, before it touches anything.
+
+use std::process::Command;
+
+fn start_with(yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ciliate-agent"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn unknown_key_is_refused() {
+    let (code, err) = start_with("nodeName: n\nipv4Range: 10.0.0.0/24\ntunelProtocol: vxlan\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("tunelProtocol") && err.contains("tunnelProtocol"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_values_are_refused_with_what_is_allowed() {
+    let (code, err) = start_with("ipv4Range: 10.0.0.0/24\nroutingMode: bgp\n");
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("routingMode") && err.contains("bgp") && err.contains("native"),
+        "{err}"
+    );
+    let (code, err) = start_with("ipv4Range: 300.0.0.0/24\n");
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("ipv4Range") && err.contains("300.0.0.0/24") && err.contains("CIDR"),
+        "{err}"
+    );
+    let (code, err) = start_with("ipv4Range: 10.0.0.0/24\nbpf:\n  root: relative/dir\n");
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("bpf.root") && err.contains("absolute"),
+        "{err}"
+    );
+}
+
+#[test]
+fn flags_are_validated_too() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ciliate-agent"))
+        .args(["--ipv4-range", "10.0.0.0/33", "--node-name", "n"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("ipv4Range") && err.contains("10.0.0.0/33"),
+        "{err}"
+    );
+}
