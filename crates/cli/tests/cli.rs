@@ -3,6 +3,7 @@
 //! workspace's binaries (`cargo build --workspace --bins`).
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,9 +38,9 @@ fn root() -> bool {
 
 /// Runs `ciliate ARGS` inside node0, where it reaches node0's agent.
 fn ciliate(lab: &LabGuard, args: &[&str]) -> String {
-    let mut argv = vec![CILIATE];
-    argv.extend_from_slice(args);
-    let out = lab.exec("node0", &argv).unwrap();
+    let mut command = vec![CILIATE];
+    command.extend_from_slice(args);
+    let out = lab.exec("node0", &command).unwrap();
     assert!(
         out.status.success(),
         "ciliate {} failed: {}",
@@ -73,7 +74,6 @@ fn status_endpoints_maps_metrics_and_monitor() {
     }
 
     // The API is root-only.
-    use std::os::unix::fs::PermissionsExt as _;
     let socket = &lab.node("node0").unwrap().socket;
     let mode = std::fs::metadata(socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(
