@@ -6,5 +6,7 @@
 struct endpoint_key layout_endpoint_key;
 struct endpoint_info layout_endpoint_info;
 struct datapath_config layout_datapath_config;
+struct ipcache_key layout_ipcache_key;
+struct ipcache_value layout_ipcache_value;
 struct metrics_value layout_metrics_value;
 struct trace_event layout_trace_event;

@@ -3,29 +3,18 @@
  *
  * from_container: TCX ingress of the lxc device, i.e. every packet the pod sends.
  *   It answers ARP for the router IP, delivers to pods on this node with
- *   bpf_redirect_peer, and hands everything else to the host stack.
+ *   bpf_redirect_peer, sends what the ipcache puts behind another node into
+ *   the tunnel, and hands everything else to the host stack.
  * to_container: TCX egress of the lxc device, i.e. what the host stack sends
  *   to the pod. It accounts for the packet and lets it through. */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/events.h"
 #include "lib/eth.h"
+#include "lib/lookup.h"
+#include "lib/deliver.h"
 
 char _license[] SEC("license") = "GPL";
-
-static __always_inline struct datapath_config *config(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&ciliate_config, &zero);
-}
-
-static __always_inline struct endpoint_info *endpoint(__u32 ip4)
-{
-	struct endpoint_key key = { .ip4 = ip4 };
-
-	return bpf_map_lookup_elem(&ciliate_lxc, &key);
-}
 
 /* Answers the pod's ARP request for its gateway with the MAC of its lxc device,
  * so that every packet the pod routes comes to from_container. */
@@ -74,12 +63,32 @@ static __always_inline int handle_arp(struct __sk_buff *skb, struct pkt_info *pi
 	return bpf_redirect(skb->ifindex, 0);
 }
 
+/* Sends the packet to the node that hosts its destination: the outer header
+ * goes to that node's IP, and the VNI carries the source's identity so the
+ * other side knows who sent it without another lookup. */
+static __always_inline int encap_to_node(struct __sk_buff *skb, struct pkt_info *pi,
+					 const struct datapath_config *cfg,
+					 const struct ipcache_value *remote,
+					 const struct endpoint_info *src)
+{
+	struct bpf_tunnel_key key = {};
+
+	if (!cfg->tunnel_ifindex)
+		return drop(skb, pi, DROP_NO_TUNNEL_DEVICE, METRIC_EGRESS);
+	key.remote_ipv4 = bpf_ntohl(remote->tunnel_endpoint);
+	key.tunnel_id = src->sec_identity ? src->sec_identity : cfg->identity;
+	key.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+		return drop(skb, pi, DROP_ENCAP_FAILED, METRIC_EGRESS);
+	trace(skb, pi, cfg, TRACE_TO_OVERLAY, METRIC_EGRESS, cfg->tunnel_ifindex);
+	return bpf_redirect(cfg->tunnel_ifindex, 0);
+}
+
 static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *pi,
 				       const struct datapath_config *cfg)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
 	struct endpoint_info *src, *dst;
 	struct iphdr *ip;
 
@@ -93,21 +102,17 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *p
 	pi->src_ep = src->lxc_id;
 
 	dst = endpoint(ip->daddr);
-	if (!dst) {
-		/* The node itself or beyond it: the host stack routes it. */
-		trace(skb, pi, cfg, TRACE_TO_STACK, METRIC_EGRESS, 0);
-		return TC_ACT_OK;
+	if (dst)
+		return deliver_local(skb, pi, cfg, dst, TRACE_TO_ENDPOINT, METRIC_EGRESS);
+	if (cfg->routing_mode == ROUTING_TUNNEL) {
+		struct ipcache_value *remote = ipcache(ip->daddr);
+
+		if (remote && remote->tunnel_endpoint)
+			return encap_to_node(skb, pi, cfg, remote, src);
 	}
-	pi->dst_ep = dst->lxc_id;
-
-	if (ip->ttl <= 1)
-		return drop(skb, pi, DROP_TTL_EXCEEDED, METRIC_EGRESS);
-	ip_decrease_ttl(ip);
-	mac_copy(eth->h_dest, dst->mac);
-	mac_copy(eth->h_source, dst->node_mac);
-
-	trace(skb, pi, cfg, TRACE_TO_ENDPOINT, METRIC_EGRESS, dst->ifindex);
-	return bpf_redirect_peer(dst->ifindex, 0);
+	/* The node itself or beyond it: the host stack routes it. */
+	trace(skb, pi, cfg, TRACE_TO_STACK, METRIC_EGRESS, 0);
+	return TC_ACT_OK;
 }
 
 SEC("classifier/from_container")

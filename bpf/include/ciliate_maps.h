@@ -8,6 +8,7 @@
 #include <linux/types.h>
 
 #define ENDPOINTS_MAP_SIZE 65535
+#define IPCACHE_MAP_SIZE 512000
 #define METRICS_MAP_SIZE 512
 #define EVENTS_RING_SIZE (256 * 1024)
 
@@ -27,10 +28,33 @@ struct endpoint_info {
 	__u32 sec_identity; /* security identity, 0 until policy lands */
 };
 
+/* ciliate_ipcache: LPM trie from prefix to identity and, for prefixes behind
+ * another node, the tunnel endpoint (that node's IP). */
+struct ipcache_key {
+	__u32 prefixlen; /* LPM prefix length, in bits */
+	__u32 ip4;       /* network byte order */
+};
+
+#define IPCACHE_F_HOST 0x1 /* the prefix is a node's own address */
+
+struct ipcache_value {
+	__u32 sec_identity;
+	__u32 tunnel_endpoint; /* network byte order; 0 = not behind a tunnel */
+	__u16 flags;           /* IPCACHE_F_* */
+	__u16 pad;
+};
+
+#define ROUTING_TUNNEL 0
+#define ROUTING_NATIVE 1
+
 /* ciliate_config: one entry written by the agent. */
 struct datapath_config {
-	__u32 router_ip;     /* network byte order; ARP answers for it */
-	__u32 trace_enabled; /* emit trace events (drops are always emitted) */
+	__u32 router_ip;      /* network byte order; ARP answers for it */
+	__u32 trace_enabled;  /* emit trace events (drops are always emitted) */
+	__u32 tunnel_ifindex; /* ciliate_vxlan / ciliate_geneve, 0 if none */
+	__u32 routing_mode;   /* ROUTING_* */
+	__u32 identity;       /* identity of this node's pods until policy assigns one */
+	__u32 pad;
 };
 
 /* ciliate_metrics: per-CPU counters indexed by metrics_index(reason, dir). */
@@ -67,6 +91,8 @@ struct trace_event {
 	__u32 dst_ifindex;  /* redirect target, 0 if none */
 	__u16 eth_proto;    /* network byte order */
 	__u16 pad;
+	__u32 src_identity; /* from the tunnel key, 0 if unknown */
+	__u32 pad2;
 	__u64 ktime_ns;
 };
 

@@ -14,10 +14,14 @@
 #define DROP_NO_CONFIG 142 // Datapath not configured
 #define DROP_TTL_EXCEEDED 143 // TTL exceeded
 #define DROP_UNKNOWN_ENDPOINT 144 // Packet from an unknown endpoint
+#define DROP_NO_TUNNEL_DEVICE 145 // No tunnel device configured
+#define DROP_ENCAP_FAILED 146 // Setting the tunnel key failed
 
 #define TRACE_TO_ENDPOINT 1 // to-endpoint
 #define TRACE_TO_STACK 2 // to-stack
 #define TRACE_ARP_REPLY 3 // arp-reply
 #define TRACE_FROM_STACK 4 // from-stack
+#define TRACE_TO_OVERLAY 5 // to-overlay
+#define TRACE_FROM_OVERLAY 6 // from-overlay
 
 #endif

@@ -16,6 +16,7 @@ struct pkt_info {
 	__u16 dst_ep;
 	__u16 eth_proto;
 	__u8 proto;
+	__u32 src_identity;
 };
 
 static __always_inline void count(struct __sk_buff *skb, __u8 reason, __u8 dir)
@@ -47,6 +48,7 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt_info *p
 		.len = skb->len,
 		.dst_ifindex = dst_ifindex,
 		.eth_proto = pi->eth_proto,
+		.src_identity = pi->src_identity,
 		.ktime_ns = bpf_ktime_get_ns(),
 	};
 

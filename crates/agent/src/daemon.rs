@@ -43,17 +43,16 @@ impl Daemon {
             .with_context(|| format!("creating stateDir {}", config.state_dir.display()))?;
         let saved = state::load(&config.state_dir)?;
 
-        let datapath = Datapath::open(&config.bpf_root, ciliate_datapath::LXC_OBJECT)
-            .with_context(|| {
-                format!(
-                    "loading the datapath under bpf.root {}",
-                    config.bpf_root.display()
-                )
-            })?;
+        let datapath = Datapath::open(&config.bpf_root).with_context(|| {
+            format!(
+                "loading the datapath under bpf.root {}",
+                config.bpf_root.display()
+            )
+        })?;
         info!(origin = datapath.origin().as_str(), root = %config.bpf_root.display(), "datapath ready");
         let mut maps = Maps::open(&config.bpf_root)?;
         maps.config
-            .set(0, DatapathConfig::new(config.router_ip, false), 0)
+            .set(0, datapath_config(&config, false), 0)
             .context("writing the datapath configuration map")?;
 
         let mut ipam = Ipam::new(config.pod_cidr);
@@ -320,7 +319,7 @@ impl Daemon {
         if let Err(e) = inner
             .maps
             .config
-            .set(0, DatapathConfig::new(self.config.router_ip, on), 0)
+            .set(0, datapath_config(&self.config, on), 0)
         {
             warn!(error = %e, "cannot switch trace events");
         }
@@ -390,6 +389,17 @@ impl Daemon {
             .endpoints
             .get(&EndpointKey::new(ip), 0)
             .is_ok()
+    }
+}
+
+/// What the programs read from `ciliate_config`, derived from the agent's config.
+fn datapath_config(config: &Config, trace: bool) -> DatapathConfig {
+    DatapathConfig {
+        routing_mode: match config.routing_mode {
+            crate::config::RoutingMode::Tunnel => ciliate_datapath::maps::ROUTING_TUNNEL,
+            crate::config::RoutingMode::Native => ciliate_datapath::maps::ROUTING_NATIVE,
+        },
+        ..DatapathConfig::new(config.router_ip, trace)
     }
 }
 

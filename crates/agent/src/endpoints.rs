@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ciliate_api::{Endpoint, EndpointCreateRequest, EndpointState};
-use ciliate_datapath::loader::{Datapath, Maps};
+use ciliate_datapath::loader::{Datapath, Maps, LXC_ATTACH};
 use ciliate_datapath::maps::{EndpointInfo, EndpointKey, ENDPOINT_F_HEALTH};
 use ciliate_datapath::netlink::{self, Netlink, Route};
 use ciliate_datapath::sysctl;
@@ -171,7 +171,7 @@ pub fn plumb(
     nl: &Netlink,
 ) -> Result<(), AgentError> {
     isolate_from_kernel_routing(&ep.host_ifname)?;
-    datapath.attach(&ep.host_ifname)?;
+    datapath.attach(&ep.host_ifname, LXC_ATTACH)?;
     let (key, info) = map_entry(ep);
     if let Err(source) = maps.endpoints.insert(key, info, 0) {
         let _ = datapath.detach(&ep.host_ifname);

@@ -31,6 +31,12 @@ pub enum BpfCommand {
     /// Datapath counters per reason and direction (ciliate_metrics).
     #[command(subcommand)]
     Metrics(ListOnly),
+    /// Prefixes with their identity and tunnel endpoint (ciliate_ipcache).
+    #[command(subcommand)]
+    Ipcache(ListOnly),
+    /// Prefixes reached through a tunnel, and the node behind each (from the ipcache).
+    #[command(subcommand)]
+    Tunnel(ListOnly),
 }
 
 #[derive(Subcommand)]
@@ -61,6 +67,8 @@ pub fn run(client: &Client, cmd: BpfCommand) -> anyhow::Result<()> {
     match cmd {
         BpfCommand::Endpoint(ListOnly::List(args)) => endpoint_list(client, &args),
         BpfCommand::Metrics(ListOnly::List(args)) => metrics_list(client, &args),
+        BpfCommand::Ipcache(ListOnly::List(args)) => ipcache_list(client, &args, false),
+        BpfCommand::Tunnel(ListOnly::List(args)) => ipcache_list(client, &args, true),
     }
 }
 
@@ -159,5 +167,63 @@ fn metrics_list(client: &Client, args: &MapArgs) -> anyhow::Result<()> {
         })
         .collect();
     print_table(&["REASON", "DIRECTION", "PACKETS", "BYTES"], &rows);
+    Ok(())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IpcacheEntry {
+    prefix: String,
+    identity: u32,
+    tunnel_endpoint: Option<String>,
+    flags: u16,
+}
+
+fn ipcache_list(client: &Client, args: &MapArgs, tunnels_only: bool) -> anyhow::Result<()> {
+    let maps = open_maps(client, args)?;
+    let mut entries = Vec::new();
+    for item in &maps.ipcache {
+        let (key, value) = item.context("reading the ipcache")?;
+        let ip = std::net::Ipv4Addr::from(key.data().to_ne_bytes());
+        let endpoint = value.tunnel_endpoint();
+        if tunnels_only && endpoint.is_none() {
+            continue;
+        }
+        entries.push(IpcacheEntry {
+            prefix: format!("{ip}/{}", key.prefix_len()),
+            identity: value.sec_identity,
+            tunnel_endpoint: endpoint.map(|e| e.to_string()),
+            flags: value.flags,
+        });
+    }
+    entries.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+    if args.output.format == Format::Json {
+        return print_json(&entries);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let tunnel = e
+                .tunnel_endpoint
+                .clone()
+                .unwrap_or_else(|| "0.0.0.0".into());
+            if tunnels_only {
+                vec![e.prefix.clone(), tunnel]
+            } else {
+                vec![
+                    e.prefix.clone(),
+                    format!(
+                        "identity={} encryptkey=0 tunnelendpoint={tunnel} flags=0x{:x}",
+                        e.identity, e.flags
+                    ),
+                ]
+            }
+        })
+        .collect();
+    if tunnels_only {
+        print_table(&["TUNNEL", "VALUE"], &rows);
+    } else {
+        print_table(&["IP PREFIX/ADDRESS", "IDENTITY"], &rows);
+    }
     Ok(())
 }

@@ -148,6 +148,32 @@ fn status_endpoints_maps_metrics_and_monitor() {
     assert_eq!(entry["mac"], ep["mac"]);
     assert!(ciliate(&lab, &["bpf", "endpoint", "list"]).contains(&format!("id={id}")));
 
+    // bpf ipcache / tunnel list show what is in the ipcache (written here as
+    // the agent will once nodes come from the cluster store).
+    let mut maps =
+        ciliate_datapath::loader::Maps::open(&lab.node("node0").unwrap().bpf_root).unwrap();
+    let remote = ciliate_datapath::maps::IpcacheValue {
+        sec_identity: 6,
+        tunnel_endpoint: u32::from_ne_bytes([192, 168, 10, 101]),
+        flags: 0,
+        pad: 0,
+    };
+    maps.ipcache
+        .insert(
+            &ciliate_datapath::maps::ipcache_key("172.20.1.0/24".parse().unwrap()),
+            remote,
+            0,
+        )
+        .unwrap();
+    let ipcache = json(&lab, &["bpf", "ipcache", "list", "-o", "json"]);
+    assert_eq!(ipcache[0]["prefix"], "172.20.1.0/24", "{ipcache}");
+    assert_eq!(ipcache[0]["tunnelEndpoint"], "192.168.10.101");
+    let text = ciliate(&lab, &["bpf", "tunnel", "list"]);
+    assert!(
+        text.contains("172.20.1.0/24") && text.contains("192.168.10.101"),
+        "{text}"
+    );
+
     // monitor --type drop decodes a drop with its reason: a spoofed source.
     let node = lab.node("node0").unwrap().clone();
     let mut monitor = Command::new("nsenter")

@@ -14,5 +14,9 @@ pub mod sysctl;
 /// The compiled `bpf/lxc.c`: `from_container` and `to_container` and their maps.
 pub const LXC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lxc.o"));
 
+/// The compiled `bpf/overlay.c`: `from_overlay` on the node's tunnel device.
+pub const OVERLAY_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay.o"));
+
 /// `bpf/layout.c`: never loaded; its BTF describes every shared struct.
 pub const LAYOUT_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/layout.o"));

@@ -6,7 +6,7 @@
 //! - `progs/<hash>/<name>`: every program, under the sha256 (first 16 hex
 //!   digits) of the object it came from (bpffs holds only BPF objects, so the
 //!   directory name is where the hash is kept)
-//! - `links/<device>-<ingress|egress>`: one TCX link per attached device
+//! - `links/<device>-<program>`: one TCX link per attached program
 //!   (bpffs refuses names with dots)
 //!
 //! Pinned links keep traffic flowing while no agent runs. A restarted agent
@@ -26,11 +26,30 @@ use crate::maps::{
     DatapathConfig, EndpointInfo, EndpointKey, MetricsValue, CONFIG_MAP, ENDPOINTS_MAP, METRICS_MAP,
 };
 
-/// The programs of `bpf/lxc.c`, with where each is attached on an lxc device.
-pub const LXC_PROGRAMS: &[(&str, TcAttachType)] = &[
+/// Every object and the programs it holds.
+pub const OBJECTS: &[(&str, &[u8], &[&str])] = &[
+    (
+        "lxc",
+        crate::LXC_OBJECT,
+        &["from_container", "to_container"],
+    ),
+    ("overlay", crate::OVERLAY_OBJECT, &["from_overlay"]),
+];
+
+/// What goes on a pod's lxc device, and where.
+pub const LXC_ATTACH: &[(&str, TcAttachType)] = &[
     ("from_container", TcAttachType::Ingress),
     ("to_container", TcAttachType::Egress),
 ];
+
+/// What goes on the node's tunnel device.
+pub const OVERLAY_ATTACH: &[(&str, TcAttachType)] = &[("from_overlay", TcAttachType::Ingress)];
+
+fn program_names() -> impl Iterator<Item = &'static str> {
+    OBJECTS
+        .iter()
+        .flat_map(|(_, _, programs)| programs.iter().copied())
+}
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -100,18 +119,23 @@ impl Origin {
 /// The node's datapath: programs and maps, loaded or adopted from pins.
 pub struct Datapath {
     root: PathBuf,
-    programs: Vec<(String, TcAttachType, SchedClassifier)>,
+    programs: Vec<(String, SchedClassifier)>,
     origin: Origin,
 }
 
 /// Loads the object with its maps pinned by name under `maps_dir` (existing
 /// pins are reused, so map contents survive) and pins every program in `progs_dir`.
-fn load_and_pin(progs_dir: &Path, maps_dir: &Path, object: &[u8]) -> Result<(), LoadError> {
+fn load_and_pin(
+    progs_dir: &Path,
+    maps_dir: &Path,
+    object: &[u8],
+    programs: &[&str],
+) -> Result<(), LoadError> {
     let mut ebpf = aya::EbpfLoader::new()
         .default_map_pin_directory(maps_dir)
         .load(object)
         .map_err(|e| LoadError::Load(Box::new(e)))?;
-    for (name, _) in LXC_PROGRAMS {
+    for name in programs {
         let prog_err = |action: &'static str| {
             let name = (*name).to_string();
             move |e: aya::programs::ProgramError| LoadError::Program {
@@ -180,17 +204,21 @@ pub fn check_bpffs(path: &Path) -> Result<(), LoadError> {
 }
 
 impl Datapath {
-    /// Loads `object` under `root`, or adopts the programs pinned there.
-    pub fn open(root: &Path, object: &[u8]) -> Result<Self, LoadError> {
+    /// Loads every object under `root`, or adopts the programs pinned there.
+    pub fn open(root: &Path) -> Result<Self, LoadError> {
         check_bpffs(root)?;
         for sub in ["maps", "progs", "links"] {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
         }
-        let hash = object_hash(object)[..16].to_string();
+        let all: Vec<u8> = OBJECTS
+            .iter()
+            .flat_map(|(_, bytes, _)| bytes.iter().copied())
+            .collect();
+        let hash = object_hash(&all)[..16].to_string();
         let progs = root.join("progs");
         let current = progs.join(&hash);
-        let pinned_in = |dir: &Path| LXC_PROGRAMS.iter().all(|(name, _)| dir.join(name).exists());
+        let pinned_in = |dir: &Path| program_names().all(|name| dir.join(name).exists());
         let others: Vec<PathBuf> = std::fs::read_dir(&progs)
             .map_err(io("reading", &progs))?
             .flatten()
@@ -202,7 +230,9 @@ impl Datapath {
             Origin::Adopted
         } else {
             std::fs::create_dir_all(&current).map_err(io("creating", &current))?;
-            load_and_pin(&current, &root.join("maps"), object)?;
+            for (_, bytes, programs) in OBJECTS {
+                load_and_pin(&current, &root.join("maps"), bytes, programs)?;
+            }
             if others.iter().any(|d| pinned_in(d)) {
                 Origin::Replaced
             } else {
@@ -212,14 +242,14 @@ impl Datapath {
 
         // Loaded or adopted, the programs are used through their pins.
         let mut programs = Vec::new();
-        for (name, attach) in LXC_PROGRAMS {
+        for name in program_names() {
             let path = current.join(name);
             let prog = SchedClassifier::from_pin(&path).map_err(|e| LoadError::Program {
-                name: (*name).to_string(),
+                name: name.to_string(),
                 action: "opening pin",
                 source: Box::new(e),
             })?;
-            programs.push(((*name).to_string(), *attach, prog));
+            programs.push((name.to_string(), prog));
         }
         let mut datapath = Self {
             root: root.to_owned(),
@@ -240,8 +270,8 @@ impl Datapath {
     pub fn program(&self, name: &str) -> Option<&SchedClassifier> {
         self.programs
             .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, _, p)| p)
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p)
     }
 
     pub fn origin(&self) -> Origin {
@@ -256,34 +286,28 @@ impl Datapath {
     pub fn program_ids(&self) -> Vec<(String, u32, String)> {
         self.programs
             .iter()
-            .filter_map(|(name, _, prog)| {
+            .filter_map(|(name, prog)| {
                 let info = prog.info().ok()?;
                 Some((name.clone(), info.id(), format!("{:016x}", info.tag())))
             })
             .collect()
     }
 
-    fn link_path(&self, device: &str, attach: TcAttachType) -> PathBuf {
-        let dir = if attach == TcAttachType::Ingress {
-            "ingress"
-        } else {
-            "egress"
-        };
-        self.root.join("links").join(format!("{device}-{dir}"))
+    fn link_path(&self, device: &str, program: &str) -> PathBuf {
+        self.root.join("links").join(format!("{device}-{program}"))
     }
 
-    /// Whether every program has a pinned link on `device`.
-    pub fn is_attached(&self, device: &str) -> bool {
-        self.programs
-            .iter()
-            .all(|(_, attach, _)| self.link_path(device, *attach).exists())
+    /// Whether every program of `set` has a pinned link on `device`.
+    pub fn is_attached(&self, device: &str, set: &[(&str, TcAttachType)]) -> bool {
+        set.iter()
+            .all(|(name, _)| self.link_path(device, name).exists())
     }
 
-    /// Attaches every lxc program to `device` with TCX and pins the links.
+    /// Attaches the programs of `set` to `device` with TCX and pins the links.
     /// Already-pinned links are kept as they are. On failure nothing stays attached.
-    pub fn attach(&mut self, device: &str) -> Result<(), LoadError> {
+    pub fn attach(&mut self, device: &str, set: &[(&str, TcAttachType)]) -> Result<(), LoadError> {
         let mut made = Vec::new();
-        let result = self.attach_inner(device, &mut made);
+        let result = self.attach_inner(device, set, &mut made);
         if result.is_err() {
             for path in made {
                 let _ = std::fs::remove_file(path);
@@ -292,26 +316,35 @@ impl Datapath {
         result
     }
 
-    fn attach_inner(&mut self, device: &str, made: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-        let root = self.root.clone();
-        for (name, attach, prog) in &mut self.programs {
-            let dir = if *attach == TcAttachType::Ingress {
-                "ingress"
-            } else {
-                "egress"
-            };
-            let path = root.join("links").join(format!("{device}-{dir}"));
+    fn attach_inner(
+        &mut self,
+        device: &str,
+        set: &[(&str, TcAttachType)],
+        made: &mut Vec<PathBuf>,
+    ) -> Result<(), LoadError> {
+        for (name, attach) in set {
+            let path = self.link_path(device, name);
             if path.exists() {
                 continue;
             }
             let prog_err = |action: &'static str| {
-                let name = name.clone();
+                let name = (*name).to_string();
                 move |e: aya::programs::ProgramError| LoadError::Program {
                     name,
                     action,
                     source: Box::new(e),
                 }
             };
+            let prog = self
+                .programs
+                .iter_mut()
+                .find(|(n, _)| n == name)
+                .map(|(_, p)| p)
+                .ok_or_else(|| LoadError::Program {
+                    name: (*name).to_string(),
+                    action: "not loaded",
+                    source: Box::new(aya::programs::ProgramError::NotLoaded),
+                })?;
             let id = prog
                 .attach_with_options(
                     device,
@@ -337,10 +370,10 @@ impl Datapath {
         Ok(())
     }
 
-    /// Removes the pinned links of `device`, which detaches the programs.
+    /// Removes every pinned link of `device`, which detaches the programs.
     pub fn detach(&self, device: &str) -> Result<(), LoadError> {
-        for (_, attach, _) in &self.programs {
-            let path = self.link_path(device, *attach);
+        for name in program_names() {
+            let path = self.link_path(device, name);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -356,58 +389,56 @@ impl Datapath {
         Ok(())
     }
 
-    /// Devices that have pinned links under this root.
-    pub fn attached_devices(&self) -> Vec<String> {
-        let mut devices: Vec<String> = std::fs::read_dir(self.root.join("links"))
+    /// (device, program) of every pinned link under this root.
+    fn pinned_links(&self) -> Vec<(String, String)> {
+        std::fs::read_dir(self.root.join("links"))
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .rsplit_once('-')
-                    .map(|(d, _)| d.to_string())
+                let file = e.file_name().to_str()?.to_string();
+                program_names().find_map(|p| {
+                    file.strip_suffix(&format!("-{p}"))
+                        .map(|d| (d.to_string(), p.to_string()))
+                })
             })
-            .collect();
+            .collect()
+    }
+
+    /// Devices that have pinned links under this root.
+    pub fn attached_devices(&self) -> Vec<String> {
+        let mut devices: Vec<String> = self.pinned_links().into_iter().map(|(d, _)| d).collect();
         devices.sort();
         devices.dedup();
         devices
     }
 
-    /// Points every pinned link at the freshly loaded program of its attach type.
+    /// Points every pinned link at the freshly loaded program of the same name.
     fn update_pinned_links(&mut self) -> Result<(), LoadError> {
-        let root = self.root.clone();
-        for device in self.attached_devices() {
-            for (_, attach, prog) in &mut self.programs {
-                let dir = if *attach == TcAttachType::Ingress {
-                    "ingress"
-                } else {
-                    "egress"
-                };
-                let path = root.join("links").join(format!("{device}-{dir}"));
-                if !path.exists() {
-                    continue;
-                }
-                let pinned = PinnedLink::from_pin(&path).map_err(|e| LoadError::Link {
+        for (device, program) in self.pinned_links() {
+            let path = self.link_path(&device, &program);
+            let Some((_, prog)) = self.programs.iter_mut().find(|(n, _)| *n == program) else {
+                continue;
+            };
+            let pinned = PinnedLink::from_pin(&path).map_err(|e| LoadError::Link {
+                path: path.clone(),
+                action: "opening pin",
+                source: Box::new(e),
+            })?;
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| {
+                LoadError::Link {
                     path: path.clone(),
-                    action: "opening pin",
+                    action: "not a tc link",
                     source: Box::new(e),
-                })?;
-                let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| {
-                    LoadError::Link {
-                        path: path.clone(),
-                        action: "not a tc link",
-                        source: Box::new(e),
-                    }
-                })?;
-                // The program keeps the link's fd; dropping it later only closes
-                // the fd, the pin keeps the link (now with the new program).
-                prog.attach_to_link(link).map_err(|e| LoadError::Program {
-                    name: device.clone(),
-                    action: "updating link",
-                    source: Box::new(e),
-                })?;
-            }
+                }
+            })?;
+            // The program keeps the link's fd; dropping it later only closes
+            // the fd, the pin keeps the link (now with the new program).
+            prog.attach_to_link(link).map_err(|e| LoadError::Program {
+                name: format!("{program} on {device}"),
+                action: "updating link",
+                source: Box::new(e),
+            })?;
         }
         Ok(())
     }
@@ -417,6 +448,7 @@ impl Datapath {
 /// the CLI and tests all see the same kernel objects.
 pub struct Maps {
     pub endpoints: HashMap<MapData, EndpointKey, EndpointInfo>,
+    pub ipcache: aya::maps::LpmTrie<MapData, u32, crate::maps::IpcacheValue>,
     pub config: aya::maps::Array<MapData, DatapathConfig>,
     pub metrics: PerCpuArray<MapData, MetricsValue>,
 }
@@ -450,6 +482,10 @@ impl Maps {
     pub fn open(root: &Path) -> Result<Self, LoadError> {
         Ok(Self {
             endpoints: typed(ENDPOINTS_MAP, open_map(root, ENDPOINTS_MAP)?)?,
+            ipcache: typed(
+                crate::maps::IPCACHE_MAP,
+                open_map(root, crate::maps::IPCACHE_MAP)?,
+            )?,
             config: typed(CONFIG_MAP, open_map(root, CONFIG_MAP)?)?,
             metrics: typed(METRICS_MAP, open_map(root, METRICS_MAP)?)?,
         })

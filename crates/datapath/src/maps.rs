@@ -6,9 +6,19 @@ use std::net::Ipv4Addr;
 /// Names of the pinned maps, as in the C definitions.
 pub const ENDPOINTS_MAP: &str = "ciliate_lxc";
 pub const CONFIG_MAP: &str = "ciliate_config";
+pub const IPCACHE_MAP: &str = "ciliate_ipcache";
 pub const METRICS_MAP: &str = "ciliate_metrics";
 pub const EVENTS_MAP: &str = "ciliate_events";
-pub const ALL_MAPS: &[&str] = &[ENDPOINTS_MAP, CONFIG_MAP, METRICS_MAP, EVENTS_MAP];
+pub const ALL_MAPS: &[&str] = &[
+    ENDPOINTS_MAP,
+    IPCACHE_MAP,
+    CONFIG_MAP,
+    METRICS_MAP,
+    EVENTS_MAP,
+];
+pub const IPCACHE_F_HOST: u16 = 0x1;
+pub const ROUTING_TUNNEL: u32 = 0;
+pub const ROUTING_NATIVE: u32 = 1;
 
 pub const METRICS_MAP_SIZE: u32 = 512;
 pub const ENDPOINT_F_HEALTH: u16 = 0x1;
@@ -53,6 +63,13 @@ pub struct DatapathConfig {
     /// Router IP in network byte order.
     pub router_ip: u32,
     pub trace_enabled: u32,
+    /// ifindex of the node's tunnel device, 0 if none.
+    pub tunnel_ifindex: u32,
+    /// `ROUTING_TUNNEL` or `ROUTING_NATIVE`.
+    pub routing_mode: u32,
+    /// Identity of this node's pods until policy assigns them one.
+    pub identity: u32,
+    pub pad: u32,
 }
 
 impl DatapathConfig {
@@ -60,8 +77,41 @@ impl DatapathConfig {
         Self {
             router_ip: u32::from_ne_bytes(router.octets()),
             trace_enabled: u32::from(trace_enabled),
+            ..Self::default()
         }
     }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpcacheKey {
+    pub prefixlen: u32,
+    /// Network byte order.
+    pub ip4: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpcacheValue {
+    pub sec_identity: u32,
+    /// The node behind which the prefix lives, network byte order; 0 if none.
+    pub tunnel_endpoint: u32,
+    pub flags: u16,
+    pub pad: u16,
+}
+
+impl IpcacheValue {
+    pub fn tunnel_endpoint(&self) -> Option<Ipv4Addr> {
+        (self.tunnel_endpoint != 0).then(|| Ipv4Addr::from(self.tunnel_endpoint.to_ne_bytes()))
+    }
+}
+
+/// An ipcache key for a prefix, as the LPM trie wants it.
+pub fn ipcache_key(net: ipnet::Ipv4Net) -> aya::maps::lpm_trie::Key<u32> {
+    aya::maps::lpm_trie::Key::new(
+        u32::from(net.prefix_len()),
+        u32::from_ne_bytes(net.network().octets()),
+    )
 }
 
 #[repr(C)]
@@ -104,6 +154,8 @@ pub struct TraceEvent {
     pub dst_ifindex: u32,
     pub eth_proto: u16,
     pub pad: u16,
+    pub src_identity: u32,
+    pub pad2: u32,
     pub ktime_ns: u64,
 }
 
@@ -111,6 +163,8 @@ pub struct TraceEvent {
 unsafe impl aya::Pod for EndpointKey {}
 unsafe impl aya::Pod for EndpointInfo {}
 unsafe impl aya::Pod for DatapathConfig {}
+unsafe impl aya::Pod for IpcacheKey {}
+unsafe impl aya::Pod for IpcacheValue {}
 unsafe impl aya::Pod for MetricsValue {}
 unsafe impl aya::Pod for TraceEvent {}
 

@@ -4,7 +4,9 @@
 
 use std::mem::{offset_of, size_of};
 
-use ciliate_datapath::maps::{DatapathConfig, EndpointInfo, EndpointKey, MetricsValue, TraceEvent};
+use ciliate_datapath::maps::{
+    DatapathConfig, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, MetricsValue, TraceEvent,
+};
 
 struct RustLayout {
     c_name: &'static str,
@@ -38,6 +40,28 @@ fn rust_layouts() -> Vec<RustLayout> {
             members: vec![
                 ("router_ip", offset_of!(DatapathConfig, router_ip)),
                 ("trace_enabled", offset_of!(DatapathConfig, trace_enabled)),
+                ("tunnel_ifindex", offset_of!(DatapathConfig, tunnel_ifindex)),
+                ("routing_mode", offset_of!(DatapathConfig, routing_mode)),
+                ("identity", offset_of!(DatapathConfig, identity)),
+                ("pad", offset_of!(DatapathConfig, pad)),
+            ],
+        },
+        RustLayout {
+            c_name: "ipcache_key",
+            size: size_of::<IpcacheKey>(),
+            members: vec![
+                ("prefixlen", offset_of!(IpcacheKey, prefixlen)),
+                ("ip4", offset_of!(IpcacheKey, ip4)),
+            ],
+        },
+        RustLayout {
+            c_name: "ipcache_value",
+            size: size_of::<IpcacheValue>(),
+            members: vec![
+                ("sec_identity", offset_of!(IpcacheValue, sec_identity)),
+                ("tunnel_endpoint", offset_of!(IpcacheValue, tunnel_endpoint)),
+                ("flags", offset_of!(IpcacheValue, flags)),
+                ("pad", offset_of!(IpcacheValue, pad)),
             ],
         },
         RustLayout {
@@ -67,6 +91,8 @@ fn rust_layouts() -> Vec<RustLayout> {
                 ("dst_ifindex", offset_of!(TraceEvent, dst_ifindex)),
                 ("eth_proto", offset_of!(TraceEvent, eth_proto)),
                 ("pad", offset_of!(TraceEvent, pad)),
+                ("src_identity", offset_of!(TraceEvent, src_identity)),
+                ("pad2", offset_of!(TraceEvent, pad2)),
                 ("ktime_ns", offset_of!(TraceEvent, ktime_ns)),
             ],
         },

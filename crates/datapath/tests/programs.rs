@@ -9,13 +9,14 @@ use std::net::Ipv4Addr;
 use aya::programs::{TestRun, TestRunOptions};
 use ciliate_datapath::loader::{Datapath, Maps};
 use ciliate_datapath::maps::{
-    metrics_index, DatapathConfig, EndpointInfo, EndpointKey, TraceEvent, EVENT_DROP, EVENT_TRACE,
-    METRIC_EGRESS, METRIC_INGRESS,
+    ipcache_key, metrics_index, DatapathConfig, EndpointInfo, EndpointKey, IpcacheValue,
+    TraceEvent, EVENT_DROP, EVENT_TRACE, METRIC_EGRESS, METRIC_INGRESS, ROUTING_NATIVE,
 };
 use ciliate_datapath::reasons::{
     DROP_ARP_NOT_ROUTER, DROP_INVALID, DROP_INVALID_ARP, DROP_INVALID_SIP, DROP_NO_CONFIG,
-    DROP_TTL_EXCEEDED, DROP_UNSUPPORTED_L3, REASON_FORWARDED, TRACE_ARP_REPLY, TRACE_FROM_STACK,
-    TRACE_TO_ENDPOINT, TRACE_TO_STACK,
+    DROP_NO_TUNNEL_DEVICE, DROP_TTL_EXCEEDED, DROP_UNSUPPORTED_L3, REASON_FORWARDED,
+    TRACE_ARP_REPLY, TRACE_FROM_OVERLAY, TRACE_FROM_STACK, TRACE_TO_ENDPOINT, TRACE_TO_OVERLAY,
+    TRACE_TO_STACK,
 };
 use common::*;
 
@@ -43,8 +44,7 @@ impl Harness {
     fn new(trace: bool) -> Self {
         let bpffs = TestBpffs::new();
         let root = bpffs.root();
-        let datapath =
-            Datapath::open(&root, ciliate_datapath::LXC_OBJECT).expect("loading the datapath");
+        let datapath = Datapath::open(&root).expect("loading the datapath");
         let mut maps = Maps::open(&root).unwrap();
         maps.config
             .set(0, DatapathConfig::new(Ipv4Addr::from(ROUTER), trace), 0)
@@ -460,6 +460,158 @@ fn to_container_drops_what_it_cannot_parse() {
         &mut h,
         "to_container",
         &eth(POD_A_MAC, LXC_A_MAC, 0x0800, &bad_ihl),
+        DROP_INVALID,
+        METRIC_INGRESS,
+    );
+}
+
+const REMOTE_POD: [u8; 4] = [10, 78, 0, 20];
+const REMOTE_NODE: [u8; 4] = [192, 168, 10, 101];
+const TUNNEL_IFINDEX: u32 = 777;
+
+impl Harness {
+    /// Tunnel mode with 10.78.0.0/24 behind REMOTE_NODE.
+    fn with_remote_node(trace: bool, tunnel_ifindex: u32, routing_mode: u32) -> Self {
+        let mut h = Self::new(trace);
+        let mut cfg = DatapathConfig::new(Ipv4Addr::from(ROUTER), trace);
+        cfg.tunnel_ifindex = tunnel_ifindex;
+        cfg.routing_mode = routing_mode;
+        cfg.identity = 4242;
+        h.maps.config.set(0, cfg, 0).unwrap();
+        let value = IpcacheValue {
+            sec_identity: 5151,
+            tunnel_endpoint: u32::from_ne_bytes(REMOTE_NODE),
+            flags: 0,
+            pad: 0,
+        };
+        h.maps
+            .ipcache
+            .insert(&ipcache_key("10.78.0.0/24".parse().unwrap()), value, 0)
+            .unwrap();
+        h
+    }
+}
+
+#[test]
+fn pod_to_remote_pod_is_encapsulated_towards_its_node() {
+    root_only!();
+    let mut h = Harness::with_remote_node(true, TUNNEL_IFINDEX, 0);
+    let packet = eth(
+        LXC_A_MAC,
+        POD_A_MAC,
+        0x0800,
+        &ipv4(POD_A, REMOTE_POD, 64, 6, &tcp_ports(1, 2)),
+    );
+    let (verdict, out) = h.run("from_container", &packet);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "redirected to the tunnel device");
+    assert_eq!(
+        out, packet,
+        "the inner packet is not touched; the tunnel device adds the outer headers"
+    );
+    let ev = h.next_event().unwrap();
+    assert_eq!(
+        (ev.kind, ev.reason, ev.dst_ifindex),
+        (EVENT_TRACE, TRACE_TO_OVERLAY, TUNNEL_IFINDEX)
+    );
+}
+
+#[test]
+fn without_a_tunnel_device_remote_traffic_is_dropped_with_a_reason() {
+    root_only!();
+    let mut h = Harness::with_remote_node(false, 0, 0);
+    let packet = eth(
+        LXC_A_MAC,
+        POD_A_MAC,
+        0x0800,
+        &ipv4(POD_A, REMOTE_POD, 64, 1, &icmp_echo()),
+    );
+    expect_drop(
+        &mut h,
+        "from_container",
+        &packet,
+        DROP_NO_TUNNEL_DEVICE,
+        METRIC_EGRESS,
+    );
+}
+
+#[test]
+fn native_routing_and_unknown_destinations_go_to_the_stack() {
+    root_only!();
+    let mut h = Harness::with_remote_node(true, TUNNEL_IFINDEX, ROUTING_NATIVE);
+    let packet = eth(
+        LXC_A_MAC,
+        POD_A_MAC,
+        0x0800,
+        &ipv4(POD_A, REMOTE_POD, 64, 1, &icmp_echo()),
+    );
+    assert_eq!(h.run("from_container", &packet), (TC_ACT_OK, packet));
+    assert_eq!(h.next_event().unwrap().reason, TRACE_TO_STACK);
+    let h = Harness::with_remote_node(true, TUNNEL_IFINDEX, 0);
+    let outside = eth(
+        LXC_A_MAC,
+        POD_A_MAC,
+        0x0800,
+        &ipv4(POD_A, [10, 79, 0, 1], 64, 1, &icmp_echo()),
+    );
+    assert_eq!(
+        h.run("from_container", &outside).0,
+        TC_ACT_OK,
+        "not in the ipcache: the stack"
+    );
+}
+
+#[test]
+fn from_overlay_delivers_to_the_local_pod() {
+    root_only!();
+    let mut h = Harness::with_remote_node(true, TUNNEL_IFINDEX, 0);
+    let inner = eth(
+        [0x02, 0, 0, 0, 0, 0x99],
+        [0x02, 0, 0, 0, 0, 0x98],
+        0x0800,
+        &ipv4(REMOTE_POD, POD_B, 63, 17, &tcp_ports(5353, 53)[..8]),
+    );
+    let (verdict, out) = h.run("from_overlay", &inner);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((&out[0..6], &out[6..12]), (&POD_B_MAC[..], &LXC_B_MAC[..]));
+    assert_eq!(out[14 + 8], 62, "TTL decremented");
+    assert_eq!(checksum(&out[14..34]), 0);
+    let ev = h.next_event().unwrap();
+    assert_eq!(
+        (ev.reason, ev.dst_ep, ev.dst_ifindex),
+        (TRACE_FROM_OVERLAY, 202, POD_B_IFINDEX)
+    );
+}
+
+#[test]
+fn from_overlay_passes_node_traffic_and_drops_what_it_cannot_parse() {
+    root_only!();
+    let mut h = Harness::with_remote_node(false, TUNNEL_IFINDEX, 0);
+    let to_node = eth(
+        [2; 6],
+        [3; 6],
+        0x0800,
+        &ipv4(REMOTE_POD, ROUTER, 64, 1, &icmp_echo()),
+    );
+    assert_eq!(h.run("from_overlay", &to_node), (TC_ACT_OK, to_node));
+    let arp_frame = eth(
+        [0xff; 6],
+        [3; 6],
+        0x0806,
+        &arp(1, [3; 6], REMOTE_POD, [0; 6], POD_B),
+    );
+    expect_drop(
+        &mut h,
+        "from_overlay",
+        &arp_frame,
+        DROP_UNSUPPORTED_L3,
+        METRIC_INGRESS,
+    );
+    let mut bad = ipv4(REMOTE_POD, POD_B, 64, 1, &icmp_echo());
+    bad[0] = 0x41;
+    expect_drop(
+        &mut h,
+        "from_overlay",
+        &eth([2; 6], [3; 6], 0x0800, &bad),
         DROP_INVALID,
         METRIC_INGRESS,
     );

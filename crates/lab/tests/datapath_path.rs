@@ -79,11 +79,11 @@ fn pod_traffic_needs_the_bpf_programs() {
         .iter()
         .find(|e| e.pod_name.as_deref() == Some("a"))
         .expect("endpoint of a");
-    for dir in ["ingress", "egress"] {
+    for program in ["from_container", "to_container"] {
         std::fs::remove_file(
             node.bpf_root
                 .join("links")
-                .join(format!("{}-{dir}", a.host_ifname)),
+                .join(format!("{}-{program}", a.host_ifname)),
         )
         .expect("the pod's link is pinned");
     }
