@@ -10,7 +10,7 @@ use ciliate_api::{
     DatapathStatus, Endpoint, EndpointCreateRequest, EndpointState, IpamAllocateRequest,
     IpamAllocation, IpamOwner, IpamStatus, ProgramStatus, Status,
 };
-use ciliate_datapath::loader::{Datapath, Maps};
+use ciliate_datapath::loader::{Datapath, Maps, OVERLAY_ATTACH};
 use ciliate_datapath::maps::{DatapathConfig, EndpointKey};
 use ciliate_datapath::netlink::Netlink;
 use tracing::{info, warn};
@@ -23,6 +23,8 @@ use crate::state::{self, State};
 
 pub struct Daemon {
     pub config: Config,
+    /// ifindex of `ciliate_vxlan` in tunnel mode.
+    tunnel_ifindex: Option<u32>,
     started: Instant,
     inner: Mutex<Inner>,
 }
@@ -50,9 +52,18 @@ impl Daemon {
             )
         })?;
         info!(origin = datapath.origin().as_str(), root = %config.bpf_root.display(), "datapath ready");
+        let mut datapath = datapath;
+        let tunnel_ifindex = crate::devices::ensure_tunnel_device(&Netlink::new()?, &config)
+            .map_err(|e| anyhow::anyhow!(e.chain()))
+            .context("setting up the tunnel device")?;
+        if tunnel_ifindex.is_some() {
+            datapath
+                .attach(crate::devices::VXLAN_DEVICE, OVERLAY_ATTACH)
+                .context("attaching from_overlay to the tunnel device")?;
+        }
         let mut maps = Maps::open(&config.bpf_root)?;
         maps.config
-            .set(0, datapath_config(&config, false), 0)
+            .set(0, datapath_config(&config, tunnel_ifindex, false), 0)
             .context("writing the datapath configuration map")?;
 
         let mut ipam = Ipam::new(config.pod_cidr);
@@ -63,6 +74,7 @@ impl Daemon {
         }
         let daemon = Self {
             config,
+            tunnel_ifindex,
             started: Instant::now(),
             inner: Mutex::new(Inner {
                 ipam,
@@ -124,12 +136,16 @@ impl Daemon {
                 let _ = inner.ipam.release(ep.ip);
             }
         }
-        let owned: Vec<String> = inner
+        let mut owned: Vec<String> = inner
             .registry
             .all()
             .values()
             .map(|e| e.host_ifname.clone())
             .collect();
+        // The tunnel device is the agent's own, not an endpoint's.
+        if self.tunnel_ifindex.is_some() {
+            owned.push(crate::devices::VXLAN_DEVICE.to_string());
+        }
         for device in inner.datapath.attached_devices() {
             if !owned.contains(&device) {
                 info!(%device, "removing links of a device no endpoint owns");
@@ -166,7 +182,7 @@ impl Daemon {
             ip,
             cidr: inner.ipam.cidr(),
             router: inner.ipam.router(),
-            mtu: self.config.mtu,
+            mtu: crate::devices::pod_mtu(&self.config),
             owner: req.owner.clone(),
         })
     }
@@ -316,10 +332,11 @@ impl Daemon {
         let mut inner = self.lock();
         inner.monitor_listeners = inner.monitor_listeners.saturating_add_signed(delta);
         let on = inner.monitor_listeners > 0;
-        if let Err(e) = inner
-            .maps
-            .config
-            .set(0, datapath_config(&self.config, on), 0)
+        if let Err(e) =
+            inner
+                .maps
+                .config
+                .set(0, datapath_config(&self.config, self.tunnel_ifindex, on), 0)
         {
             warn!(error = %e, "cannot switch trace events");
         }
@@ -347,7 +364,7 @@ impl Daemon {
             kernel: kernel_release(),
             host_device: crate::devices::HOST_DEVICE.to_string(),
             router_ip: self.config.router_ip,
-            mtu: self.config.mtu,
+            mtu: crate::devices::pod_mtu(&self.config),
             ipam: IpamStatus {
                 mode: "host-scope".into(),
                 cidr: inner.ipam.cidr(),
@@ -393,8 +410,9 @@ impl Daemon {
 }
 
 /// What the programs read from `ciliate_config`, derived from the agent's config.
-fn datapath_config(config: &Config, trace: bool) -> DatapathConfig {
+fn datapath_config(config: &Config, tunnel_ifindex: Option<u32>, trace: bool) -> DatapathConfig {
     DatapathConfig {
+        tunnel_ifindex: tunnel_ifindex.unwrap_or(0),
         routing_mode: match config.routing_mode {
             crate::config::RoutingMode::Tunnel => ciliate_datapath::maps::ROUTING_TUNNEL,
             crate::config::RoutingMode::Native => ciliate_datapath::maps::ROUTING_NATIVE,

@@ -10,6 +10,46 @@ use crate::error::AgentError;
 
 pub const HOST_DEVICE: &str = "ciliate_host";
 pub const NET_DEVICE: &str = "ciliate_net";
+pub const VXLAN_DEVICE: &str = "ciliate_vxlan";
+/// Cilium's VXLAN port (not IANA's 4789), so the two never meet by accident.
+pub const VXLAN_PORT: u16 = 8472;
+/// Outer Ethernet, IPv4, UDP and VXLAN headers.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// The MTU pods get: the node's, less what encapsulation adds in tunnel mode.
+pub fn pod_mtu(config: &Config) -> u32 {
+    match config.routing_mode {
+        crate::config::RoutingMode::Tunnel => config.mtu - VXLAN_OVERHEAD,
+        crate::config::RoutingMode::Native => config.mtu,
+    }
+}
+
+/// In tunnel mode, creates (or checks) the node's one external VXLAN device
+/// and returns its ifindex; in native mode removes a leftover one.
+pub fn ensure_tunnel_device(nl: &Netlink, config: &Config) -> Result<Option<u32>, AgentError> {
+    if config.routing_mode == crate::config::RoutingMode::Native {
+        nl.del_link_by_name(VXLAN_DEVICE)?;
+        return Ok(None);
+    }
+    let link = match nl.link_by_name(VXLAN_DEVICE)? {
+        Some(link) if link.kind.as_deref() == Some("vxlan") => link,
+        other => {
+            if other.is_some() {
+                nl.del_link_by_name(VXLAN_DEVICE)?;
+            }
+            info!(
+                device = VXLAN_DEVICE,
+                port = VXLAN_PORT,
+                "creating the tunnel device"
+            );
+            nl.create_vxlan_external(VXLAN_DEVICE, VXLAN_PORT, Some(config.mtu))?
+        }
+    };
+    let _ = sysctl::set_if_exists(&format!("net/ipv6/conf/{VXLAN_DEVICE}/disable_ipv6"), "1");
+    nl.set_mtu(link.index, config.mtu)?;
+    nl.set_up(link.index)?;
+    Ok(Some(link.index))
+}
 
 /// Creates (or checks) the host device pair, the router IP and the PodCIDR route.
 pub fn ensure_host_devices(nl: &Netlink, config: &Config) -> Result<(), AgentError> {

@@ -157,6 +157,7 @@ pub struct Status {
     pub kernel: String,
     pub host_device: String,
     pub router_ip: Ipv4Addr,
+    /// MTU of pod interfaces (the node MTU less tunnel overhead in tunnel mode).
     pub mtu: u32,
     pub ipam: IpamStatus,
     pub endpoints: usize,

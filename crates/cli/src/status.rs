@@ -33,7 +33,7 @@ pub fn run(client: &Client, args: &StatusArgs) -> anyhow::Result<()> {
     row(
         "Host device",
         format!(
-            "{} with router IP {} (MTU {})",
+            "{} with router IP {} (pod MTU {})",
             status.host_device, status.router_ip, status.mtu
         ),
     );

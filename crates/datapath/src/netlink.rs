@@ -401,6 +401,37 @@ impl Netlink {
             })
     }
 
+    /// Creates an external (collect_md) VXLAN device on UDP `port`: one device
+    /// for all remote nodes, whose tunnel endpoint each packet's metadata
+    /// (set by BPF) chooses. Down on return.
+    pub fn create_vxlan_external(&self, name: &str, port: u16, mtu: Option<u32>) -> Result<Link> {
+        use netlink_packet_route::link::InfoVxlan;
+        let operation = || format!("creating external vxlan device {name} on UDP port {port}");
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::CollectMetadata(true),
+                InfoVxlan::Port(port),
+                InfoVxlan::Learning(false),
+            ])),
+        ]));
+        self.request(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map_err(|f| wrap(f, operation(), Some(name.to_string())))?;
+        self.link_by_name(name)?
+            .ok_or_else(|| NetlinkError::Protocol {
+                operation: operation(),
+                detail: format!("{name} does not exist right after it was created"),
+            })
+    }
+
     /// Moves a device into the namespace `netns` (an open namespace file).
     /// Moving takes it down; its index may change over there.
     pub fn set_netns(&self, index: u32, netns: BorrowedFd<'_>) -> Result<()> {

@@ -213,3 +213,37 @@ fn tcp_stream_survives_agent_kill_and_restart() {
     );
     assert_eq!(after.endpoints_ready, programs_before.endpoints_ready);
 }
+
+#[test]
+fn tunnel_mode_has_an_external_vxlan_device_and_overlay_sized_pods() {
+    if !root() {
+        return;
+    }
+    let lab = lab('v');
+    let node = lab.node("node0").unwrap().clone();
+    let out = lab
+        .exec(
+            "node0",
+            &["ip", "-d", "-j", "link", "show", "ciliate_vxlan"],
+        )
+        .unwrap();
+    assert!(out.status.success(), "no ciliate_vxlan on the node");
+    let link: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let data = &link[0]["linkinfo"]["info_data"];
+    assert_eq!(data["external"], true, "{link}");
+    assert_eq!(data["port"], 8472, "{link}");
+    assert!(
+        node.bpf_root
+            .join("links/ciliate_vxlan-from_overlay")
+            .exists(),
+        "from_overlay is attached (and pinned) on the tunnel device"
+    );
+    let out = lab
+        .exec("a", &["ip", "-j", "link", "show", "eth0"])
+        .unwrap();
+    let eth0: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        eth0[0]["mtu"], 1450,
+        "pods leave room for the VXLAN headers"
+    );
+}
