@@ -14,6 +14,10 @@ PACKAGES=(
   curl              # HTTP client in the lab's pods
   procps            # ps/pkill
   python3           # the example server pod; a test stand-in CNI plugin
+  etcd-server       # the cluster store (etcd 3.4); tests and the lab start their own
+  etcd-client       # etcdctl, to look into the store by hand
+  protobuf-compiler # protoc, which the etcd-client crate needs to build
+  libprotobuf-dev   # protoc's well-known .proto files (descriptor.proto), same reason
 )
 
 missing=()
