@@ -389,14 +389,20 @@ impl Netlink {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
+        self.new_link(msg, name, &operation())
+    }
+
+    /// Sends a link creation (never replacing an existing device) and returns
+    /// the device as the kernel then reports it.
+    fn new_link(&self, msg: LinkMessage, name: &str, operation: &str) -> Result<Link> {
         self.request(
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         )
-        .map_err(|f| wrap(f, operation(), Some(name.to_string())))?;
+        .map_err(|f| wrap(f, operation.to_string(), Some(name.to_string())))?;
         self.link_by_name(name)?
             .ok_or_else(|| NetlinkError::Protocol {
-                operation: operation(),
+                operation: operation.to_string(),
                 detail: format!("{name} does not exist right after it was created"),
             })
     }
@@ -420,16 +426,7 @@ impl Netlink {
                 InfoVxlan::Learning(false),
             ])),
         ]));
-        self.request(
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        )
-        .map_err(|f| wrap(f, operation(), Some(name.to_string())))?;
-        self.link_by_name(name)?
-            .ok_or_else(|| NetlinkError::Protocol {
-                operation: operation(),
-                detail: format!("{name} does not exist right after it was created"),
-            })
+        self.new_link(msg, name, &operation())
     }
 
     /// Moves a device into the namespace `netns` (an open namespace file).

@@ -773,16 +773,7 @@ impl Lab {
         fabric::create_netns(&info.netns, &[])?;
         let list = read_conflist(&node.conflist)?;
         let key = info.key();
-        let inv = cni::Invocation {
-            pod: &key,
-            pod_namespace: &info.namespace,
-            pod_name: &info.name,
-            container_id: &info.container_id,
-            netns_path: &info.netns_path,
-            ifname: "eth0",
-            cni_path: &self.state.cni_path,
-            runtime_netns: &node.netns_path,
-        };
+        let inv = invocation(&key, info, node, &self.state.cni_path);
         let result = match cni::add(&list, &inv) {
             Ok(r) => r,
             Err(e) => {
@@ -908,16 +899,7 @@ impl Lab {
         if !info.host_network {
             let node = self.node(&info.node)?.clone();
             let list = read_conflist(&node.conflist)?;
-            let inv = cni::Invocation {
-                pod: key,
-                pod_namespace: &info.namespace,
-                pod_name: &info.name,
-                container_id: &info.container_id,
-                netns_path: &info.netns_path,
-                ifname: "eth0",
-                cni_path: &self.state.cni_path,
-                runtime_netns: &node.netns_path,
-            };
+            let inv = invocation(key, &info, &node, &self.state.cni_path);
             cni::del(&list, &inv, info.cni_result.as_ref())?;
             netns::delete_named(&info.netns)?;
         }
@@ -1266,6 +1248,25 @@ fn merge(base: &mut serde_yaml::Value, over: &serde_yaml::Value) {
 }
 
 /// Waits until the node's agent answers `GET /v1/status`, failing early if it exits.
+/// How a runtime on `node` calls the plugin for the pod's `eth0`.
+fn invocation<'a>(
+    key: &'a str,
+    info: &'a PodInfo,
+    node: &'a NodeInfo,
+    cni_path: &'a str,
+) -> cni::Invocation<'a> {
+    cni::Invocation {
+        pod: key,
+        pod_namespace: &info.namespace,
+        pod_name: &info.name,
+        container_id: &info.container_id,
+        netns_path: &info.netns_path,
+        ifname: "eth0",
+        cni_path,
+        runtime_netns: &node.netns_path,
+    }
+}
+
 /// Starts a node's agent, detached, inside the node's namespace.
 fn spawn_agent(node: &NodeInfo, bin_dir: &Path) -> Result<ProcessRecord> {
     let argv = vec![
