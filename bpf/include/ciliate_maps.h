@@ -54,7 +54,7 @@ struct datapath_config {
 	__u32 tunnel_ifindex; /* ciliate_vxlan / ciliate_geneve, 0 if none */
 	__u32 routing_mode;   /* ROUTING_* */
 	__u32 identity;       /* identity of this node's pods until policy assigns one */
-	__u32 pad;
+	__u32 native_ifindex; /* device FIB lookups route from (BPF host routing), 0 = leave it to the stack */
 };
 
 /* ciliate_metrics: per-CPU counters indexed by metrics_index(reason, dir). */

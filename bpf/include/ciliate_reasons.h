@@ -16,6 +16,8 @@
 #define DROP_UNKNOWN_ENDPOINT 144 // Packet from an unknown endpoint
 #define DROP_NO_TUNNEL_DEVICE 145 // No tunnel device configured
 #define DROP_ENCAP_FAILED 146 // Setting the tunnel key failed
+#define DROP_NO_ROUTE 147 // No route to destination
+#define DROP_FRAG_NEEDED 148 // Fragmentation needed
 
 #define TRACE_TO_ENDPOINT 1 // to-endpoint
 #define TRACE_TO_STACK 2 // to-stack
@@ -23,5 +25,8 @@
 #define TRACE_FROM_STACK 4 // from-stack
 #define TRACE_TO_OVERLAY 5 // to-overlay
 #define TRACE_FROM_OVERLAY 6 // from-overlay
+#define TRACE_TO_NETDEV 7 // to-netdev
+#define TRACE_FROM_NETDEV 8 // from-netdev
+#define TRACE_FROM_HOST 9 // from-host
 
 #endif

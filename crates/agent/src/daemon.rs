@@ -396,6 +396,9 @@ impl Daemon {
             },
             monitor_listeners: inner.monitor_listeners,
             uptime_seconds: self.started.elapsed().as_secs(),
+            node_ip: None,
+            kvstore: None,
+            cluster_health: None,
         }
     }
 

@@ -82,6 +82,7 @@ pub fn ensure_host_devices(nl: &Netlink, config: &Config) -> Result<(), AgentErr
         scope_link: true,
         src: Some(config.router_ip),
         onlink: false,
+        mtu: None,
     })?;
     Ok(())
 }

@@ -159,6 +159,7 @@ pub fn host_route(ep: &Endpoint, router: Ipv4Addr) -> Route {
         scope_link: true,
         src: Some(router),
         onlink: false,
+        mtu: None,
     }
 }
 

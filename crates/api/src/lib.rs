@@ -11,6 +11,8 @@
 //! | GET | /v1/endpoint/{id} | | [`Endpoint`] |
 //! | DELETE | /v1/endpoint/{id} | | 204 (404 if unknown) |
 //! | GET | /v1/monitor[?type=drop] | | stream of [`MonitorEvent`], one JSON per line |
+//! | GET | /v1/node | | `[Node]`, this node included |
+//! | GET | /v1/health | | [`ClusterHealth`] |
 //!
 //! `{id}` is the numeric endpoint id or `container-id:<id>`. Errors come back as
 //! [`ApiError`] with a 4xx/5xx status.

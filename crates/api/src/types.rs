@@ -165,6 +165,92 @@ pub struct Status {
     pub datapath: DatapathStatus,
     pub monitor_listeners: usize,
     pub uptime_seconds: u64,
+    /// The node's address on the network between nodes (InternalIP).
+    #[serde(default)]
+    pub node_ip: Option<Ipv4Addr>,
+    /// The cluster store connection; `None` when no store is configured.
+    #[serde(default)]
+    pub kvstore: Option<KvstoreStatus>,
+    /// Summary of the last health probe round; `None` when health checking is off.
+    #[serde(default)]
+    pub cluster_health: Option<HealthSummary>,
+}
+
+/// The agent's connection to the cluster store, as `cilium status` shows "KVStore".
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KvstoreStatus {
+    /// `Ok`, `Connecting` or `Failure`.
+    pub state: String,
+    /// `etcd: http://192.168.10.1:2379` or the last error.
+    pub message: String,
+}
+
+/// A node of the cluster as the agent knows it (`GET /v1/node`), like
+/// `kubectl get ciliumnodes` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    pub name: String,
+    /// The node's address between nodes (the tunnel endpoint).
+    pub internal_ip: Option<Ipv4Addr>,
+    /// The router IP on the node's `ciliate_host` (CiliumInternalIP).
+    pub ciliate_internal_ip: Option<Ipv4Addr>,
+    pub health_ip: Option<Ipv4Addr>,
+    #[serde(rename = "podCIDRs")]
+    pub pod_cidrs: Vec<Ipv4Net>,
+    /// This agent's own node.
+    pub local: bool,
+}
+
+/// `GET /v1/health`: the last probe of every other node, as `cilium-health status` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterHealth {
+    /// Seconds since the Unix epoch when the last round finished; 0 before the first.
+    pub probed_at: u64,
+    pub interval_seconds: u64,
+    pub nodes: Vec<NodeHealth>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthSummary {
+    /// Remote nodes whose host and health endpoint answered every probe.
+    pub reachable: usize,
+    pub total: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeHealth {
+    pub name: String,
+    /// The node's InternalIP, probed from this node's host namespace.
+    pub host: PathHealth,
+    /// The node's health endpoint (`lxc_health`); `None` until the node announces one.
+    pub endpoint: Option<PathHealth>,
+}
+
+/// Probes of one address.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PathHealth {
+    pub ip: Ipv4Addr,
+    pub icmp: ProbeResult,
+    /// TCP connect plus `GET /hello` to the health port (4240).
+    pub tcp: ProbeResult,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeResult {
+    pub ok: bool,
+    /// Round-trip time of the last successful probe, in microseconds.
+    pub latency_us: Option<u64>,
+    /// Why the last probe failed.
+    pub error: Option<String>,
+    /// Failed probes since the agent started.
+    pub failures: u64,
 }
 
 /// One decoded datapath event, as `ciliate monitor` prints it.

@@ -18,5 +18,8 @@ pub const LXC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 pub const OVERLAY_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay.o"));
 
+/// The compiled `bpf/host.c`: `from_host` on ciliate_host, `from_netdev` on the native device.
+pub const HOST_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/host.o"));
+
 /// `bpf/layout.c`: never loaded; its BTF describes every shared struct.
 pub const LAYOUT_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/layout.o"));

@@ -34,6 +34,7 @@ pub const OBJECTS: &[(&str, &[u8], &[&str])] = &[
         &["from_container", "to_container"],
     ),
     ("overlay", crate::OVERLAY_OBJECT, &["from_overlay"]),
+    ("host", crate::HOST_OBJECT, &["from_host", "from_netdev"]),
 ];
 
 /// What goes on a pod's lxc device, and where.
@@ -44,6 +45,12 @@ pub const LXC_ATTACH: &[(&str, TcAttachType)] = &[
 
 /// What goes on the node's tunnel device.
 pub const OVERLAY_ATTACH: &[(&str, TcAttachType)] = &[("from_overlay", TcAttachType::Ingress)];
+
+/// What goes on `ciliate_host`: what the node sends towards pod addresses.
+pub const HOST_ATTACH: &[(&str, TcAttachType)] = &[("from_host", TcAttachType::Egress)];
+
+/// What goes on each native device (`devices`): what arrives from other nodes.
+pub const NETDEV_ATTACH: &[(&str, TcAttachType)] = &[("from_netdev", TcAttachType::Ingress)];
 
 fn program_names() -> impl Iterator<Item = &'static str> {
     OBJECTS

@@ -69,7 +69,9 @@ pub struct DatapathConfig {
     pub routing_mode: u32,
     /// Identity of this node's pods until policy assigns them one.
     pub identity: u32,
-    pub pad: u32,
+    /// ifindex of the native device FIB lookups are made from; 0 leaves
+    /// routing of traffic that leaves the node to the host stack.
+    pub native_ifindex: u32,
 }
 
 impl DatapathConfig {

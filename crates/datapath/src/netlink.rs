@@ -31,8 +31,8 @@ use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
+    RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -139,6 +139,8 @@ pub struct Route {
     pub src: Option<Ipv4Addr>,
     /// `onlink`: the gateway is on the link even without a route to it.
     pub onlink: bool,
+    /// `mtu`: path MTU for this destination (the pod MTU on overlay routes).
+    pub mtu: Option<u32>,
 }
 
 impl Route {
@@ -151,6 +153,7 @@ impl Route {
             scope_link: true,
             src: None,
             onlink: false,
+            mtu: None,
         }
     }
 
@@ -163,6 +166,7 @@ impl Route {
             scope_link: false,
             src: None,
             onlink: false,
+            mtu: None,
         }
     }
 }
@@ -195,6 +199,9 @@ impl Route {
         }
         if self.onlink {
             f.write_str(" onlink")?;
+        }
+        if let Some(mtu) = self.mtu {
+            write!(f, " mtu {mtu}")?;
         }
         Ok(())
     }
@@ -472,6 +479,28 @@ impl Netlink {
                 m.header.change_mask = LinkFlags::Up;
             },
             |dev| format!("setting {dev} up"),
+        )
+    }
+
+    /// Turns ARP on or off (`ip link set DEV arp on|off`). Without ARP the kernel
+    /// addresses frames to the device's own MAC and never asks a neighbour.
+    pub fn set_arp(&self, index: u32, enabled: bool) -> Result<()> {
+        self.set_link(
+            index,
+            |m| {
+                m.header.flags = if enabled {
+                    LinkFlags::empty()
+                } else {
+                    LinkFlags::Noarp
+                };
+                m.header.change_mask = LinkFlags::Noarp;
+            },
+            |dev| {
+                format!(
+                    "setting arp {} on {dev}",
+                    if enabled { "on" } else { "off" }
+                )
+            },
         )
     }
 
@@ -863,6 +892,10 @@ fn route_message(route: &Route, delete: bool) -> RouteMessage {
         msg.attributes
             .push(RouteAttribute::PrefSource(RouteAddress::Inet(src)));
     }
+    if let Some(mtu) = route.mtu {
+        msg.attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+    }
     msg
 }
 
@@ -879,6 +912,7 @@ fn parse_route(msg: &RouteMessage) -> Option<Route> {
         scope_link: header.scope == RouteScope::Link,
         src: None,
         onlink: header.flags.contains(RouteFlags::Onlink),
+        mtu: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -889,6 +923,12 @@ fn parse_route(msg: &RouteMessage) -> Option<Route> {
             RouteAttribute::Gateway(RouteAddress::Inet(gw)) => route.gateway = Some(*gw),
             RouteAttribute::Oif(oif) => route.oif = Some(*oif),
             RouteAttribute::PrefSource(RouteAddress::Inet(src)) => route.src = Some(*src),
+            RouteAttribute::Metrics(metrics) => {
+                route.mtu = metrics.iter().find_map(|m| match m {
+                    RouteMetric::Mtu(mtu) => Some(*mtu),
+                    _ => None,
+                });
+            }
             _ => {}
         }
     }

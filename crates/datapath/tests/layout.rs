@@ -43,7 +43,7 @@ fn rust_layouts() -> Vec<RustLayout> {
                 ("tunnel_ifindex", offset_of!(DatapathConfig, tunnel_ifindex)),
                 ("routing_mode", offset_of!(DatapathConfig, routing_mode)),
                 ("identity", offset_of!(DatapathConfig, identity)),
-                ("pad", offset_of!(DatapathConfig, pad)),
+                ("native_ifindex", offset_of!(DatapathConfig, native_ifindex)),
             ],
         },
         RustLayout {

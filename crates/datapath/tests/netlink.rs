@@ -225,6 +225,7 @@ fn veth_addresses_routes_and_namespaces() {
     // ... unless it is declared on-link.
     nlb.add_route(&Route {
         onlink: true,
+        mtu: None,
         ..bad.clone()
     })
     .unwrap();
