@@ -3,8 +3,10 @@
  *
  * from_container: TCX ingress of the lxc device, i.e. every packet the pod sends.
  *   It answers ARP for the router IP, delivers to pods on this node with
- *   bpf_redirect_peer, sends what the ipcache puts behind another node into
- *   the tunnel, and hands everything else to the host stack.
+ *   bpf_redirect_peer, sends what the ipcache puts behind another node's
+ *   tunnel endpoint into the tunnel, and routes everything else with a FIB
+ *   lookup out of the native device (BPF host routing), or hands it to the
+ *   host stack when the FIB says it is for this node.
  * to_container: TCX egress of the lxc device, i.e. what the host stack sends
  *   to the pod. It accounts for the packet and lets it through. */
 #include "lib/common.h"
@@ -13,6 +15,8 @@
 #include "lib/eth.h"
 #include "lib/lookup.h"
 #include "lib/deliver.h"
+#include "lib/encap.h"
+#include "lib/fib.h"
 
 char _license[] SEC("license") = "GPL";
 
@@ -63,33 +67,13 @@ static __always_inline int handle_arp(struct __sk_buff *skb, struct pkt_info *pi
 	return bpf_redirect(skb->ifindex, 0);
 }
 
-/* Sends the packet to the node that hosts its destination: the outer header
- * goes to that node's IP, and the VNI carries the source's identity so the
- * other side knows who sent it without another lookup. */
-static __always_inline int encap_to_node(struct __sk_buff *skb, struct pkt_info *pi,
-					 const struct datapath_config *cfg,
-					 const struct ipcache_value *remote,
-					 const struct endpoint_info *src)
-{
-	struct bpf_tunnel_key key = {};
-
-	if (!cfg->tunnel_ifindex)
-		return drop(skb, pi, DROP_NO_TUNNEL_DEVICE, METRIC_EGRESS);
-	key.remote_ipv4 = bpf_ntohl(remote->tunnel_endpoint);
-	key.tunnel_id = src->sec_identity ? src->sec_identity : cfg->identity;
-	key.tunnel_ttl = 64;
-	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
-		return drop(skb, pi, DROP_ENCAP_FAILED, METRIC_EGRESS);
-	trace(skb, pi, cfg, TRACE_TO_OVERLAY, METRIC_EGRESS, cfg->tunnel_ifindex);
-	return bpf_redirect(cfg->tunnel_ifindex, 0);
-}
-
 static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *pi,
 				       const struct datapath_config *cfg)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct endpoint_info *src, *dst;
+	struct ipcache_value *remote;
 	struct iphdr *ip;
 
 	if (parse_ipv4(data, data_end, &ip, pi) < 0)
@@ -103,16 +87,18 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *p
 
 	dst = endpoint(ip->daddr);
 	if (dst)
-		return deliver_local(skb, pi, cfg, dst, TRACE_TO_ENDPOINT, METRIC_EGRESS);
-	if (cfg->routing_mode == ROUTING_TUNNEL) {
-		struct ipcache_value *remote = ipcache(ip->daddr);
-
-		if (remote && remote->tunnel_endpoint)
-			return encap_to_node(skb, pi, cfg, remote, src);
-	}
-	/* The node itself or beyond it: the host stack routes it. */
-	trace(skb, pi, cfg, TRACE_TO_STACK, METRIC_EGRESS, 0);
-	return TC_ACT_OK;
+		return deliver_local(skb, pi, cfg, dst, TRACE_TO_ENDPOINT, METRIC_EGRESS,
+				     HOOK_INGRESS);
+	/* Behind another node's tunnel endpoint: the agent sets those only in
+	 * tunnel mode, so their presence is the whole decision. */
+	remote = ipcache(ip->daddr);
+	if (remote && remote->tunnel_endpoint)
+		return encap_to_node(skb, pi, cfg, remote,
+				     src->sec_identity ? src->sec_identity : cfg->identity,
+				     METRIC_EGRESS);
+	/* The node itself or beyond it: the FIB routes it out of the native
+	 * device, or hands it to the stack. */
+	return fib_redirect(skb, pi, cfg, METRIC_EGRESS);
 }
 
 SEC("classifier/from_container")

@@ -3,7 +3,8 @@
  * (ciliate_vxlan). The kernel has already removed the outer headers; the
  * tunnel key still says which node sent the packet and, in its VNI, the
  * identity of the sending pod. Packets for a pod on this node go straight
- * to it; the rest (this node's own addresses) go to the stack. */
+ * to it; the rest (this node's own addresses) go to the stack, marked as
+ * addressed to this host. */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/events.h"
@@ -40,7 +41,13 @@ int from_overlay(struct __sk_buff *skb)
 
 	dst = endpoint(ip->daddr);
 	if (dst)
-		return deliver_local(skb, &pi, cfg, dst, TRACE_FROM_OVERLAY, METRIC_INGRESS);
+		return deliver_local(skb, &pi, cfg, dst, TRACE_FROM_OVERLAY, METRIC_INGRESS,
+				     HOOK_INGRESS);
+	/* The inner frame is addressed to the sender's device (its lxc or
+	 * ciliate_host MAC), not to the tunnel device, so the stack would take
+	 * it for another host's (PACKET_OTHERHOST) and drop it. */
+	if (skb->pkt_type == PACKET_OTHERHOST)
+		bpf_skb_change_type(skb, PACKET_HOST);
 	trace(skb, &pi, cfg, TRACE_TO_STACK, METRIC_INGRESS, 0);
 	return TC_ACT_OK;
 }

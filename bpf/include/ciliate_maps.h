@@ -47,6 +47,9 @@ struct ipcache_value {
 #define ROUTING_TUNNEL 0
 #define ROUTING_NATIVE 1
 
+/* Reserved security identities. */
+#define IDENTITY_HOST 1 /* the node itself: what it sends into the tunnel carries this VNI */
+
 /* ciliate_config: one entry written by the agent. */
 struct datapath_config {
 	__u32 router_ip;      /* network byte order; ARP answers for it */
@@ -91,7 +94,7 @@ struct trace_event {
 	__u32 dst_ifindex;  /* redirect target, 0 if none */
 	__u16 eth_proto;    /* network byte order */
 	__u16 pad;
-	__u32 src_identity; /* from the tunnel key, 0 if unknown */
+	__u32 src_identity; /* the tunnel key's VNI: as received, or as set on encap; 0 if none */
 	__u32 pad2;
 	__u64 ktime_ns;
 };

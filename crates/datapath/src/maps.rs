@@ -19,6 +19,8 @@ pub const ALL_MAPS: &[&str] = &[
 pub const IPCACHE_F_HOST: u16 = 0x1;
 pub const ROUTING_TUNNEL: u32 = 0;
 pub const ROUTING_NATIVE: u32 = 1;
+/// The reserved identity of the node itself: the VNI of what `from_host` encapsulates.
+pub const IDENTITY_HOST: u32 = 1;
 
 pub const METRICS_MAP_SIZE: u32 = 512;
 pub const ENDPOINT_F_HEALTH: u16 = 0x1;
@@ -156,6 +158,7 @@ pub struct TraceEvent {
     pub dst_ifindex: u32,
     pub eth_proto: u16,
     pub pad: u16,
+    /// The tunnel key's VNI: as received, or as set on encapsulation; 0 if none.
     pub src_identity: u32,
     pub pad2: u32,
     pub ktime_ns: u64,

@@ -1,7 +1,18 @@
-//! Shared by the datapath tests: a private bpffs per test and packet builders.
+//! Shared by the datapath tests: a private bpffs per test, the
+//! `BPF_PROG_TEST_RUN` harness, namespaces made for a test, and packet builders.
 #![allow(dead_code)]
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use aya::programs::{TestRun, TestRunOptions};
+use ciliate_datapath::loader::{Datapath, Maps};
+use ciliate_datapath::maps::{
+    metrics_index, DatapathConfig, EndpointInfo, EndpointKey, TraceEvent, EVENT_DROP,
+};
+use ciliate_datapath::netns;
 
 /// True when running as root; otherwise prints loudly why the test is skipped.
 pub fn require_root(test: &str) -> bool {
@@ -124,4 +135,233 @@ pub fn arp(op: u16, sha: [u8; 6], sip: [u8; 4], tha: [u8; 6], tip: [u8; 4]) -> V
     a.extend_from_slice(&tha);
     a.extend_from_slice(&tip);
     a
+}
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+pub const ROUTER: [u8; 4] = [10, 77, 0, 1];
+pub const POD_A: [u8; 4] = [10, 77, 0, 10];
+pub const POD_B: [u8; 4] = [10, 77, 0, 11];
+pub const OUTSIDE: [u8; 4] = [192, 168, 10, 100];
+/// The device `BPF_PROG_TEST_RUN` runs a tc program on: the loopback (ifindex 1).
+pub const TEST_IFINDEX: u32 = 1;
+pub const POD_B_IFINDEX: u32 = 4242;
+
+pub struct Harness {
+    pub bpffs: TestBpffs,
+    pub datapath: Datapath,
+    pub maps: Maps,
+    pub events: aya::maps::RingBuf<aya::maps::MapData>,
+}
+
+impl Harness {
+    /// Pod A sends through the test device; pod B sits behind POD_B_IFINDEX.
+    pub fn new(trace: bool) -> Self {
+        let bpffs = TestBpffs::new();
+        let root = bpffs.root();
+        let datapath = Datapath::open(&root).expect("loading the datapath");
+        let mut maps = Maps::open(&root).unwrap();
+        maps.config
+            .set(0, DatapathConfig::new(Ipv4Addr::from(ROUTER), trace), 0)
+            .unwrap();
+        let a = EndpointInfo {
+            ifindex: TEST_IFINDEX,
+            lxc_id: 101,
+            flags: 0,
+            mac: POD_A_MAC,
+            node_mac: LXC_A_MAC,
+            sec_identity: 0,
+        };
+        let b = EndpointInfo {
+            ifindex: POD_B_IFINDEX,
+            lxc_id: 202,
+            flags: 0,
+            mac: POD_B_MAC,
+            node_mac: LXC_B_MAC,
+            sec_identity: 0,
+        };
+        maps.endpoints
+            .insert(EndpointKey::new(Ipv4Addr::from(POD_A)), a, 0)
+            .unwrap();
+        maps.endpoints
+            .insert(EndpointKey::new(Ipv4Addr::from(POD_B)), b, 0)
+            .unwrap();
+        let events = Maps::open_events(&root).unwrap();
+        Self {
+            bpffs,
+            datapath,
+            maps,
+            events,
+        }
+    }
+
+    pub fn run(&self, program: &str, packet: &[u8]) -> (u32, Vec<u8>) {
+        let prog = self.datapath.program(program).unwrap();
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    pub fn counter(&self, reason: u8, dir: u8) -> u64 {
+        let values = self
+            .maps
+            .metrics
+            .get(&metrics_index(reason, dir), 0)
+            .unwrap();
+        values.iter().map(|v| v.packets).sum()
+    }
+
+    pub fn next_event(&mut self) -> Option<TraceEvent> {
+        self.events
+            .next()
+            .and_then(|item| TraceEvent::from_bytes(&item))
+    }
+}
+
+pub fn expect_drop(h: &mut Harness, program: &str, packet: &[u8], reason: u8, dir: u8) {
+    let before = h.counter(reason, dir);
+    let (verdict, _) = h.run(program, packet);
+    assert_eq!(
+        verdict, TC_ACT_SHOT,
+        "{program} must drop with reason {reason}"
+    );
+    assert_eq!(
+        h.counter(reason, dir),
+        before + 1,
+        "drop counted under reason {reason}"
+    );
+    let ev = h.next_event().expect("every drop is emitted as an event");
+    assert_eq!((ev.kind, ev.reason, ev.dir), (EVENT_DROP, reason, dir));
+    assert_eq!(ev.len as usize, packet.len());
+}
+
+#[macro_export]
+macro_rules! root_only {
+    () => {
+        if !common::require_root(module_path!()) {
+            return;
+        }
+    };
+}
+
+/// Named namespaces that are deleted when the test ends, however it ends.
+pub struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Creates `/run/netns/cdp-<tag>-<pid>-<n>` and returns its name.
+    pub fn create(&mut self, tag: &str) -> String {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("cdp-{tag}-{}-{n}", std::process::id());
+        netns::create_named(&name).expect("create namespace");
+        self.0.push(name.clone());
+        name
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            if let Err(e) = netns::delete_named(name) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+}
+
+/// Runs `f` on a thread of its own inside the named namespace (`BPF_PROG_TEST_RUN`,
+/// sysctls and attaching by device name all act in the calling thread's
+/// namespace). A panic in `f` fails the caller with its own message.
+pub fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = netns::named_path(name);
+    let result = std::thread::spawn(move || {
+        let guard = netns::enter(&path).expect("entering the test namespace");
+        let out = f();
+        guard.restore().expect("leaving the test namespace");
+        out
+    })
+    .join();
+    match result {
+        Ok(out) => out,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// `ip -n NS ARGS...`, which must succeed.
+pub fn ip(ns: &str, args: &[&str]) {
+    let out = Command::new("ip")
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip -n {ns} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ip -n NS ARGS...` output (stdout), which must succeed.
+pub fn ip_output(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip -n {ns} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sets sysctls (`net/ipv4/conf/DEV/KEY` style) inside the namespace.
+pub fn sysctls(ns: &str, settings: &[(&str, &str)]) {
+    let settings: Vec<(String, String)> = settings
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+    in_netns(ns, move || {
+        for (key, value) in settings {
+            ciliate_datapath::sysctl::set(&key, &value)
+                .unwrap_or_else(|e| panic!("setting {key}={value}: {e}"));
+        }
+    });
+}
+
+/// `ping -c COUNT` from inside the namespace; true when every echo was
+/// answered within `deadline` seconds (a give-up bound, not a measurement).
+pub fn ping(ns: &str, dst: Ipv4Addr, count: u32, deadline: u32) -> bool {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-n", "-q", "-i", "0.2", "-c"])
+        .arg(count.to_string())
+        .arg("-w")
+        .arg(deadline.to_string())
+        .arg(dst.to_string())
+        .output()
+        .expect("running ping");
+    if !out.status.success() {
+        eprintln!(
+            "ping {dst} from {ns}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out.status.success()
 }
