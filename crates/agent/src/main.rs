@@ -92,10 +92,15 @@ async fn serve(daemon: Arc<Daemon>, config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("restricting {}", socket.display()))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The other nodes to probe; the node manager becomes this list's sender.
+    let (_nodes_tx, nodes_rx) = watch::channel(Vec::new());
+    let health = ciliate_agent::health::start(&config, nodes_rx, &stop_rx)
+        .context("starting cluster health checking")?;
     let api = Api {
         daemon,
         events,
         stopping: stop_rx.clone(),
+        health,
     };
     let mut stopped = stop_rx;
     let shutdown = async move {

@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ciliate_api::{
-    Endpoint, EndpointCreateRequest, IpamAllocateRequest, IpamAllocation, MonitorEvent, Status,
+    ClusterHealth, Endpoint, EndpointCreateRequest, IpamAllocateRequest, IpamAllocation,
+    MonitorEvent, Status,
 };
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
@@ -17,6 +18,7 @@ use tokio::sync::{broadcast, watch};
 use crate::daemon::Daemon;
 use crate::endpoints::EndpointRef;
 use crate::error::AgentError;
+use crate::prober::HealthState;
 
 #[derive(Clone)]
 pub struct Api {
@@ -24,6 +26,8 @@ pub struct Api {
     pub events: broadcast::Sender<MonitorEvent>,
     /// Flips to true when the agent stops, ending monitor streams.
     pub stopping: watch::Receiver<bool>,
+    /// The last health probe round; `None` when health checking is off.
+    pub health: Option<HealthState>,
 }
 
 pub fn router(api: Api) -> Router {
@@ -38,6 +42,7 @@ pub fn router(api: Api) -> Router {
             get(get_endpoint).delete(delete_endpoint),
         )
         .route("/v1/monitor", get(monitor))
+        .route("/v1/health", get(health))
         .with_state(api)
 }
 
@@ -74,9 +79,18 @@ async fn status(
     State(api): State<Api>,
     Query(q): Query<StatusQuery>,
 ) -> Result<Json<Status>, AgentError> {
-    blocking(&api.daemon, move |d| Ok(d.status(q.verbose)))
-        .await
-        .map(Json)
+    let mut status = blocking(&api.daemon, move |d| Ok(d.status(q.verbose))).await?;
+    status.cluster_health = api.health.as_ref().map(HealthState::summary);
+    Ok(Json(status))
+}
+
+async fn health(State(api): State<Api>) -> Result<Json<ClusterHealth>, AgentError> {
+    api.health
+        .as_ref()
+        .map(|h| Json(h.snapshot()))
+        .ok_or_else(|| {
+            AgentError::NotFound("health checking is off (enableHealthChecking: false)".into())
+        })
 }
 
 async fn allocate(

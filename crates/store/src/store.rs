@@ -276,6 +276,25 @@ impl Store {
         self.write(object, mode).await
     }
 
+    /// Compare-and-swap: writes the object only if it is unchanged since it was read
+    /// (its `metadata.resourceVersion`, which must be set, is still the stored one);
+    /// [`Error::Conflict`] otherwise (get it again and retry), [`Error::NotFound`] if it
+    /// is gone. Keeps the key's lease, so an object an agent registered with
+    /// [`Store::put_with_lease`] stays bound to the agent.
+    pub async fn update<T: Object>(&self, object: &T) -> Result<T> {
+        let Some(rv) = object.resource_version() else {
+            return Err(Error::InvalidResourceVersion {
+                kind: T::KIND,
+                name: ObjectKey::of(object)?.display_name(),
+                resource_version: String::new(),
+            });
+        };
+        let mode = WriteMode::Update {
+            resource_version: rv.to_string(),
+        };
+        self.write(object, mode).await
+    }
+
     /// Creates; [`Error::AlreadyExists`] if the name is taken.
     pub async fn create<T: Object>(&self, object: &T) -> Result<T> {
         self.write(object, WriteMode::Create).await

@@ -395,6 +395,64 @@ async fn memory_watch_started_during_writes_misses_and_repeats_nothing() {
     watch_has_no_gap(&Store::memory()).await;
 }
 
+// ---- update (compare-and-swap) ----
+
+async fn update_is_compare_and_swap_and_keeps_the_lease(store: &Store) {
+    // Without a resourceVersion there is nothing to compare with: refused.
+    let err = store
+        .update(&ciliate_node("fresh", "192.168.10.100"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidResourceVersion { .. }),
+        "{err:?}"
+    );
+
+    let guard = store
+        .put_with_lease(&CiliateNode::new("leased"), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let read = store
+        .get::<CiliateNode>(None, "leased")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut mine = read.clone();
+    mine.spec.ipam.pod_cidrs = vec!["172.20.7.0/24".parse().unwrap()];
+    let written = store.update(&mine).await.unwrap();
+    assert_ne!(written.resource_version(), read.resource_version());
+    assert_eq!(
+        store.get::<CiliateNode>(None, "leased").await.unwrap(),
+        Some(written.clone())
+    );
+
+    // A second writer holding the old version loses.
+    let mut stale = read.clone();
+    stale.spec.health.ipv4 = Some("172.20.7.2".parse().unwrap());
+    let err = store.update(&stale).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+
+    // The key is still bound to the agent's lease: revoking it deletes the key.
+    guard.revoke().await.unwrap();
+    assert_eq!(
+        store.get::<CiliateNode>(None, "leased").await.unwrap(),
+        None
+    );
+    let err = store.update(&written).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn etcd_update_is_compare_and_swap_and_keeps_the_lease() {
+    let (_etcd, store) = etcd().await;
+    update_is_compare_and_swap_and_keeps_the_lease(&store).await;
+}
+
+#[tokio::test]
+async fn memory_update_is_compare_and_swap_and_keeps_the_lease() {
+    update_is_compare_and_swap_and_keeps_the_lease(&Store::memory()).await;
+}
+
 // ---- leases ----
 
 async fn lease_ends_with_its_guard(store: &Store) {
