@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Brings up a one-node ciliate lab with two pods and shows them talking.
+# Brings up a three-node ciliate lab (tunnel routing) with two pods, shows them
+# talking and runs `ciliate connectivity test` over it (ROUTING=native for native routing).
 # Installs missing system packages (and says which), builds, then runs the demo.
 # Remove everything with: target/debug/ciliate lab down
 set -euo pipefail

@@ -2,8 +2,10 @@
 //! socket (`$CILIATE_SOCKET` or the default) and reads pinned maps directly.
 
 mod bpf;
+mod connectivity;
 mod endpoint;
 mod monitor;
+mod node;
 mod output;
 mod status;
 
@@ -30,6 +32,9 @@ enum Command {
     /// Inspect endpoints.
     #[command(subcommand)]
     Endpoint(endpoint::EndpointCommand),
+    /// The cluster's nodes as this node's agent knows them.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Inspect the datapath's BPF maps.
     #[command(subcommand)]
     Bpf(bpf::BpfCommand),
@@ -40,6 +45,9 @@ enum Command {
     Monitor(monitor::MonitorArgs),
     /// A ciliate cluster in network namespaces on this machine.
     Lab(ciliate_lab::cli::LabArgs),
+    /// Check a lab's connectivity end to end, like `cilium connectivity test`.
+    #[command(subcommand)]
+    Connectivity(connectivity::ConnectivityCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,10 +60,12 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Status(args) => status::run(&client(), &args).map(|()| 0),
         Command::Endpoint(cmd) => endpoint::run(&client(), cmd).map(|()| 0),
+        Command::Node(cmd) => node::run(&client(), cmd).map(|()| 0),
         Command::Bpf(cmd) => bpf::run(&client(), cmd).map(|()| 0),
         Command::Metrics(cmd) => bpf::run_metrics(&client(), cmd).map(|()| 0),
         Command::Monitor(args) => monitor::run(&client(), &args).map(|()| 0),
         Command::Lab(args) => ciliate_lab::cli::run(args),
+        Command::Connectivity(cmd) => connectivity::run(cmd),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),

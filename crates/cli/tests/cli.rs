@@ -59,7 +59,11 @@ fn status_endpoints_maps_metrics_and_monitor() {
     if !root() {
         return;
     }
-    let mut lab = LabGuard::up(&LabSpec::new(format!("c{}", std::process::id()), 1)).unwrap();
+    let mut lab = LabGuard::up(&LabSpec {
+        ipam: ciliate_lab::IpamMode::HostScope,
+        ..LabSpec::new(format!("c{}", std::process::id()), 1)
+    })
+    .unwrap();
     lab.apply_yaml(PODS).unwrap();
     let a = lab.pod("web/a").unwrap().clone();
     let b = lab.pod("web/b").unwrap().clone();

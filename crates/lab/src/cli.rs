@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 
 use crate::lab::{ApplyOutcome, Lab, LabSpec, LabStatus};
+use crate::state::{IpamMode, RoutingMode};
 use crate::{manifest, names};
 
 #[derive(clap::Args, Debug)]
@@ -20,13 +21,22 @@ pub struct LabArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum LabCommand {
-    /// Create the lab: fabric bridge, nodes, one agent per node. Does nothing
-    /// if the lab is up and healthy with the same number of nodes.
+    /// Create the lab: fabric bridge, etcd, the operator, nodes, one agent per
+    /// node. Does nothing if the lab is up and healthy with the same settings.
     Up {
         /// Number of nodes (node0 at 192.168.10.100, node1 at .101, ...).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = crate::lab::DEFAULT_NODES)]
         nodes: usize,
-        /// Directory with ciliate-agent and ciliate-cni (default: next to this program).
+        /// How pods on different nodes reach each other: VXLAN, or plain
+        /// routes over the fabric (autoDirectNodeRoutes).
+        #[arg(long, value_enum, default_value_t = RoutingMode::Tunnel)]
+        routing: RoutingMode,
+        /// cluster-pool: ciliate-operator gives PodCIDRs and agents learn about
+        /// each other through etcd. host-scope: the lab gives each agent its
+        /// PodCIDR and agents use no store (single-node work).
+        #[arg(long, value_enum, default_value_t = IpamMode::ClusterPool)]
+        ipam: IpamMode,
+        /// Directory with ciliate-agent, ciliate-cni and ciliate-operator (default: next to this program).
         #[arg(long, env = "CILIATE_BIN_DIR")]
         bin_dir: Option<PathBuf>,
         /// Seconds to wait for each agent to answer.
@@ -77,10 +87,14 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
     match args.cmd {
         LabCommand::Up {
             nodes,
+            routing,
+            ipam,
             bin_dir,
             timeout,
         } => {
             let spec = LabSpec {
+                routing,
+                ipam,
                 bin_dir,
                 agent_timeout: Duration::from_secs(timeout),
                 ..LabSpec::new(&name, nodes)
@@ -90,8 +104,10 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
                 println!("lab {name} is up already and healthy; nothing to do");
             } else {
                 println!(
-                    "lab {name} is up: {} node(s) on bridge br0 in namespace {}, state in {}",
+                    "lab {name} is up: {} node(s), routing {}, IPAM {}, on bridge br0 in namespace {}, state in {}",
                     lab.nodes().len(),
+                    lab.state().routing,
+                    lab.state().ipam,
                     lab.state().fabric_netns,
                     lab.dir().display()
                 );
@@ -221,7 +237,37 @@ fn warn_exited(lab: &Lab, key: &str) {
 }
 
 pub fn print_status(status: &LabStatus) {
-    println!("lab {} ({})", status.name, status.dir.display());
+    println!(
+        "lab {} ({}): routing {}, IPAM {}",
+        status.name,
+        status.dir.display(),
+        status.routing,
+        status.ipam
+    );
+    let mut rows = vec![vec![
+        "PROCESS".to_string(),
+        "ADDRESS".into(),
+        "PID".into(),
+        "NETNS".into(),
+        "LOG".into(),
+    ]];
+    for p in &status.processes {
+        let pid = match (p.pid, p.alive) {
+            (Some(pid), true) => format!("{pid} running"),
+            (Some(pid), false) => format!("{pid} dead"),
+            (None, _) => "not started".into(),
+        };
+        rows.push(vec![
+            p.name.clone(),
+            p.address.clone().unwrap_or_else(|| "-".into()),
+            pid,
+            status.fabric_netns.clone(),
+            p.log
+                .as_ref()
+                .map_or_else(|| "-".into(), |l| l.display().to_string()),
+        ]);
+    }
+    print_table(&rows);
     let mut rows = vec![vec![
         "NODE".to_string(),
         "IP".into(),
@@ -240,7 +286,8 @@ pub fn print_status(status: &LabStatus) {
         rows.push(vec![
             n.name.clone(),
             n.ip.to_string(),
-            n.pod_cidr.to_string(),
+            n.pod_cidr
+                .map_or_else(|| "(not yet known)".into(), |c| c.to_string()),
             agent,
             n.netns.clone(),
             n.socket.display().to_string(),

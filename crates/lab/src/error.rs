@@ -101,6 +101,21 @@ pub enum LabError {
         source: Option<Box<ClientError>>,
     },
 
+    #[error("{what} {problem}; last lines of {}:\n{log_tail}", log.display())]
+    ServiceNotReady {
+        what: String,
+        problem: String,
+        log: PathBuf,
+        log_tail: String,
+    },
+
+    #[error("the lab's store (etcd at {endpoint})")]
+    Store {
+        endpoint: String,
+        #[source]
+        source: ciliate_store::Error,
+    },
+
     #[error("CNI {command} for pod {pod} with plugin {plugin:?} failed: {message}")]
     Cni {
         pod: String,

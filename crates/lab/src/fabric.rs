@@ -49,14 +49,45 @@ pub fn set_up(netns_path: &Path, device: &str) -> Result<()> {
     Ok(())
 }
 
-/// Creates the fabric namespace holding bridge `br0`, up.
-pub fn create_fabric(name: &str) -> Result<()> {
-    create_netns(name, &[])?;
+/// Creates the fabric namespace holding bridge `br0`, up, with `address`
+/// (the outside host, where etcd listens). It does not forward.
+pub fn create_fabric(name: &str, address: Ipv4Net) -> Result<()> {
+    create_netns(name, &[("net.ipv4.ip_forward", "0")])?;
     sys::ip(
         "creating the fabric bridge",
         &["-n", name, "link", "add", BRIDGE, "type", "bridge"],
     )?;
-    set_up(&netns::named_path(name), BRIDGE)
+    let path = netns::named_path(name);
+    set_up(&path, BRIDGE)?;
+    let nl = Netlink::new_in(&path)?;
+    let bridge = nl
+        .link_by_name(BRIDGE)?
+        .ok_or_else(|| crate::LabError::Command {
+            what: format!("addressing {BRIDGE} in {name}"),
+            argv: vec![],
+            detail: "the bridge vanished".into(),
+        })?;
+    nl.add_address(bridge.index, address.addr(), address.prefix_len())?;
+    Ok(())
+}
+
+/// Routes a node's PodCIDR via the node in the fabric, as a routed network
+/// would, so the outside host can answer pods. Replaces an earlier route.
+pub fn route_pod_cidr(fabric: &str, pod_cidr: Ipv4Net, node: Ipv4Addr) -> Result<()> {
+    sys::ip(
+        "routing a PodCIDR in the fabric",
+        &[
+            "-n",
+            fabric,
+            "route",
+            "replace",
+            &pod_cidr.to_string(),
+            "via",
+            &node.to_string(),
+            "dev",
+            BRIDGE,
+        ],
+    )
 }
 
 /// Plugs a node into the fabric: a veth whose `port` end is a port of `br0`

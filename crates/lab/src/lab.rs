@@ -1,19 +1,23 @@
 //! The lab: a cluster in network namespaces on one machine.
 //!
 //! ```text
-//!  <lab>-fabric:  br0 ── node0 ── node1 ── ...        (veth ports, no address)
-//!                         │        │
+//!  <lab>-fabric:  br0 192.168.10.1/24 ── node0 ── node1 ── node2    (veth ports)
+//!                 etcd (192.168.10.1:2379), ciliate-operator
 //!  <lab>-node0:   eth0 192.168.10.100/24   ciliate-agent, ciliate_host, lxc*...
 //!  <lab>-node1:   eth0 192.168.10.101/24
 //!  <lab>-pod-<ns>-<name>: eth0 from ciliate-cni, the pod's commands
 //! ```
 //!
+//! The fabric namespace is also the "outside": a host that is not a node
+//! (192.168.10.1), which knows each node's PodCIDR as a route via that node
+//! (as a routed network would), so pods can reach it without masquerading.
+//!
 //! Nothing is created in the machine's own namespace except files under
 //! `/run/ciliate-lab/<lab>/` (with the lab's bpffs mounted there) and the
-//! namespace mount points `/run/netns/<lab>-*`; the fabric has no path out.
+//! namespace mount points `/run/netns/<lab>-*`; the fabric has no path out,
+//! and etcd listens only on the fabric bridge.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
@@ -27,7 +31,8 @@ use crate::error::{io_err, LabError, Result};
 use crate::manifest::{self, Manifest, PodManifest};
 use crate::names;
 use crate::state::{
-    ContainerInfo, LabLock, LabState, NodeInfo, PodInfo, ProcessRecord, STATE_VERSION,
+    ContainerInfo, EtcdInfo, IpamMode, LabLock, LabState, NodeInfo, OperatorInfo, PodInfo,
+    ProcessRecord, RoutingMode, STATE_VERSION,
 };
 use crate::sys;
 use crate::{cni, fabric};
@@ -38,6 +43,13 @@ pub const AGENT_BIN: &str = "ciliate-agent";
 pub const CNI_BIN: &str = "ciliate-cni";
 /// The CLI, made first in `PATH` for commands run in a node.
 pub const CLI_BIN: &str = "ciliate";
+/// The operator binary (cluster-pool IPAM), looked up in the binary directory.
+pub const OPERATOR_BIN: &str = "ciliate-operator";
+/// etcd's client and peer ports on the fabric bridge.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
+/// Nodes a lab has unless told otherwise.
+pub const DEFAULT_NODES: usize = 3;
 /// Environment variable naming the directory of the ciliate binaries.
 pub const BIN_DIR_ENV: &str = "CILIATE_BIN_DIR";
 /// The CNI `type` of ciliate's plugin in the conflist.
@@ -50,6 +62,12 @@ pub const MAX_NODES: usize = 64;
 pub struct LabSpec {
     pub name: String,
     pub nodes: usize,
+    /// The agents' `routingMode` (native adds `autoDirectNodeRoutes`).
+    pub routing: RoutingMode,
+    /// cluster-pool: PodCIDRs from `ciliate-operator`; host-scope: from the lab.
+    pub ipam: IpamMode,
+    /// The etcd program (`etcd` in `PATH` by default).
+    pub etcd_binary: PathBuf,
     /// Directory holding `ciliate-agent` and `ciliate-cni`; found automatically when unset.
     pub bin_dir: Option<PathBuf>,
     /// The fabric subnet; node `i` gets host address `node_host_offset + i`.
@@ -61,7 +79,7 @@ pub struct LabSpec {
     /// Extra keys for every agent's config (e.g. `routingMode`), merged over
     /// the lab's own keys (nested mappings are merged key by key).
     pub agent_config: serde_yaml::Mapping,
-    /// How long to wait for each agent to answer `GET /v1/status`.
+    /// How long to wait for each agent to answer `GET /v1/status` (and for etcd).
     pub agent_timeout: Duration,
 }
 
@@ -69,7 +87,10 @@ impl Default for LabSpec {
     fn default() -> Self {
         Self {
             name: names::DEFAULT_LAB.to_string(),
-            nodes: 1,
+            nodes: DEFAULT_NODES,
+            routing: RoutingMode::default(),
+            ipam: IpamMode::default(),
+            etcd_binary: "etcd".into(),
             bin_dir: None,
             fabric_cidr: "192.168.10.0/24".parse().expect("valid"),
             node_host_offset: 100,
@@ -91,6 +112,17 @@ impl LabSpec {
         }
     }
 
+    /// The fabric address of the outside host (the bridge): the subnet's first address.
+    pub fn fabric_gateway(&self) -> Ipv4Net {
+        let ip = Ipv4Addr::from(u32::from(self.fabric_cidr.network()) + 1);
+        Ipv4Net::new(ip, self.fabric_cidr.prefix_len()).expect("valid prefix")
+    }
+
+    /// `http://<fabric gateway>:2379`.
+    pub fn etcd_endpoint(&self) -> String {
+        format!("http://{}:{ETCD_CLIENT_PORT}", self.fabric_gateway().addr())
+    }
+
     fn invalid(field: &str, value: &dyn std::fmt::Display, allowed: impl Into<String>) -> LabError {
         LabError::Invalid {
             field: field.into(),
@@ -110,7 +142,8 @@ impl LabSpec {
             ));
         }
         let hosts = self.fabric_cidr.hosts().count() as u32;
-        if self.node_host_offset == 0 || self.node_host_offset + self.nodes as u32 > hosts {
+        // Host 1 is the fabric bridge (etcd, the operator, the outside host).
+        if self.node_host_offset < 2 || self.node_host_offset + self.nodes as u32 > hosts {
             return Err(Self::invalid(
                 "fabric CIDR",
                 &self.fabric_cidr,
@@ -231,8 +264,24 @@ pub struct LabStatus {
     pub dir: PathBuf,
     pub fabric_netns: String,
     pub bpffs: PathBuf,
+    pub routing: RoutingMode,
+    pub ipam: IpamMode,
+    /// etcd and the operator, in the fabric namespace.
+    pub processes: Vec<ServiceStatus>,
     pub nodes: Vec<NodeStatus>,
     pub pods: Vec<PodStatus>,
+}
+
+/// A cluster-wide process of the lab (etcd, the operator).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    pub name: String,
+    /// Where it serves (etcd's endpoint), if anything.
+    pub address: Option<String>,
+    pub pid: Option<i32>,
+    pub alive: bool,
+    pub log: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -240,7 +289,8 @@ pub struct LabStatus {
 pub struct NodeStatus {
     pub name: String,
     pub ip: Ipv4Addr,
-    pub pod_cidr: Ipv4Net,
+    /// From the agent's status when it answers, else what the lab recorded.
+    pub pod_cidr: Option<Ipv4Net>,
     pub netns: String,
     pub socket: PathBuf,
     pub agent_pid: Option<i32>,
@@ -300,25 +350,33 @@ impl Lab {
         let dir = names::lab_dir(&name);
         if LabState::path(&dir).exists() {
             let lab = Self::open(&name)?;
-            let problems = lab.health_problems();
-            if problems.is_empty() && lab.state.nodes.len() == spec.nodes {
+            let mut problems = lab.health_problems();
+            if lab.state.nodes.len() != spec.nodes {
+                problems.push(format!(
+                    "it has {} nodes, not {}",
+                    lab.state.nodes.len(),
+                    spec.nodes
+                ));
+            }
+            if lab.state.routing != spec.routing {
+                problems.push(format!(
+                    "it uses routing {}, not {}",
+                    lab.state.routing, spec.routing
+                ));
+            }
+            if lab.state.ipam != spec.ipam {
+                problems.push(format!(
+                    "it uses IPAM {}, not {}",
+                    lab.state.ipam, spec.ipam
+                ));
+            }
+            if problems.is_empty() {
                 return Ok(Self {
                     already_up: true,
                     ..lab
                 });
             }
-            let mut detail = problems.join("; ");
-            if lab.state.nodes.len() != spec.nodes {
-                if !detail.is_empty() {
-                    detail.push_str("; ");
-                }
-                let _ = write!(
-                    detail,
-                    "it has {} nodes, not {}",
-                    lab.state.nodes.len(),
-                    spec.nodes
-                );
-            }
+            let detail = problems.join("; ");
             return Err(LabError::Exists { name, detail });
         }
         let leftovers = leftovers(&name);
@@ -331,8 +389,21 @@ impl Lab {
                 ),
             });
         }
-        let bin_dir = find_bin_dir(spec.bin_dir.as_deref(), &[AGENT_BIN, CNI_BIN])?;
-        match Self::build(spec, &plan, &dir, &bin_dir) {
+        let needed: &[&str] = match spec.ipam {
+            IpamMode::ClusterPool => &[AGENT_BIN, CNI_BIN, OPERATOR_BIN],
+            IpamMode::HostScope => &[AGENT_BIN, CNI_BIN],
+        };
+        let bin_dir = find_bin_dir(spec.bin_dir.as_deref(), needed)?;
+        let etcd_binary =
+            sys::find_program(&spec.etcd_binary).ok_or_else(|| LabError::BinaryMissing {
+                binary: format!(
+                    "{} (etcd-server; install it with scripts/install-deps.sh)",
+                    spec.etcd_binary.display()
+                ),
+                searched: std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                    .collect(),
+            })?;
+        match Self::build(spec, &plan, &dir, &bin_dir, &etcd_binary) {
             Ok(state) => Ok(Self {
                 state,
                 already_up: false,
@@ -349,6 +420,7 @@ impl Lab {
         plan: &[(String, Ipv4Net, Ipv4Net)],
         dir: &Path,
         bin_dir: &Path,
+        etcd_binary: &Path,
     ) -> Result<LabState> {
         let name = &spec.name;
         std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
@@ -377,13 +449,36 @@ impl Lab {
             bpffs: bpffs.clone(),
             bin_dir: bin_dir.to_owned(),
             cni_path,
+            routing: spec.routing,
+            ipam: spec.ipam,
+            etcd: None,
+            operator: None,
             nodes: Vec::new(),
             pods: Vec::new(),
             next_node: 0,
         };
         state.save(dir)?;
 
-        fabric::create_fabric(&state.fabric_netns)?;
+        fabric::create_fabric(&state.fabric_netns, spec.fabric_gateway())?;
+        state.etcd = Some(start_etcd(&state, spec, etcd_binary)?);
+        state.save(dir)?;
+        if spec.ipam == IpamMode::ClusterPool {
+            let operator = OperatorInfo {
+                config: dir.join("operator.yaml"),
+                log: dir.join("operator.log"),
+                process: None,
+            };
+            let text =
+                serde_yaml::to_string(&operator_config(spec)).expect("YAML values serialize");
+            std::fs::write(&operator.config, text).map_err(io_err("writing", &operator.config))?;
+            state.operator = Some(operator);
+            state.save(dir)?;
+            let rec = spawn_operator(&state)?;
+            if let Some(op) = state.operator.as_mut() {
+                op.process = Some(rec);
+            }
+            state.save(dir)?;
+        }
 
         for (index, (node, address, pod_cidr)) in plan.iter().enumerate() {
             let node_ns = names::node_netns(name, node);
@@ -394,7 +489,7 @@ impl Lab {
                 netns: node_ns.clone(),
                 netns_path: netns::named_path(&node_ns),
                 address: *address,
-                pod_cidr: *pod_cidr,
+                pod_cidr: (spec.ipam == IpamMode::HostScope).then_some(*pod_cidr),
                 socket: node_dir.join("ciliate.sock"),
                 config: node_dir.join("agent.yaml"),
                 conflist: node_dir.join("net.d").join(cni::CONFLIST_NAME),
@@ -408,13 +503,16 @@ impl Lab {
             Self::build_node(&state, &info, spec)?;
         }
 
+        // One after another, so the operator hands out PodCIDRs in node order
+        // (node0 gets the pool's first).
         for i in 0..state.nodes.len() {
             let rec = spawn_agent(&state.nodes[i], bin_dir)?;
             state.nodes[i].agent = Some(rec);
             state.save(dir)?;
-        }
-        for node in &state.nodes {
-            wait_for_agent(node, spec.agent_timeout)?;
+            let status = wait_for_agent(&state, &state.nodes[i], spec.agent_timeout)?;
+            state.nodes[i].pod_cidr = Some(status.ipam.cidr);
+            state.save(dir)?;
+            fabric::route_pod_cidr(&state.fabric_netns, status.ipam.cidr, state.nodes[i].ip())?;
         }
         Ok(state)
     }
@@ -439,7 +537,8 @@ impl Lab {
         let conflist = cni::conflist(&node.socket, &node.dir.join("cni.log"));
         let text = serde_json::to_string_pretty(&conflist).expect("JSON values serialize");
         std::fs::write(&node.conflist, text).map_err(io_err("writing", &node.conflist))?;
-        let config = agent_config(node, &spec.agent_config);
+        let etcd = state.etcd.as_ref().map(|e| e.endpoint.as_str());
+        let config = agent_config(node, spec, etcd);
         let text = serde_yaml::to_string(&config).expect("YAML values serialize");
         std::fs::write(&node.config, text).map_err(io_err("writing", &node.config))
     }
@@ -535,7 +634,95 @@ impl Lab {
         let rec = spawn_agent(&self.state.nodes[index], &self.state.bin_dir)?;
         self.state.nodes[index].agent = Some(rec);
         self.state.save(&self.state.dir)?;
-        wait_for_agent(&self.state.nodes[index], timeout)
+        let status = wait_for_agent(&self.state, &self.state.nodes[index], timeout)?;
+        self.state.nodes[index].pod_cidr = Some(status.ipam.cidr);
+        self.state.save(&self.state.dir)
+    }
+
+    /// Kills the operator with SIGKILL and waits for it to be gone.
+    pub fn kill_operator(&mut self) -> Result<()> {
+        let Some(op) = self.state.operator.as_mut() else {
+            return Err(self.no_operator());
+        };
+        if let Some(rec) = op.process.take() {
+            // SAFETY: plain kill(2) of a pid this lab started and recorded.
+            unsafe { libc::kill(rec.pid, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while sys::alive(&rec) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.state.save(&self.state.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the operator again (after [`Lab::kill_operator`]).
+    pub fn start_operator(&mut self) -> Result<()> {
+        if self.state.operator.is_none() {
+            return Err(self.no_operator());
+        }
+        let rec = spawn_operator(&self.state)?;
+        if let Some(op) = self.state.operator.as_mut() {
+            op.process = Some(rec);
+        }
+        self.state.save(&self.state.dir)
+    }
+
+    fn no_operator(&self) -> LabError {
+        LabError::Invalid {
+            field: format!("lab {}", self.state.name),
+            value: format!("ipam {}", self.state.ipam),
+            allowed: "a lab with cluster-pool IPAM (only those run ciliate-operator)".into(),
+        }
+    }
+
+    /// Runs `f` with a store connected to the lab's etcd. The connection is made
+    /// from a thread inside the fabric namespace (etcd listens only there), on a
+    /// runtime that lives for this call.
+    pub fn with_store<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(ciliate_store::Store) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ciliate_store::Result<T>>,
+    {
+        let Some(etcd) = &self.state.etcd else {
+            return Err(LabError::Invalid {
+                field: format!("lab {}", self.state.name),
+                value: "no etcd".into(),
+                allowed: "a lab made by this ciliate (it runs etcd in the fabric)".into(),
+            });
+        };
+        let endpoint = etcd.endpoint.clone();
+        let fabric = netns::named_path(&self.state.fabric_netns);
+        let for_error = endpoint.clone();
+        let result = netns::run_in(&fabric, move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ciliate_store::Error::Unreachable {
+                    backend: "etcd",
+                    endpoints: endpoint.clone(),
+                    source: Box::new(e),
+                })?;
+            runtime.block_on(async move {
+                let store =
+                    ciliate_store::Store::etcd(ciliate_store::EtcdConfig::new(endpoint)).await?;
+                f(store).await
+            })
+        })?;
+        result.map_err(|source| LabError::Store {
+            endpoint: for_error,
+            source,
+        })
+    }
+
+    /// Writes a pod to the store as the API server would hold it once running:
+    /// the manifest's object with `spec.nodeName`, `status.phase: Running`,
+    /// `podIP`/`podIPs` and `hostIP`.
+    fn publish_pod(&self, pod: &PodManifest, info: &PodInfo) -> Result<()> {
+        let node = self.node(&info.node)?;
+        let object = pod_object(pod, info, node.ip());
+        self.with_store(move |store| async move { store.put(&object).await.map(drop) })
     }
 
     pub fn client(&self, node: &str) -> Result<ciliate_api::Client> {
@@ -688,10 +875,15 @@ impl Lab {
     pub fn apply_pod(&mut self, pod: &PodManifest) -> Result<ApplyOutcome> {
         let _lock = LabLock::acquire(&self.state.dir)?;
         self.reload()?;
-        if let Some(existing) = self.state.pod(&pod.namespace, &pod.name) {
+        if let Some(existing) = self.state.pod(&pod.namespace, &pod.name).cloned() {
+            let differs = existing.spec_hash != pod.spec_hash;
+            if !differs {
+                // Written again, so a failed write earlier is repaired by re-applying.
+                self.publish_pod(pod, &existing)?;
+            }
             return Ok(ApplyOutcome::Unchanged {
                 pod: pod.key(),
-                differs: existing.spec_hash != pod.spec_hash,
+                differs,
             });
         }
         let (node, scheduled) = if let Some(n) = &pod.node_name {
@@ -708,6 +900,7 @@ impl Lab {
             (self.state.nodes[i].clone(), true)
         };
         let info = self.create_pod(pod, &node)?;
+        self.publish_pod(pod, &info)?;
         let outcome = ApplyOutcome::Created {
             pod: pod.key(),
             node: node.name.clone(),
@@ -905,7 +1098,14 @@ impl Lab {
         }
         let _ = std::fs::remove_dir_all(&info.dir);
         self.state.pods.retain(|p| p.key() != key);
-        self.state.save(&self.state.dir)
+        self.state.save(&self.state.dir)?;
+        let (namespace, name) = (info.namespace.clone(), info.name.clone());
+        self.with_store(move |store| async move {
+            store
+                .delete::<ciliate_store::Pod>(Some(&namespace), &name)
+                .await
+                .map(drop)
+        })
     }
 
     /// Problems that make the lab unusable (missing namespaces, dead agents).
@@ -919,6 +1119,15 @@ impl Lab {
                 "bpffs {} is not mounted",
                 self.state.bpffs.display()
             ));
+        }
+        for service in self.services() {
+            match (service.pid, service.alive) {
+                (_, true) => {}
+                (Some(pid), false) => {
+                    problems.push(format!("{} (pid {pid}) is not running", service.name));
+                }
+                (None, false) => problems.push(format!("{} is not running", service.name)),
+            }
         }
         for node in &self.state.nodes {
             if !node.netns_path.exists() {
@@ -950,19 +1159,22 @@ impl Lab {
             .iter()
             .map(|n| {
                 let alive = n.agent.as_ref().is_some_and(sys::alive);
-                let ready = alive
-                    && ciliate_api::Client::new(&n.socket)
+                let status = if alive {
+                    ciliate_api::Client::new(&n.socket)
                         .get::<ciliate_api::Status>("/v1/status")
-                        .is_ok();
+                        .ok()
+                } else {
+                    None
+                };
                 NodeStatus {
                     name: n.name.clone(),
                     ip: n.ip(),
-                    pod_cidr: n.pod_cidr,
+                    pod_cidr: status.as_ref().map(|s| s.ipam.cidr).or(n.pod_cidr),
+                    agent_ready: status.is_some(),
                     netns: n.netns.clone(),
                     socket: n.socket.clone(),
                     agent_pid: n.agent.as_ref().map(|a| a.pid),
                     agent_alive: alive,
-                    agent_ready: ready,
                     log: n.agent.as_ref().map(|a| a.log.clone()),
                 }
             })
@@ -995,9 +1207,36 @@ impl Lab {
             dir: self.state.dir.clone(),
             fabric_netns: self.state.fabric_netns.clone(),
             bpffs: self.state.bpffs.clone(),
+            routing: self.state.routing,
+            ipam: self.state.ipam,
+            processes: self.services(),
             nodes,
             pods,
         }
+    }
+
+    /// etcd and the operator, as far as this lab has them.
+    pub fn services(&self) -> Vec<ServiceStatus> {
+        let mut out = Vec::new();
+        if let Some(etcd) = &self.state.etcd {
+            out.push(ServiceStatus {
+                name: "etcd".into(),
+                address: Some(etcd.endpoint.clone()),
+                pid: etcd.process.as_ref().map(|p| p.pid),
+                alive: etcd.process.as_ref().is_some_and(sys::alive),
+                log: etcd.process.as_ref().map(|p| p.log.clone()),
+            });
+        }
+        if let Some(op) = &self.state.operator {
+            out.push(ServiceStatus {
+                name: OPERATOR_BIN.into(),
+                address: None,
+                pid: op.process.as_ref().map(|p| p.pid),
+                alive: op.process.as_ref().is_some_and(sys::alive),
+                log: Some(op.log.clone()),
+            });
+        }
+        out
     }
 
     /// Wraps the lab in a guard that takes it down when dropped.
@@ -1020,11 +1259,16 @@ impl Lab {
         let recorded: Vec<ProcessRecord> = state
             .iter()
             .flat_map(|s| {
-                s.nodes.iter().filter_map(|n| n.agent.clone()).chain(
-                    s.pods
-                        .iter()
-                        .flat_map(|p| p.containers.iter().filter_map(|c| c.process.clone())),
-                )
+                s.nodes
+                    .iter()
+                    .filter_map(|n| n.agent.clone())
+                    .chain(
+                        s.pods
+                            .iter()
+                            .flat_map(|p| p.containers.iter().filter_map(|c| c.process.clone())),
+                    )
+                    .chain(s.etcd.iter().filter_map(|e| e.process.clone()))
+                    .chain(s.operator.iter().filter_map(|o| o.process.clone()))
             })
             .collect();
 
@@ -1214,12 +1458,41 @@ fn read_conflist(path: &Path) -> Result<serde_json::Value> {
 }
 
 /// The agent's config for a node, with the spec's extra keys merged over it.
-pub fn agent_config(node: &NodeInfo, extra: &serde_yaml::Mapping) -> serde_yaml::Value {
+///
+/// cluster-pool: `ipam.mode: cluster-pool`, the store at `etcd`, `devices: [eth0]`
+/// and the routing mode (native adds `autoDirectNodeRoutes` and
+/// `ipv4NativeRoutingCIDR` = the pool). host-scope: `ipv4Range` = the node's
+/// PodCIDR and the routing mode, nothing else (the agent uses no store).
+pub fn agent_config(node: &NodeInfo, spec: &LabSpec, etcd: Option<&str>) -> serde_yaml::Value {
     let mut config = serde_yaml::Mapping::new();
     let s = |v: &str| serde_yaml::Value::String(v.to_string());
     let p = |v: &Path| serde_yaml::Value::String(v.to_string_lossy().into_owned());
+    let list = |items: &[&str]| serde_yaml::Value::Sequence(items.iter().map(|i| s(i)).collect());
     config.insert(s("nodeName"), s(&node.name));
-    config.insert(s("ipv4Range"), s(&node.pod_cidr.to_string()));
+    match spec.ipam {
+        IpamMode::HostScope => {
+            if let Some(cidr) = node.pod_cidr {
+                config.insert(s("ipv4Range"), s(&cidr.to_string()));
+            }
+        }
+        IpamMode::ClusterPool => {
+            let mut ipam = serde_yaml::Mapping::new();
+            ipam.insert(s("mode"), s("cluster-pool"));
+            config.insert(s("ipam"), serde_yaml::Value::Mapping(ipam));
+            let mut store = serde_yaml::Mapping::new();
+            store.insert(s("endpoints"), list(&[etcd.unwrap_or_default()]));
+            config.insert(s("etcd"), serde_yaml::Value::Mapping(store));
+            config.insert(s("devices"), list(&["eth0"]));
+        }
+    }
+    config.insert(s("routingMode"), s(&spec.routing.to_string()));
+    if spec.ipam == IpamMode::ClusterPool && spec.routing == RoutingMode::Native {
+        config.insert(s("autoDirectNodeRoutes"), serde_yaml::Value::Bool(true));
+        config.insert(
+            s("ipv4NativeRoutingCIDR"),
+            s(&spec.pod_cidr_pool.to_string()),
+        );
+    }
     let mut bpf = serde_yaml::Mapping::new();
     bpf.insert(s("root"), p(&node.bpf_root));
     config.insert(s("bpf"), serde_yaml::Value::Mapping(bpf));
@@ -1227,8 +1500,44 @@ pub fn agent_config(node: &NodeInfo, extra: &serde_yaml::Mapping) -> serde_yaml:
     config.insert(s("socketPath"), p(&node.socket));
     config.insert(s("healthNetns"), s(&node.health_netns));
     let mut config = serde_yaml::Value::Mapping(config);
-    merge(&mut config, &serde_yaml::Value::Mapping(extra.clone()));
+    merge(
+        &mut config,
+        &serde_yaml::Value::Mapping(spec.agent_config.clone()),
+    );
     config
+}
+
+/// The operator's config: the lab's etcd and PodCIDR pool.
+pub fn operator_config(spec: &LabSpec) -> serde_yaml::Value {
+    let yaml = format!(
+        "etcd: {{endpoints: [\"{}\"]}}\nclusterPoolIPv4PodCIDRList: [\"{}\"]\nclusterPoolIPv4MaskSize: {}\n",
+        spec.etcd_endpoint(),
+        spec.pod_cidr_pool,
+        spec.pod_cidr_prefix
+    );
+    serde_yaml::from_str(&yaml).expect("valid YAML")
+}
+
+/// A pod as the API server holds it once it runs on `node_ip`.
+pub fn pod_object(pod: &PodManifest, info: &PodInfo, node_ip: Ipv4Addr) -> ciliate_store::Pod {
+    use k8s_openapi::api::core::v1::{HostIP, PodIP, PodSpec, PodStatus};
+    let mut object = (*pod.object).clone();
+    object.metadata.namespace = Some(info.namespace.clone());
+    object.metadata.resource_version = None;
+    let spec = object.spec.get_or_insert_with(PodSpec::default);
+    spec.node_name = Some(info.node.clone());
+    let pod_ip = if info.host_network { node_ip } else { info.ip }.to_string();
+    object.status = Some(PodStatus {
+        phase: Some("Running".into()),
+        host_ip: Some(node_ip.to_string()),
+        host_ips: Some(vec![HostIP {
+            ip: node_ip.to_string(),
+        }]),
+        pod_ip: Some(pod_ip.clone()),
+        pod_ips: Some(vec![PodIP { ip: pod_ip }]),
+        ..PodStatus::default()
+    });
+    object
 }
 
 fn merge(base: &mut serde_yaml::Value, over: &serde_yaml::Value) {
@@ -1247,7 +1556,6 @@ fn merge(base: &mut serde_yaml::Value, over: &serde_yaml::Value) {
     }
 }
 
-/// Waits until the node's agent answers `GET /v1/status`, failing early if it exits.
 /// How a runtime on `node` calls the plugin for the pod's `eth0`.
 fn invocation<'a>(
     key: &'a str,
@@ -1286,7 +1594,110 @@ fn spawn_agent(node: &NodeInfo, bin_dir: &Path) -> Result<ProcessRecord> {
     })
 }
 
-fn wait_for_agent(node: &NodeInfo, timeout: Duration) -> Result<()> {
+/// Starts etcd in the fabric namespace on the bridge's address, data under
+/// the lab's directory, and waits until it is healthy.
+fn start_etcd(state: &LabState, spec: &LabSpec, binary: &Path) -> Result<EtcdInfo> {
+    let data_dir = state.dir.join("etcd");
+    let gateway = spec.fabric_gateway().addr();
+    let options = ciliate_store::testing::EtcdOptions {
+        binary: binary.to_owned(),
+        name: state.name.clone(),
+        listen_ip: gateway.into(),
+        ..ciliate_store::testing::EtcdOptions::default()
+    };
+    let argv: Vec<String> = std::iter::once(binary.to_string_lossy().into_owned())
+        .chain(
+            options
+                .args(ETCD_CLIENT_PORT, ETCD_PEER_PORT, &data_dir)
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned()),
+        )
+        .collect();
+    // etcd reads ETCD_* variables as flags: none of the caller's may leak in.
+    let etcd_env: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("ETCD"))
+        .collect();
+    let env_remove: Vec<&str> = etcd_env.iter().map(String::as_str).collect();
+    let fabric = netns::named_path(&state.fabric_netns);
+    let log = state.dir.join("etcd.log");
+    let rec = sys::spawn_detached(&sys::Detached {
+        what: "etcd".into(),
+        netns: &fabric,
+        argv: &argv,
+        env: &[],
+        env_remove: &env_remove,
+        cwd: Some(&state.dir),
+        log: &log,
+    })?;
+    let addr = std::net::SocketAddr::from((gateway, ETCD_CLIENT_PORT));
+    let deadline = Instant::now() + spec.agent_timeout;
+    loop {
+        let waited =
+            ciliate_store::testing::wait_healthy(addr, Some(&fabric), Duration::from_millis(500));
+        match waited {
+            Ok(()) => break,
+            Err(e) if !sys::alive(&rec) || Instant::now() >= deadline => {
+                return Err(LabError::ServiceNotReady {
+                    what: "etcd".into(),
+                    problem: if sys::alive(&rec) {
+                        format!(
+                            "was not healthy at {addr} within {} s ({e})",
+                            spec.agent_timeout.as_secs()
+                        )
+                    } else {
+                        format!("exited (pid {})", rec.pid)
+                    },
+                    log: log.clone(),
+                    log_tail: sys::tail(&log, 15),
+                });
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(EtcdInfo {
+        endpoint: spec.etcd_endpoint(),
+        data_dir,
+        process: Some(rec),
+    })
+}
+
+/// Starts `ciliate-operator --config <lab>/operator.yaml` in the fabric namespace.
+fn spawn_operator(state: &LabState) -> Result<ProcessRecord> {
+    let Some(op) = &state.operator else {
+        return Err(LabError::Invalid {
+            field: "operator".into(),
+            value: "none".into(),
+            allowed: "a cluster-pool lab".into(),
+        });
+    };
+    let argv = vec![
+        state
+            .bin_dir
+            .join(OPERATOR_BIN)
+            .to_string_lossy()
+            .into_owned(),
+        "--config".to_string(),
+        op.config.to_string_lossy().into_owned(),
+    ];
+    sys::spawn_detached(&sys::Detached {
+        what: OPERATOR_BIN.into(),
+        netns: &netns::named_path(&state.fabric_netns),
+        argv: &argv,
+        env: &[("NO_COLOR".to_string(), "1".to_string())],
+        env_remove: &[],
+        cwd: None,
+        log: &op.log,
+    })
+}
+
+/// Waits until the node's agent answers `GET /v1/status`, failing early if it
+/// (or the operator it may be waiting for) exits.
+fn wait_for_agent(
+    state: &LabState,
+    node: &NodeInfo,
+    timeout: Duration,
+) -> Result<ciliate_api::Status> {
     let client = ciliate_api::Client::new(&node.socket);
     let deadline = Instant::now() + timeout;
     let log = node
@@ -1301,9 +1712,23 @@ fn wait_for_agent(node: &NodeInfo, timeout: Duration) -> Result<()> {
         source,
     };
     loop {
-        let Err(last) = client.get::<ciliate_api::Status>("/v1/status") else {
-            return Ok(());
+        let last = match client.get::<ciliate_api::Status>("/v1/status") {
+            Ok(status) => return Ok(status),
+            Err(e) => e,
         };
+        if let Some(op) = &state.operator {
+            if let Some(rec) = op.process.as_ref().filter(|r| !sys::alive(r)) {
+                return Err(LabError::ServiceNotReady {
+                    what: OPERATOR_BIN.into(),
+                    problem: format!(
+                        "exited (pid {}) while the agent of {} waited for its PodCIDR",
+                        rec.pid, node.name
+                    ),
+                    log: op.log.clone(),
+                    log_tail: sys::tail(&op.log, 15),
+                });
+            }
+        }
         if let Some(agent) = &node.agent {
             if !sys::alive(agent) {
                 // It may have answered and exited at once; give the log a moment.

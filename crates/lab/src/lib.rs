@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! use ciliate_lab::{LabGuard, LabSpec};
-//! let mut lab = LabGuard::up(&LabSpec::new("t1", 1))?;
+//! let mut lab = LabGuard::up(&LabSpec::new("t1", 3))?;
 //! lab.apply_yaml(include_str!("../../../examples/pods.yaml"))?;
 //! let server = lab.pod("server")?.ip.to_string();
 //! let out = lab.exec("client", &["ping", "-c", "1", &server])?;
@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod cni;
+pub mod connectivity;
 pub mod error;
 pub mod fabric;
 pub mod lab;
@@ -25,6 +26,9 @@ pub mod sys;
 pub use error::LabError;
 pub use lab::{
     find_bin_dir, leftovers, ApplyOutcome, DownReport, Lab, LabGuard, LabSpec, LabStatus,
-    NodeStatus, PodStatus, Target,
+    NodeStatus, PodStatus, ServiceStatus, Target,
 };
-pub use state::{ContainerInfo, LabState, NodeInfo, PodInfo, ProcessRecord};
+pub use state::{
+    ContainerInfo, EtcdInfo, IpamMode, LabState, NodeInfo, OperatorInfo, PodInfo, ProcessRecord,
+    RoutingMode,
+};

@@ -12,7 +12,7 @@ use crate::error::{LabError, Result};
 use crate::names;
 
 /// A pod as the lab runs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PodManifest {
     pub namespace: String,
     pub name: String,
@@ -23,6 +23,8 @@ pub struct PodManifest {
     pub containers: Vec<ContainerSpec>,
     /// A digest of the pod as written, to tell an unchanged re-apply from an edit.
     pub spec_hash: String,
+    /// The object as written, for the store.
+    pub object: Box<Pod>,
 }
 
 impl PodManifest {
@@ -43,7 +45,7 @@ pub struct ContainerSpec {
 }
 
 /// One object of a manifest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Pod(PodManifest),
     /// A kind the lab does not handle yet.
@@ -54,7 +56,7 @@ pub enum Object {
 }
 
 /// A parsed manifest: its objects in order and what the reader should know.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Manifest {
     pub objects: Vec<Object>,
     pub warnings: Vec<String>,
@@ -247,6 +249,7 @@ fn pod_manifest(pod: &Pod, warnings: &mut Vec<String>) -> Result<PodManifest> {
         host_network: spec.host_network.unwrap_or(false),
         containers,
         spec_hash,
+        object: Box::new(pod.clone()),
     })
 }
 

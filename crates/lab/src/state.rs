@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{io_err, LabError, Result};
 
 /// Bumped when the layout changes incompatibly.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 pub const STATE_FILE: &str = "state.json";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -32,6 +32,14 @@ pub struct LabState {
     pub bin_dir: PathBuf,
     /// `CNI_PATH` given to plugins.
     pub cni_path: String,
+    /// How the agents reach each other's pods.
+    pub routing: RoutingMode,
+    /// Where the nodes' PodCIDRs come from.
+    pub ipam: IpamMode,
+    /// The cluster store, inside the fabric namespace.
+    pub etcd: Option<EtcdInfo>,
+    /// `ciliate-operator` (cluster-pool IPAM), inside the fabric namespace.
+    pub operator: Option<OperatorInfo>,
     pub nodes: Vec<NodeInfo>,
     pub pods: Vec<PodInfo>,
     /// Round-robin cursor for pods without `spec.nodeName`.
@@ -49,7 +57,9 @@ pub struct NodeInfo {
     pub netns_path: PathBuf,
     /// `eth0`'s address with its prefix length.
     pub address: Ipv4Net,
-    pub pod_cidr: Ipv4Net,
+    /// The node's PodCIDR: given by the lab (host-scope), or reported by the
+    /// agent once the operator assigned it (cluster-pool; `None` until then).
+    pub pod_cidr: Option<Ipv4Net>,
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub config: PathBuf,
@@ -64,6 +74,67 @@ impl NodeInfo {
     pub fn ip(&self) -> Ipv4Addr {
         self.address.addr()
     }
+}
+
+/// How pods on different nodes reach each other (the agents' `routingMode`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoutingMode {
+    /// VXLAN between nodes.
+    #[default]
+    Tunnel,
+    /// Plain routing over the fabric (`autoDirectNodeRoutes`).
+    Native,
+}
+
+impl std::fmt::Display for RoutingMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tunnel => "tunnel",
+            Self::Native => "native",
+        })
+    }
+}
+
+/// Where the nodes' PodCIDRs come from (the agents' `ipam.mode`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum IpamMode {
+    /// `ciliate-operator` hands out PodCIDRs from the pool; agents register
+    /// in the store and learn about each other (a real cluster).
+    #[default]
+    ClusterPool,
+    /// The lab gives each agent its PodCIDR (`ipv4Range`); agents use no
+    /// store and do not learn about each other: for single-node work.
+    HostScope,
+}
+
+impl std::fmt::Display for IpamMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::ClusterPool => "cluster-pool",
+            Self::HostScope => "host-scope",
+        })
+    }
+}
+
+/// The lab's etcd.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdInfo {
+    /// `http://192.168.10.1:2379`, reachable from the fabric and the nodes.
+    pub endpoint: String,
+    pub data_dir: PathBuf,
+    pub process: Option<ProcessRecord>,
+}
+
+/// The lab's operator.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorInfo {
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub process: Option<ProcessRecord>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -17,6 +17,17 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A program by path, or looked up in `PATH` when it is a bare name.
+pub fn find_program(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_owned());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
 /// Runs `ip ARGS...` and fails with its stderr.
 pub fn ip(what: &str, ip_args: &[&str]) -> Result<()> {
     let argv: Vec<String> = std::iter::once("ip")

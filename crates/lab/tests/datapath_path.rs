@@ -37,8 +37,11 @@ fn root() -> bool {
 }
 
 fn lab(tag: char) -> LabGuard {
-    let mut lab =
-        LabGuard::up(&LabSpec::new(format!("p{}{tag}", std::process::id()), 1)).expect("lab up");
+    let mut lab = LabGuard::up(&LabSpec {
+        ipam: ciliate_lab::IpamMode::HostScope,
+        ..LabSpec::new(format!("p{}{tag}", std::process::id()), 1)
+    })
+    .expect("lab up");
     lab.apply_yaml(PODS).expect("apply pods");
     lab
 }

@@ -3,13 +3,16 @@
 //! without root every test says SKIPPED loudly and returns.
 //!
 //! Each test uses its own lab name (`t<pid><letter>`), so tests run in parallel.
+//! These test the lab's own mechanics with host-scope IPAM (the lab gives each
+//! agent its PodCIDR; etcd still runs in the fabric and gets the pods);
+//! `multinode.rs` tests the default cluster (cluster-pool, operator, routing).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use ciliate_lab::{names, ApplyOutcome, Lab, LabError, LabGuard, LabSpec};
+use ciliate_lab::{names, ApplyOutcome, IpamMode, Lab, LabError, LabGuard, LabSpec};
 use serde_json::{json, Value};
 
 const PODS: &str = include_str!("../../../examples/pods.yaml");
@@ -27,6 +30,33 @@ fn root() -> bool {
 
 fn lab_name(tag: char) -> String {
     format!("t{}{tag}", std::process::id())
+}
+
+/// A lab whose agents get their PodCIDR from the lab (no operator).
+fn spec(name: &str, nodes: usize) -> LabSpec {
+    LabSpec {
+        ipam: IpamMode::HostScope,
+        ..LabSpec::new(name, nodes)
+    }
+}
+
+/// The pods of the lab's store, as `namespace/name`.
+fn stored_pods(lab: &Lab) -> Vec<(String, ciliate_store::Pod)> {
+    lab.with_store(|store| async move { store.list::<ciliate_store::Pod>().await })
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| {
+            (
+                format!(
+                    "{}/{}",
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default()
+                ),
+                p,
+            )
+        })
+        .collect()
 }
 
 fn show(out: &Output) -> String {
@@ -101,8 +131,9 @@ fn use_recorder(lab: &Lab, node: &str) -> PathBuf {
     std::os::unix::fs::symlink(fake, &link).unwrap();
     let node = lab.node(node).unwrap();
     let record = node.dir.join("recorder");
-    let gateway = std::net::Ipv4Addr::from(u32::from(node.pod_cidr.network()) + 1);
-    let base = std::net::Ipv4Addr::from(u32::from(node.pod_cidr.network()) + 200);
+    let cidr = node.pod_cidr.unwrap();
+    let gateway = std::net::Ipv4Addr::from(u32::from(cidr.network()) + 1);
+    let base = std::net::Ipv4Addr::from(u32::from(cidr.network()) + 200);
     let list = json!({
         "cniVersion": "1.1.0",
         "name": "recnet",
@@ -130,7 +161,7 @@ fn up_then_down_leaves_nothing() {
         return;
     }
     let name = lab_name('a');
-    let lab = LabGuard::up(&LabSpec::new(&name, 1)).unwrap();
+    let lab = LabGuard::up(&spec(&name, 1)).unwrap();
     let node = lab.node("node0").unwrap().clone();
     assert_eq!(node.ip().to_string(), "192.168.10.100");
     for ns in [names::fabric_netns(&name), node.netns.clone()] {
@@ -141,7 +172,43 @@ fn up_then_down_leaves_nothing() {
     assert_eq!(addrs, [(node.ip(), 24)]);
     let status: ciliate_api::Status = lab.client("node0").unwrap().get("/v1/status").unwrap();
     assert_eq!(status.node_name, "node0");
-    assert_eq!(status.ipam.cidr, node.pod_cidr);
+    assert_eq!(Some(status.ipam.cidr), node.pod_cidr);
+
+    // The fabric bridge is the outside host, with etcd on it and nowhere else.
+    let fabric = ciliate_datapath::netns::named_path(&names::fabric_netns(&name));
+    let br0 = ciliate_lab::fabric::addresses(&fabric, "br0").unwrap();
+    assert_eq!(br0, [("192.168.10.1".parse().unwrap(), 24)]);
+    let etcd = lab.state().etcd.clone().unwrap();
+    assert_eq!(etcd.endpoint, "http://192.168.10.1:2379");
+    let etcd_proc = etcd.process.clone().unwrap();
+    assert_eq!(
+        netns_inode(&PathBuf::from(format!("/proc/{}/ns/net", etcd_proc.pid))),
+        netns_inode(&fabric)
+    );
+    assert!(etcd.data_dir.starts_with(lab.dir()) && etcd.data_dir.is_dir());
+    let from_node = ok(
+        &lab,
+        "node0",
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            "http://192.168.10.1:2379/health",
+        ],
+    );
+    assert!(from_node.contains("true"), "{from_node}");
+    // 192.168.10.1:2379 as /proc/net/tcp writes it, in the machine's namespace.
+    let listening = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    assert!(
+        !listening.contains("010AA8C0:094B"),
+        "etcd must not listen in the machine's namespace:\n{listening}"
+    );
+    // Host-scope: no operator; status shows etcd.
+    assert!(lab.state().operator.is_none());
+    let services = lab.status().processes;
+    assert_eq!(services.len(), 1, "{services:?}");
+    assert!(services[0].name == "etcd" && services[0].alive);
     assert!(
         lab.health_problems().is_empty(),
         "{:?}",
@@ -167,9 +234,9 @@ fn up_then_down_leaves_nothing() {
     assert!(!out.status.success());
 
     // A second `up` of a healthy lab is a no-op; with another node count it is refused.
-    let again = Lab::up(&LabSpec::new(&name, 1)).unwrap();
+    let again = Lab::up(&spec(&name, 1)).unwrap();
     assert!(again.was_already_up());
-    let e = Lab::up(&LabSpec::new(&name, 2)).unwrap_err();
+    let e = Lab::up(&spec(&name, 2)).unwrap_err();
     assert!(
         matches!(e, LabError::Exists { .. }) && e.to_string().contains("1 nodes, not 2"),
         "{e}"
@@ -181,6 +248,7 @@ fn up_then_down_leaves_nothing() {
         "{report:?}"
     );
     assert!(!ciliate_lab::sys::alive(&agent));
+    assert!(!ciliate_lab::sys::alive(&etcd_proc), "etcd stopped");
     assert_gone(&name);
     // Down again: nothing to do, no error.
     assert!(!Lab::down(&name).unwrap().found_anything());
@@ -192,7 +260,7 @@ fn pods_are_made_as_a_runtime_makes_them() {
         return;
     }
     let name = lab_name('b');
-    let mut lab = LabGuard::up(&LabSpec::new(&name, 1)).unwrap();
+    let mut lab = LabGuard::up(&spec(&name, 1)).unwrap();
     let node = lab.node("node0").unwrap().clone();
     let record = use_recorder(&lab, "node0");
 
@@ -257,6 +325,23 @@ fn pods_are_made_as_a_runtime_makes_them() {
             );
         }
     }
+
+    // The store holds the pods as running, with their node and addresses.
+    let stored = stored_pods(&lab);
+    let keys: Vec<&str> = stored.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["default/client", "default/server"]);
+    let server_pod = &stored[1].1;
+    let status = server_pod.status.clone().unwrap();
+    assert_eq!(
+        status.pod_ip.as_deref(),
+        Some(lab.pod("server").unwrap().ip.to_string().as_str())
+    );
+    assert_eq!(status.host_ip.as_deref(), Some("192.168.10.100"));
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(
+        server_pod.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("node0")
+    );
 
     // Re-applying changes nothing and calls no plugin.
     let again = lab.apply_yaml(PODS).unwrap();
@@ -356,6 +441,8 @@ fn pods_are_made_as_a_runtime_makes_them() {
     }
     let deleted = lab.delete_yaml(PODS).unwrap();
     assert_eq!(deleted, ["default/client"]);
+    let keys: Vec<String> = stored_pods(&lab).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["other/extra"], "deleted pods leave the store");
 
     lab.down().unwrap();
     assert_gone(&name);
@@ -367,7 +454,7 @@ fn down_cleans_up_after_a_crash() {
         return;
     }
     let name = lab_name('c');
-    let mut lab = LabGuard::up(&LabSpec::new(&name, 2)).unwrap();
+    let mut lab = LabGuard::up(&spec(&name, 2)).unwrap();
     assert_eq!(lab.nodes().len(), 2);
     assert_eq!(
         lab.node("node1").unwrap().ip().to_string(),
@@ -412,11 +499,16 @@ fn down_cleans_up_after_a_crash() {
     }
     std::fs::remove_file(lab.dir().join("state.json")).unwrap();
     assert!(matches!(Lab::open(&name), Err(LabError::NoLab { .. })));
-    let e = Lab::up(&LabSpec::new(&name, 2)).unwrap_err();
+    let e = Lab::up(&spec(&name, 2)).unwrap_err();
     assert!(matches!(e, LabError::Exists { .. }), "{e}");
 
     let report = Lab::down(&name).unwrap();
     assert!(report.namespaces.len() >= 3 + 2, "{report:?}");
+    let etcd = lab.state().etcd.clone().unwrap().process.unwrap();
+    assert!(
+        !ciliate_lab::sys::alive(&etcd),
+        "etcd found and stopped without state"
+    );
     let _ = stray.wait();
     std::thread::sleep(Duration::from_millis(100));
     for pid in pids {
@@ -452,13 +544,13 @@ fn pods_talk_through_ciliate() {
         return;
     }
     let name = lab_name('d');
-    let mut lab = LabGuard::up(&LabSpec::new(&name, 1)).unwrap();
+    let mut lab = LabGuard::up(&spec(&name, 1)).unwrap();
     lab.apply_yaml(PODS).unwrap();
     let server = lab.pod("server").unwrap().clone();
     let client = lab.pod("client").unwrap().clone();
     let node = lab.node("node0").unwrap().clone();
     assert!(
-        node.pod_cidr.contains(&server.ip) && node.pod_cidr.contains(&client.ip),
+        node.pod_cidr.unwrap().contains(&server.ip) && node.pod_cidr.unwrap().contains(&client.ip),
         "{server:?} {client:?}"
     );
     let status: ciliate_api::Status = lab.client("node0").unwrap().get("/v1/status").unwrap();
@@ -518,6 +610,28 @@ fn pods_talk_through_ciliate() {
             "3",
             &format!("http://{s}:8080/"),
         ],
+    );
+
+    // The connectivity test's drop watcher sees a drop the datapath makes:
+    // a packet from an address that is not the pod's.
+    let watcher = ciliate_lab::connectivity::DropWatcher::start("node0", &node.socket);
+    ok(
+        &lab,
+        "client",
+        &["ip", "addr", "add", "10.99.0.1/32", "dev", "eth0"],
+    );
+    let _ = lab
+        .exec(
+            "client",
+            &["ping", "-c", "1", "-W", "1", "-I", "10.99.0.1", &s],
+        )
+        .unwrap();
+    let drops = watcher.stop().unwrap();
+    assert!(
+        drops.iter().any(|d| d.node == "node0"
+            && d.event.src == "10.99.0.1"
+            && d.event.reason == "Invalid source ip"),
+        "{drops:#?}"
     );
 
     assert!(lab.delete_pod("client").unwrap());

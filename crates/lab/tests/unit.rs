@@ -4,7 +4,9 @@
 use std::net::Ipv4Addr;
 
 use ciliate_lab::manifest::{self, Object};
-use ciliate_lab::{cni, lab, names, LabError, LabSpec, LabState};
+use ciliate_lab::{
+    cni, connectivity, lab, names, IpamMode, LabError, LabSpec, LabState, RoutingMode,
+};
 use serde_json::json;
 
 const PODS: &str = include_str!("../../../examples/pods.yaml");
@@ -239,7 +241,7 @@ fn state_round_trip() {
             netns: names::node_netns("rt", name),
             netns_path: format!("/run/netns/rt-{name}").into(),
             address: *address,
-            pod_cidr: *cidr,
+            pod_cidr: Some(*cidr),
             dir: dir.path().join(name),
             socket: dir.path().join(name).join("ciliate.sock"),
             config: dir.path().join(name).join("agent.yaml"),
@@ -263,6 +265,18 @@ fn state_round_trip() {
         bpffs: dir.path().join("bpffs"),
         bin_dir: "/bin".into(),
         cni_path: "/a:/b".into(),
+        routing: RoutingMode::Native,
+        ipam: IpamMode::ClusterPool,
+        etcd: Some(ciliate_lab::EtcdInfo {
+            endpoint: spec.etcd_endpoint(),
+            data_dir: dir.path().join("etcd"),
+            process: None,
+        }),
+        operator: Some(ciliate_lab::OperatorInfo {
+            config: dir.path().join("operator.yaml"),
+            log: dir.path().join("operator.log"),
+            process: None,
+        }),
         nodes,
         pods: vec![ciliate_lab::PodInfo {
             namespace: "default".into(),
@@ -346,15 +360,13 @@ fn cni_args_and_plugin_lookup() {
     );
 }
 
-#[test]
-fn agent_config_merges_extra_keys() {
-    let spec = LabSpec::new("cfg", 1);
+fn node_of(spec: &LabSpec) -> ciliate_lab::NodeInfo {
     let (name, address, cidr) = spec.plan().unwrap().remove(0);
-    let node = ciliate_lab::NodeInfo {
+    ciliate_lab::NodeInfo {
         netns: names::node_netns("cfg", &name),
         netns_path: "/run/netns/cfg-node0".into(),
         address,
-        pod_cidr: cidr,
+        pod_cidr: (spec.ipam == IpamMode::HostScope).then_some(cidr),
         dir: "/run/ciliate-lab/cfg/node0".into(),
         socket: "/run/ciliate-lab/cfg/node0/ciliate.sock".into(),
         config: "/run/ciliate-lab/cfg/node0/agent.yaml".into(),
@@ -364,22 +376,168 @@ fn agent_config_merges_extra_keys() {
         agent: None,
         index: 0,
         name,
-    };
-    let extra: serde_yaml::Mapping =
-        serde_yaml::from_str("routingMode: native\nbpf: {mapSize: 10}\n").unwrap();
-    let config = lab::agent_config(&node, &extra);
-    let want: serde_yaml::Value = serde_yaml::from_str(
-        "nodeName: node0
+    }
+}
+
+fn yaml(text: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(text).unwrap()
+}
+
+#[test]
+fn agent_config_host_scope_merges_extra_keys() {
+    let mut spec = LabSpec::new("cfg", 1);
+    spec.ipam = IpamMode::HostScope;
+    spec.agent_config = serde_yaml::from_str("debug: true\nbpf: {mapSize: 10}\n").unwrap();
+    let config = lab::agent_config(&node_of(&spec), &spec, Some("http://192.168.10.1:2379"));
+    assert_eq!(
+        config,
+        yaml(
+            "nodeName: node0
 ipv4Range: 172.20.0.0/24
+routingMode: tunnel
 bpf: {root: /run/ciliate-lab/cfg/bpffs/node0, mapSize: 10}
 stateDir: /run/ciliate-lab/cfg/node0/state
 socketPath: /run/ciliate-lab/cfg/node0/ciliate.sock
 healthNetns: cfg-node0-health
-routingMode: native
-",
-    )
-    .unwrap();
-    assert_eq!(config, want);
+debug: true
+"
+        )
+    );
+}
+
+#[test]
+fn agent_config_cluster_pool_tunnel_and_native() {
+    let spec = LabSpec::new("cfg", 3);
+    assert_eq!(spec.ipam, IpamMode::ClusterPool);
+    assert_eq!(spec.routing, RoutingMode::Tunnel);
+    assert_eq!(LabSpec::default().nodes, 3);
+    let endpoint = spec.etcd_endpoint();
+    assert_eq!(endpoint, "http://192.168.10.1:2379");
+    let common = "nodeName: node0
+ipam: {mode: cluster-pool}
+etcd: {endpoints: [\"http://192.168.10.1:2379\"]}
+devices: [eth0]
+bpf: {root: /run/ciliate-lab/cfg/bpffs/node0}
+stateDir: /run/ciliate-lab/cfg/node0/state
+socketPath: /run/ciliate-lab/cfg/node0/ciliate.sock
+healthNetns: cfg-node0-health
+";
+    let tunnel = lab::agent_config(&node_of(&spec), &spec, Some(&endpoint));
+    assert_eq!(tunnel, yaml(&format!("{common}routingMode: tunnel\n")));
+
+    let native = LabSpec {
+        routing: RoutingMode::Native,
+        ..spec
+    };
+    let config = lab::agent_config(&node_of(&native), &native, Some(&endpoint));
+    assert_eq!(
+        config,
+        yaml(&format!(
+            "{common}routingMode: native\nautoDirectNodeRoutes: true\nipv4NativeRoutingCIDR: 172.20.0.0/16\n"
+        ))
+    );
+}
+
+#[test]
+fn operator_config_names_the_store_and_pool() {
+    let spec = LabSpec::new("cfg", 3);
+    assert_eq!(
+        lab::operator_config(&spec),
+        yaml(
+            "etcd: {endpoints: [\"http://192.168.10.1:2379\"]}
+clusterPoolIPv4PodCIDRList: [172.20.0.0/16]
+clusterPoolIPv4MaskSize: 24
+"
+        )
+    );
+}
+
+#[test]
+fn the_fabric_keeps_its_first_address_for_the_outside_host() {
+    let spec = LabSpec::new("x", 3);
+    assert_eq!(spec.fabric_gateway().to_string(), "192.168.10.1/24");
+    let e = LabSpec {
+        node_host_offset: 1,
+        ..LabSpec::new("x", 3)
+    }
+    .plan()
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("fabric CIDR"), "{e}");
+}
+
+#[test]
+fn the_store_gets_the_pod_as_running() {
+    let m = manifest::parse(PODS).unwrap();
+    let server = m.pods().find(|p| p.name == "server").unwrap();
+    let info = ciliate_lab::PodInfo {
+        namespace: "default".into(),
+        name: "server".into(),
+        node: "node1".into(),
+        netns: "x".into(),
+        netns_path: "/x".into(),
+        container_id: "id".into(),
+        ip: Ipv4Addr::new(172, 20, 1, 9),
+        host_network: false,
+        cni_result: None,
+        spec_hash: server.spec_hash.clone(),
+        dir: "/x".into(),
+        containers: vec![],
+    };
+    let pod = lab::pod_object(server, &info, Ipv4Addr::new(192, 168, 10, 101));
+    let json = serde_json::to_value(&pod).unwrap();
+    assert_eq!(json["metadata"]["name"], "server");
+    assert_eq!(json["metadata"]["labels"]["app"], "server");
+    assert_eq!(json["spec"]["nodeName"], "node1");
+    assert_eq!(json["spec"]["containers"][1]["name"], "echo");
+    assert_eq!(
+        json["status"],
+        json!({"phase": "Running", "podIP": "172.20.1.9", "podIPs": [{"ip": "172.20.1.9"}],
+               "hostIP": "192.168.10.101", "hostIPs": [{"ip": "192.168.10.101"}]})
+    );
+}
+
+#[test]
+fn connectivity_pods_and_test_selection() {
+    let nodes: Vec<String> = ["node0", "node1", "node2"].map(String::from).to_vec();
+    let m = manifest::parse(&connectivity::manifest(&nodes)).unwrap();
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    let placed: Vec<(String, Option<String>)> =
+        m.pods().map(|p| (p.key(), p.node_name.clone())).collect();
+    assert_eq!(
+        placed,
+        [
+            ("ciliate-test/client".to_string(), Some("node0".to_string())),
+            ("ciliate-test/echo-same-node".into(), Some("node0".into())),
+            ("ciliate-test/echo-other-node".into(), Some("node1".into())),
+        ]
+    );
+    let echo = m.pods().nth(1).unwrap();
+    let commands: Vec<String> = echo.containers.iter().map(|c| c.argv.join(" ")).collect();
+    assert_eq!(
+        commands,
+        [
+            "python3 -m http.server 8080 --bind 0.0.0.0",
+            "socat TCP4-LISTEN:9000,fork,reuseaddr EXEC:cat",
+            "socat UDP4-RECVFROM:9000,fork EXEC:cat",
+        ]
+    );
+    // One node: no echo-other-node.
+    let one = manifest::parse(&connectivity::manifest(&nodes[..1])).unwrap();
+    assert_eq!(one.pods().count(), 2);
+
+    assert_eq!(connectivity::select(&[]).unwrap(), connectivity::SCENARIOS);
+    assert_eq!(
+        connectivity::select(&["other-node".into(), "health".into()]).unwrap(),
+        ["pod-to-pod-other-node", "health"]
+    );
+    let e = connectivity::select(&["nope".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--test") && e.contains("nope") && e.contains("pod-to-host"),
+        "{e}"
+    );
 }
 
 #[test]

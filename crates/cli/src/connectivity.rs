@@ -1,0 +1,67 @@
+//! `ciliate connectivity test`: Cilium's connectivity check over a lab (see
+//! `ciliate_lab::connectivity`).
+
+use anyhow::Context;
+use ciliate_lab::connectivity::{self, Options, SCENARIOS};
+use ciliate_lab::Lab;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum ConnectivityCommand {
+    /// Create test pods in namespace ciliate-test and check pod-to-pod (same
+    /// and other node: ICMP, TCP, UDP, a full-size transfer), pod-to-host,
+    /// host-to-pod, pod-to-remote-host, cluster health and drop counters.
+    /// Exit code 1 when a test fails.
+    Test(TestArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// The lab to test.
+    #[arg(long, default_value = ciliate_lab::names::DEFAULT_LAB, env = "CILIATE_LAB")]
+    name: String,
+    /// Run only the tests whose name contains this (repeatable).
+    #[arg(long = "test", value_name = "NAME", long_help = test_help())]
+    tests: Vec<String>,
+    /// Delete the test pods afterwards (by default they stay and a rerun reuses them).
+    #[arg(long)]
+    cleanup: bool,
+    /// MiB sent (and echoed back) by the full-size TCP transfer.
+    #[arg(long, default_value_t = 8)]
+    transfer_mib: usize,
+    /// Health checking is turned off on purpose: do not fail the health test for it.
+    #[arg(long)]
+    health_disabled: bool,
+    /// Seconds the health test waits for every node to be reachable.
+    #[arg(long, default_value_t = 60)]
+    health_timeout: u64,
+    /// Print every action, not only failed ones.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+fn test_help() -> String {
+    format!(
+        "Run only the tests whose name contains this (repeatable). Tests: {}",
+        SCENARIOS.join(", ")
+    )
+}
+
+pub fn run(cmd: ConnectivityCommand) -> anyhow::Result<i32> {
+    let ConnectivityCommand::Test(args) = cmd;
+    if args.transfer_mib == 0 {
+        anyhow::bail!("--transfer-mib 0 is not valid: give 1 or more");
+    }
+    let mut lab = Lab::open(&args.name)?;
+    let options = Options {
+        tests: args.tests,
+        cleanup: args.cleanup,
+        transfer_bytes: args.transfer_mib << 20,
+        expect_health: !args.health_disabled,
+        health_timeout: std::time::Duration::from_secs(args.health_timeout),
+        verbose: args.verbose,
+    };
+    let report = connectivity::run(&mut lab, &options, &mut std::io::stdout())
+        .with_context(|| format!("testing connectivity in lab {}", args.name))?;
+    Ok(i32::from(!report.passed()))
+}

@@ -1,0 +1,1022 @@
+//! `ciliate connectivity test`: Cilium's connectivity check, over a lab.
+//!
+//! Test pods live in namespace [`TEST_NAMESPACE`]: `client` and
+//! `echo-same-node` on node0, `echo-other-node` on node1. Each echo pod answers
+//! HTTP on 8080 (python3), TCP echo on 9000 and UDP echo on 9000 (socat), and
+//! ICMP (the kernel). Named scenarios then run actions (ping, curl, socat, a
+//! full-size ping with DF, a multi-megabyte TCP echo from a socket in the
+//! client's namespace with every byte checked) and print
+//! one line each, like `cilium connectivity test`:
+//!
+//! ```text
+//! [1] pod-to-pod-same-node ... ✅
+//! [2] pod-to-pod-other-node ... ❌
+//!     ❌ TCP client -> echo-other-node 172.20.1.12:8080: `curl ...` exit 28: ...
+//!     🔥 node1 dropped: xx drop (No route to destination) ...
+//! ```
+//!
+//! While a scenario runs, one reader per node follows the agent's
+//! `GET /v1/monitor?type=drop`; a failing scenario shows what they saw.
+//! The test pods stay after the run (a rerun reuses them); `cleanup` removes them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ciliate_api::{ClusterHealth, MonitorEvent, Status};
+use ciliate_datapath::netns;
+use serde::Serialize;
+
+use crate::error::{LabError, Result};
+use crate::lab::{ApplyOutcome, Lab};
+use crate::state::PodInfo;
+
+/// The namespace of the test pods.
+pub const TEST_NAMESPACE: &str = "ciliate-test";
+/// HTTP (python3 http.server) on the echo pods.
+pub const HTTP_PORT: u16 = 8080;
+/// TCP and UDP echo (socat) on the echo pods.
+pub const ECHO_PORT: u16 = 9000;
+
+/// Every scenario, in the order they run.
+pub const SCENARIOS: [&str; 7] = [
+    "pod-to-pod-same-node",
+    "pod-to-pod-other-node",
+    "pod-to-host",
+    "host-to-pod",
+    "pod-to-remote-host",
+    "health",
+    "no-unexpected-drops",
+];
+
+const CLIENT: &str = "client";
+const ECHO_SAME: &str = "echo-same-node";
+const ECHO_OTHER: &str = "echo-other-node";
+
+/// How to run the test.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Run only scenarios whose name contains one of these (all when empty).
+    pub tests: Vec<String>,
+    /// Delete the test pods afterwards.
+    pub cleanup: bool,
+    /// Bytes sent (and echoed back) by the full-size TCP transfer.
+    pub transfer_bytes: usize,
+    /// Health checking is meant to be on: "disabled" fails the health scenario.
+    pub expect_health: bool,
+    /// Give-up bound for the health scenario (probes run every few seconds).
+    pub health_timeout: Duration,
+    /// Print every action, not only failed ones.
+    pub verbose: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            tests: Vec::new(),
+            cleanup: false,
+            transfer_bytes: 8 << 20,
+            expect_health: true,
+            health_timeout: Duration::from_mins(1),
+            verbose: false,
+        }
+    }
+}
+
+/// How a scenario ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "result")]
+pub enum Outcome {
+    Passed,
+    Failed,
+    Skipped { reason: String },
+}
+
+/// One action of a scenario (one ping, one curl, ...).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Action {
+    pub name: String,
+    /// None when it succeeded, else what went wrong.
+    pub error: Option<String>,
+}
+
+/// A drop a node's monitor reported while a scenario ran.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeenDrop {
+    pub node: String,
+    pub event: MonitorEvent,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScenarioResult {
+    pub name: String,
+    pub outcome: Outcome,
+    pub actions: Vec<Action>,
+    /// Drops the monitors saw during the scenario.
+    pub drops: Vec<SeenDrop>,
+    /// Monitors that could not be followed (their node's agent did not answer).
+    pub monitor_errors: Vec<String>,
+}
+
+impl ScenarioResult {
+    pub fn failures(&self) -> impl Iterator<Item = &Action> {
+        self.actions.iter().filter(|a| a.error.is_some())
+    }
+}
+
+/// The whole run.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub results: Vec<ScenarioResult>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.results.iter().all(|r| r.outcome != Outcome::Failed)
+    }
+
+    pub fn failed(&self) -> Vec<&str> {
+        self.results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Failed)
+            .map(|r| r.name.as_str())
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ScenarioResult> {
+        self.results.iter().find(|r| r.name == name)
+    }
+}
+
+/// The test pods' manifest for a lab whose nodes are `nodes` (node0 first).
+pub fn manifest(nodes: &[String]) -> String {
+    let mut docs = vec![pod_yaml(CLIENT, &nodes[0], &[])];
+    let echo = [
+        (
+            "http",
+            format!(r#"["python3", "-m", "http.server", "{HTTP_PORT}", "--bind", "0.0.0.0"]"#),
+        ),
+        (
+            "tcp-echo",
+            format!(r#"["socat", "TCP4-LISTEN:{ECHO_PORT},fork,reuseaddr", "EXEC:cat"]"#),
+        ),
+        (
+            "udp-echo",
+            format!(r#"["socat", "UDP4-RECVFROM:{ECHO_PORT},fork", "EXEC:cat"]"#),
+        ),
+    ];
+    docs.push(pod_yaml(ECHO_SAME, &nodes[0], &echo));
+    if let Some(other) = nodes.get(1) {
+        docs.push(pod_yaml(ECHO_OTHER, other, &echo));
+    }
+    docs.join("---\n")
+}
+
+fn pod_yaml(name: &str, node: &str, containers: &[(&str, String)]) -> String {
+    let mut text = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {TEST_NAMESPACE}\n  \
+         labels: {{app.kubernetes.io/name: {name}, app.kubernetes.io/part-of: ciliate-connectivity-test}}\n\
+         spec:\n  nodeName: {node}\n  containers:\n"
+    );
+    if containers.is_empty() {
+        text.push_str("    - {name: client, image: busybox, command: [sleep, infinity]}\n");
+    }
+    for (container, command) in containers {
+        let _ = writeln!(
+            text,
+            "    - {{name: {container}, image: none, workingDir: /tmp, command: {command}}}"
+        );
+    }
+    text
+}
+
+/// Which scenarios `tests` selects; an entry that matches none is an error.
+pub fn select(tests: &[String]) -> Result<Vec<&'static str>> {
+    for t in tests {
+        if !SCENARIOS.iter().any(|s| s.contains(t.as_str())) {
+            return Err(LabError::Invalid {
+                field: "--test".into(),
+                value: t.clone(),
+                allowed: format!("(part of) a scenario name: {}", SCENARIOS.join(", ")),
+            });
+        }
+    }
+    Ok(SCENARIOS
+        .iter()
+        .copied()
+        .filter(|s| tests.is_empty() || tests.iter().any(|t| s.contains(t.as_str())))
+        .collect())
+}
+
+/// Creates (or reuses) the test pods, runs the selected scenarios, prints
+/// progress to `out`, and returns what happened. Errors are problems of the
+/// setup (no lab, pods that cannot be made); scenario failures are in the report.
+pub fn run(lab: &mut Lab, options: &Options, out: &mut dyn Write) -> Result<Report> {
+    let selected = select(&options.tests)?;
+    lab.reload()?;
+    let nodes = lab.state().node_names();
+    let p = |out: &mut dyn Write, line: String| {
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    p(
+        out,
+        format!(
+            "🔭 ciliate connectivity test: lab {}, {} node(s), routing {}, IPAM {}",
+            lab.name(),
+            nodes.len(),
+            lab.state().routing,
+            lab.state().ipam
+        ),
+    );
+    let pods = deploy(lab, &nodes)?;
+    for pod in pods.values() {
+        p(
+            out,
+            format!(
+                "ℹ️  {}/{} on {} at {}",
+                pod.namespace, pod.name, pod.node, pod.ip
+            ),
+        );
+    }
+    let env = Env::new(lab, pods, options.transfer_bytes)?;
+    let baseline = if selected.contains(&"no-unexpected-drops") {
+        Some(drop_counters(lab))
+    } else {
+        None
+    };
+
+    let mut results = Vec::new();
+    for (i, name) in selected.iter().enumerate() {
+        let _ = write!(out, "[{}] {name} ... ", i + 1);
+        let _ = out.flush();
+        let watchers: Vec<DropWatcher> = if *name == "no-unexpected-drops" {
+            Vec::new()
+        } else {
+            lab.nodes()
+                .iter()
+                .map(|n| DropWatcher::start(&n.name, &n.socket))
+                .collect()
+        };
+        let outcome = match *name {
+            "pod-to-pod-same-node" => Ok(pod_to_pod(&env, ECHO_SAME)),
+            "pod-to-pod-other-node" => match env.pods.get(ECHO_OTHER) {
+                Some(_) => Ok(pod_to_pod(&env, ECHO_OTHER)),
+                None => Err("the lab has one node; it needs two".to_string()),
+            },
+            "pod-to-host" => Ok(pod_to_host(&env)),
+            "host-to-pod" => Ok(host_to_pod(&env)),
+            "pod-to-remote-host" => Ok(pod_to_remote_host(&env)),
+            "health" => health(&env, options),
+            "no-unexpected-drops" => Ok(no_unexpected_drops(
+                lab,
+                baseline.as_ref().expect("taken when selected"),
+            )),
+            _ => unreachable!("selected from SCENARIOS"),
+        };
+        let actions = outcome.clone().unwrap_or_default();
+        let mut drops = Vec::new();
+        let mut monitor_errors = Vec::new();
+        for w in watchers {
+            match w.stop() {
+                Ok(events) => drops.extend(events),
+                Err(e) => monitor_errors.push(e),
+            }
+        }
+        let outcome = match outcome {
+            Err(reason) => Outcome::Skipped { reason },
+            Ok(_) if actions.iter().any(|a| a.error.is_some()) => Outcome::Failed,
+            Ok(_) => Outcome::Passed,
+        };
+        let result = ScenarioResult {
+            name: (*name).to_string(),
+            outcome,
+            actions,
+            drops,
+            monitor_errors,
+        };
+        print_result(out, &result, options.verbose);
+        results.push(result);
+    }
+    drop(env);
+    let report = Report { results };
+    let failed = report.failed();
+    let skipped = report
+        .results
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Skipped { .. }))
+        .count();
+    let total = report.results.len();
+    let skipped_note = if skipped > 0 {
+        format!(" ({skipped} skipped)")
+    } else {
+        String::new()
+    };
+    if failed.is_empty() {
+        p(out, format!("✅ All {total} tests passed{skipped_note}"));
+    } else {
+        p(
+            out,
+            format!(
+                "❌ {} of {total} tests failed{skipped_note}: {}",
+                failed.len(),
+                failed.join(", ")
+            ),
+        );
+    }
+    if options.cleanup {
+        for name in [CLIENT, ECHO_SAME, ECHO_OTHER] {
+            lab.delete_pod(&format!("{TEST_NAMESPACE}/{name}"))?;
+        }
+        p(out, format!("🧹 deleted the test pods in {TEST_NAMESPACE}"));
+    } else {
+        p(
+            out,
+            format!(
+                "ℹ️  the test pods stay in {TEST_NAMESPACE} (a rerun reuses them; `--cleanup` removes them)"
+            ),
+        );
+    }
+    Ok(report)
+}
+
+fn print_result(out: &mut dyn Write, r: &ScenarioResult, verbose: bool) {
+    let _ = match &r.outcome {
+        Outcome::Passed => writeln!(out, "✅"),
+        Outcome::Failed => writeln!(out, "❌"),
+        Outcome::Skipped { reason } => writeln!(out, "⏭️  skipped: {reason}"),
+    };
+    for a in &r.actions {
+        match &a.error {
+            Some(e) => {
+                let _ = writeln!(out, "    ❌ {}: {e}", a.name);
+            }
+            None if verbose => {
+                let _ = writeln!(out, "    ✅ {}", a.name);
+            }
+            None => {}
+        }
+    }
+    if r.outcome == Outcome::Failed {
+        if r.drops.is_empty() {
+            let _ = writeln!(
+                out,
+                "    (the nodes' monitors saw no drops during this test)"
+            );
+        }
+        for d in &r.drops {
+            let _ = writeln!(out, "    🔥 {} dropped: {}", d.node, d.event);
+        }
+        for e in &r.monitor_errors {
+            let _ = writeln!(out, "    ⚠️  {e}");
+        }
+    }
+    let _ = out.flush();
+}
+
+/// Creates the test pods (or finds them from an earlier run) and waits until
+/// their servers listen.
+fn deploy(lab: &mut Lab, nodes: &[String]) -> Result<BTreeMap<String, PodInfo>> {
+    let yaml = manifest(nodes);
+    for attempt in 0..2 {
+        let outcomes = lab.apply_yaml(&yaml)?;
+        let mut redo = false;
+        for outcome in &outcomes {
+            if let ApplyOutcome::Unchanged { pod, differs: true } = outcome {
+                // Ours, from another version of this test: make it again.
+                lab.delete_pod(pod)?;
+                redo = true;
+            }
+        }
+        for pod in lab.pods().to_vec() {
+            if pod.namespace == TEST_NAMESPACE && !Lab::exited_containers(&pod).is_empty() {
+                if attempt == 1 {
+                    let (container, log) = Lab::exited_containers(&pod).remove(0);
+                    return Err(LabError::Command {
+                        what: format!("starting test pod {}", pod.key()),
+                        argv: vec![container],
+                        detail: format!(
+                            "the container exited; {}",
+                            log.map_or_else(String::new, |l| crate::sys::tail(&l, 10))
+                        ),
+                    });
+                }
+                lab.delete_pod(&pod.key())?;
+                redo = true;
+            }
+        }
+        if !redo {
+            break;
+        }
+    }
+    let mut pods = BTreeMap::new();
+    for name in [CLIENT, ECHO_SAME, ECHO_OTHER] {
+        if let Ok(pod) = lab.pod(&format!("{TEST_NAMESPACE}/{name}")) {
+            pods.insert(name.to_string(), pod.clone());
+        }
+    }
+    for name in [ECHO_SAME, ECHO_OTHER] {
+        if let Some(pod) = pods.get(name) {
+            for port in [HTTP_PORT, ECHO_PORT] {
+                wait_listening(pod, port)?;
+            }
+        }
+    }
+    Ok(pods)
+}
+
+/// Waits until something accepts on 127.0.0.1:`port` inside the pod (no
+/// datapath involved: this only waits for the server to start).
+fn wait_listening(pod: &PodInfo, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ok = netns::run_in(&pod.netns_path, move || {
+            TcpStream::connect_timeout(
+                &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                Duration::from_millis(500),
+            )
+            .is_ok()
+        })?;
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::Command {
+                what: format!("waiting for test pod {} to listen", pod.key()),
+                argv: vec![format!("127.0.0.1:{port}")],
+                detail: "nothing accepted connections within 15 s".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What the scenarios need to know.
+struct Env<'a> {
+    lab: &'a Lab,
+    pods: BTreeMap<String, PodInfo>,
+    /// Pod MTU of the client's node, for full-size packets.
+    mtu: u32,
+    transfer_bytes: usize,
+}
+
+impl<'a> Env<'a> {
+    fn new(lab: &'a Lab, pods: BTreeMap<String, PodInfo>, transfer_bytes: usize) -> Result<Self> {
+        let node0 = &lab.nodes()[0];
+        let status: Status = ciliate_api::Client::new(&node0.socket)
+            .get("/v1/status")
+            .map_err(|e| LabError::AgentNotReady {
+                node: node0.name.clone(),
+                problem: "does not answer GET /v1/status".into(),
+                log: node0.dir.join("agent.log"),
+                log_tail: crate::sys::tail(&node0.dir.join("agent.log"), 10),
+                source: Some(Box::new(e)),
+            })?;
+        Ok(Self {
+            lab,
+            pods,
+            mtu: status.mtu,
+            transfer_bytes,
+        })
+    }
+
+    fn pod(&self, name: &str) -> &PodInfo {
+        &self.pods[name]
+    }
+
+    /// Runs a command in a node or pod; succeeds when it exits 0 and its
+    /// stdout contains `expect`.
+    fn exec(&self, name: String, target: &str, argv: &[&str], expect: &str) -> Action {
+        let error = match self.lab.exec(target, argv) {
+            Err(e) => Some(format!("cannot run `{}` in {target}: {e}", argv.join(" "))),
+            Ok(out) => {
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                if out.status.success() && stdout.contains(expect) {
+                    None
+                } else {
+                    let stderr = String::from_utf8_lossy(&out.stderr);
+                    let said = format!("{} {}", stdout.trim(), stderr.trim());
+                    let said: String = said.trim().chars().take(300).collect();
+                    Some(format!(
+                        "`{}` in {target}: exit {}{}: {said}",
+                        argv.join(" "),
+                        out.status
+                            .code()
+                            .map_or_else(|| "by signal".into(), |c| c.to_string()),
+                        if out.status.success() {
+                            format!(", output lacks {expect:?}")
+                        } else {
+                            String::new()
+                        },
+                    ))
+                }
+            }
+        };
+        Action { name, error }
+    }
+
+    fn ping(&self, from: &str, from_label: &str, to: Ipv4Addr, to_label: &str) -> Action {
+        self.exec(
+            format!("ICMP {from_label} -> {to_label} ({to})"),
+            from,
+            &["ping", "-n", "-c", "1", "-W", "2", &to.to_string()],
+            "",
+        )
+    }
+
+    fn http(
+        &self,
+        from: &str,
+        from_label: &str,
+        to: Ipv4Addr,
+        port: u16,
+        to_label: &str,
+    ) -> Action {
+        self.exec(
+            format!("TCP {from_label} -> {to_label} ({to}:{port}, HTTP)"),
+            from,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{to}:{port}/"),
+            ],
+            "200",
+        )
+    }
+
+    fn udp(&self, from: &str, from_label: &str, to: Ipv4Addr, to_label: &str) -> Action {
+        self.exec(
+            format!("UDP {from_label} -> {to_label} ({to}:{ECHO_PORT}, echo)"),
+            from,
+            &[
+                "sh",
+                "-c",
+                &format!("echo ciliate-udp-echo | socat -T 3 - UDP4:{to}:{ECHO_PORT}"),
+            ],
+            "ciliate-udp-echo",
+        )
+    }
+
+    /// A ping as large as the pod MTU allows, with DF set: it must arrive whole.
+    fn ping_full_size(&self, from: &str, from_label: &str, to: Ipv4Addr, to_label: &str) -> Action {
+        let size = (self.mtu.saturating_sub(28)).to_string();
+        self.exec(
+            format!(
+                "ICMP {from_label} -> {to_label} ({to}), full size ({} bytes, DF)",
+                self.mtu
+            ),
+            from,
+            &[
+                "ping",
+                "-n",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "-M",
+                "do",
+                "-s",
+                &size,
+                &to.to_string(),
+            ],
+            "",
+        )
+    }
+}
+
+/// ICMP, TCP (HTTP), UDP, a full-size ping with DF, and a multi-megabyte TCP
+/// echo with every byte checked.
+fn pod_to_pod(env: &Env<'_>, echo: &str) -> Vec<Action> {
+    let client = env.pod(CLIENT);
+    let target = env.pod(echo);
+    let from = client.key();
+    vec![
+        env.ping(&from, CLIENT, target.ip, echo),
+        env.http(&from, CLIENT, target.ip, HTTP_PORT, echo),
+        env.udp(&from, CLIENT, target.ip, echo),
+        env.ping_full_size(&from, CLIENT, target.ip, echo),
+        tcp_transfer(
+            &client.netns_path,
+            SocketAddr::from((target.ip, ECHO_PORT)),
+            env.transfer_bytes,
+            echo,
+        ),
+    ]
+}
+
+fn pod_to_host(env: &Env<'_>) -> Vec<Action> {
+    let client = env.pod(CLIENT);
+    env.lab
+        .nodes()
+        .iter()
+        .map(|n| {
+            let label = if n.name == client.node {
+                format!("its node {}", n.name)
+            } else {
+                format!("node {}", n.name)
+            };
+            env.ping(&client.key(), CLIENT, n.ip(), &label)
+        })
+        .collect()
+}
+
+fn host_to_pod(env: &Env<'_>) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for node in env.lab.nodes() {
+        for echo in [ECHO_SAME, ECHO_OTHER] {
+            let Some(pod) = env.pods.get(echo) else {
+                continue;
+            };
+            let from = format!("node {}", node.name);
+            actions.push(env.ping(&node.name, &from, pod.ip, echo));
+            actions.push(env.http(&node.name, &from, pod.ip, HTTP_PORT, echo));
+        }
+    }
+    actions
+}
+
+/// The fabric's own address is a host outside the cluster (etcd serves there).
+fn pod_to_remote_host(env: &Env<'_>) -> Vec<Action> {
+    let client = env.pod(CLIENT);
+    let outside = u32::from(env.lab.state().fabric_cidr.network()) + 1;
+    let outside = Ipv4Addr::from(outside);
+    let label = "the outside host";
+    vec![
+        env.ping(&client.key(), CLIENT, outside, label),
+        env.exec(
+            format!(
+                "TCP {CLIENT} -> {label} ({outside}:{}, etcd /health)",
+                crate::lab::ETCD_CLIENT_PORT
+            ),
+            &client.key(),
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{outside}:{}/health", crate::lab::ETCD_CLIENT_PORT),
+            ],
+            "health",
+        ),
+    ]
+}
+
+/// Every agent sees every other node reachable (host and health endpoint,
+/// ICMP and TCP). Waits up to the health timeout for a good round.
+fn health(env: &Env<'_>, options: &Options) -> std::result::Result<Vec<Action>, String> {
+    let nodes = env.lab.nodes();
+    let mut actions = Vec::new();
+    let mut all_disabled = true;
+    for node in nodes {
+        let client = ciliate_api::Client::new(&node.socket);
+        let name = format!(
+            "{} reaches the other {} node(s)",
+            node.name,
+            nodes.len() - 1
+        );
+        let deadline = Instant::now() + options.health_timeout;
+        let error = loop {
+            let problem = match client.get::<Status>("/v1/status") {
+                Err(e) => Some(format!("GET /v1/status: {e}")),
+                Ok(s) if s.cluster_health.is_none() => {
+                    if options.expect_health {
+                        all_disabled = false;
+                        Some("health checking disabled".to_string())
+                    } else {
+                        break None;
+                    }
+                }
+                Ok(_) => {
+                    all_disabled = false;
+                    match client.get::<ClusterHealth>("/v1/health") {
+                        Err(e) => Some(format!("GET /v1/health: {e}")),
+                        Ok(h) => health_problems(&h, node.name.as_str(), nodes.len()),
+                    }
+                }
+            };
+            match problem {
+                None => break None,
+                Some(p) if Instant::now() >= deadline => {
+                    break Some(format!(
+                        "{p} (still after {} s)",
+                        options.health_timeout.as_secs()
+                    ))
+                }
+                Some(p) if p == "health checking disabled" => break Some(p),
+                Some(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+        };
+        actions.push(Action { name, error });
+    }
+    if !options.expect_health && all_disabled {
+        return Err("health checking is disabled (as asked)".into());
+    }
+    Ok(actions)
+}
+
+fn health_problems(h: &ClusterHealth, me: &str, nodes: usize) -> Option<String> {
+    if h.probed_at == 0 {
+        return Some("no probe round finished yet".into());
+    }
+    let mut problems = Vec::new();
+    if h.nodes.len() != nodes - 1 {
+        problems.push(format!(
+            "probes {} node(s), not {}: {:?}",
+            h.nodes.len(),
+            nodes - 1,
+            h.nodes.iter().map(|n| &n.name).collect::<Vec<_>>()
+        ));
+    }
+    for n in &h.nodes {
+        if n.name == me {
+            problems.push("probes itself".into());
+        }
+        let mut paths = vec![("host", Some(&n.host))];
+        paths.push(("endpoint", n.endpoint.as_ref()));
+        for (what, path) in paths {
+            let Some(path) = path else {
+                problems.push(format!("{}: no health endpoint known", n.name));
+                continue;
+            };
+            for (proto, probe) in [("ICMP", &path.icmp), ("TCP", &path.tcp)] {
+                if !probe.ok {
+                    problems.push(format!(
+                        "{} {what} {} {proto}: {}",
+                        n.name,
+                        path.ip,
+                        probe.error.as_deref().unwrap_or("failed")
+                    ));
+                }
+            }
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+/// Drop counters (reason >= 128) per node, reason and direction.
+type Counters = BTreeMap<(String, u8, u8), u64>;
+
+fn drop_counters(lab: &Lab) -> std::result::Result<Counters, String> {
+    let mut counters = Counters::new();
+    for node in lab.nodes() {
+        let maps = ciliate_datapath::loader::Maps::open(&node.bpf_root)
+            .map_err(|e| format!("opening the maps of {}: {e}", node.name))?;
+        let totals = maps
+            .metrics_totals()
+            .map_err(|e| format!("reading the metrics of {}: {e}", node.name))?;
+        for (reason, dir, packets, _) in totals {
+            if reason >= 128 {
+                counters.insert((node.name.clone(), reason, dir), packets);
+            }
+        }
+    }
+    Ok(counters)
+}
+
+fn no_unexpected_drops(lab: &Lab, baseline: &std::result::Result<Counters, String>) -> Vec<Action> {
+    let name = "drop counters of every node did not grow".to_string();
+    let error = match (baseline, drop_counters(lab)) {
+        (Err(e), _) => Some(e.clone()),
+        (_, Err(e)) => Some(e),
+        (Ok(before), Ok(after)) => {
+            let grown: Vec<String> = after
+                .iter()
+                .filter_map(|(key, &n)| {
+                    let was = before.get(key).copied().unwrap_or(0);
+                    (n > was).then(|| {
+                        let (node, reason, dir) = key;
+                        format!(
+                            "{node}: {} ({}) +{} packets",
+                            ciliate_datapath::reasons::drop_reason_name(*reason),
+                            if *dir == ciliate_datapath::maps::METRIC_INGRESS {
+                                "ingress"
+                            } else {
+                                "egress"
+                            },
+                            n - was
+                        )
+                    })
+                })
+                .collect();
+            (!grown.is_empty()).then(|| grown.join("; "))
+        }
+    };
+    vec![Action { name, error }]
+}
+
+/// Sends `bytes` over one TCP connection from a socket in `netns` to an echo
+/// server and checks every byte comes back, in order. Segments are full-size
+/// (the kernel fills the MSS), so an MTU problem on the path shows here as a
+/// stall instead of hiding behind small packets.
+fn tcp_transfer(netns: &Path, to: SocketAddr, bytes: usize, label: &str) -> Action {
+    let name = format!(
+        "TCP {CLIENT} -> {label} ({to}, echo of {} MiB, full-size segments, every byte checked)",
+        bytes >> 20
+    );
+    let error = transfer(netns, to, bytes).err();
+    Action { name, error }
+}
+
+fn pattern(offset: usize) -> u8 {
+    // A prime period: reordered or repeated segments do not line up by chance.
+    (offset % 251) as u8
+}
+
+fn transfer(netns: &Path, to: SocketAddr, bytes: usize) -> std::result::Result<(), String> {
+    let stream = netns::run_in(netns, move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(5))
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("connecting to {to}: {e}"))?;
+    let stall = Duration::from_secs(20);
+    stream
+        .set_read_timeout(Some(stall))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(stall))
+        .map_err(|e| e.to_string())?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut sent = 0;
+        let mut chunk = vec![0u8; 64 << 10];
+        while sent < bytes {
+            let n = chunk.len().min(bytes - sent);
+            for (i, b) in chunk[..n].iter_mut().enumerate() {
+                *b = pattern(sent + i);
+            }
+            writer.write_all(&chunk[..n])?;
+            sent += n;
+        }
+        writer.shutdown(Shutdown::Write)
+    });
+    let mut reader = stream;
+    let mut received = 0;
+    let mut buf = vec![0u8; 64 << 10];
+    let result = loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if let Some(i) = (0..n).find(|&i| buf[i] != pattern(received + i)) {
+                    break Err(format!(
+                        "byte {} came back as {} instead of {}",
+                        received + i,
+                        buf[i],
+                        pattern(received + i)
+                    ));
+                }
+                received += n;
+            }
+            Err(e) => {
+                break Err(format!(
+                    "after {received} of {bytes} bytes came back: {e} (nothing for {} s?)",
+                    stall.as_secs()
+                ))
+            }
+        }
+    };
+    let _ = reader.shutdown(Shutdown::Both);
+    let sent = sender
+        .join()
+        .map_err(|_| "the sending thread panicked".to_string())?;
+    result?;
+    sent.map_err(|e| format!("sending: {e}"))?;
+    if received == bytes {
+        Ok(())
+    } else {
+        Err(format!(
+            "{received} of {bytes} bytes came back before the server closed"
+        ))
+    }
+}
+
+/// Follows one node's `GET /v1/monitor?type=drop` in a thread until stopped.
+pub struct DropWatcher {
+    node: String,
+    state: std::result::Result<(UnixStream, JoinHandle<Vec<MonitorEvent>>), String>,
+}
+
+impl DropWatcher {
+    /// Starts following; once this returns, no drop of the node is missed.
+    /// A node whose agent does not answer is reported by [`DropWatcher::stop`].
+    pub fn start(node: &str, socket: &Path) -> Self {
+        let state = Self::open(socket).map_err(|e| {
+            format!(
+                "the monitor of {node} ({}) could not be followed: {e}",
+                socket.display()
+            )
+        });
+        Self {
+            node: node.to_string(),
+            state,
+        }
+    }
+
+    fn open(socket: &Path) -> std::io::Result<(UnixStream, JoinHandle<Vec<MonitorEvent>>)> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        (&stream).write_all(
+            b"GET /v1/monitor?type=drop HTTP/1.1\r\nHost: ciliate\r\nConnection: close\r\n\r\n",
+        )?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        // The head arrives once the agent has subscribed us: from here on no
+        // drop is missed.
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if !line.starts_with("HTTP/1.1 200") && !line.starts_with("HTTP/1.0 200") {
+            return Err(std::io::Error::other(format!(
+                "the agent answered {:?}",
+                line.trim()
+            )));
+        }
+        let mut chunked = false;
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            let header = line.trim().to_ascii_lowercase();
+            if header.is_empty() {
+                break;
+            }
+            if header.starts_with("transfer-encoding:") && header.contains("chunked") {
+                chunked = true;
+            }
+        }
+        stream.set_read_timeout(None)?;
+        let thread = std::thread::spawn(move || read_events(reader, chunked));
+        Ok((stream, thread))
+    }
+
+    /// Stops following (after a moment for events still on their way) and
+    /// returns the drops seen.
+    pub fn stop(self) -> std::result::Result<Vec<SeenDrop>, String> {
+        let (stream, thread) = self.state?;
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = stream.shutdown(Shutdown::Both);
+        let events = thread.join().unwrap_or_default();
+        Ok(events
+            .into_iter()
+            .map(|event| SeenDrop {
+                node: self.node.clone(),
+                event,
+            })
+            .collect())
+    }
+}
+
+fn read_events(mut reader: BufReader<UnixStream>, chunked: bool) -> Vec<MonitorEvent> {
+    let mut events = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let piece = if chunked {
+            let mut size = String::new();
+            match reader.read_line(&mut size) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let Ok(n) = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+            else {
+                break;
+            };
+            if n == 0 {
+                break;
+            }
+            let mut piece = vec![0; n + 2];
+            if reader.read_exact(&mut piece).is_err() {
+                break;
+            }
+            piece.truncate(n);
+            piece
+        } else {
+            let mut buf = vec![0; 4096];
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    buf
+                }
+            }
+        };
+        pending.extend_from_slice(&piece);
+        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            if let Ok(event) = serde_json::from_slice::<MonitorEvent>(&line) {
+                events.push(event);
+            }
+        }
+    }
+    events
+}
