@@ -1,6 +1,8 @@
 //! The per-node agent: owns the node's BPF programs, maps and devices, hands
-//! out pod addresses, keeps the endpoint registry and serves the local API.
+//! out pod addresses, keeps the endpoint registry, registers the node in the
+//! cluster store, routes to the other nodes and serves the local API.
 
+pub mod addressing;
 pub mod config;
 pub mod daemon;
 pub mod devices;
@@ -8,6 +10,8 @@ pub mod endpoints;
 pub mod error;
 pub mod health;
 pub mod ipam;
+pub mod kvstore;
 pub mod monitor;
+pub mod nodes;
 pub mod server;
 pub mod state;

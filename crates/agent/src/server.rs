@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ciliate_api::{
-    Endpoint, EndpointCreateRequest, IpamAllocateRequest, IpamAllocation, MonitorEvent, Status,
+    Endpoint, EndpointCreateRequest, IpamAllocateRequest, IpamAllocation, MonitorEvent, Node,
+    Status,
 };
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
@@ -38,6 +39,7 @@ pub fn router(api: Api) -> Router {
             get(get_endpoint).delete(delete_endpoint),
         )
         .route("/v1/monitor", get(monitor))
+        .route("/v1/node", get(list_nodes))
         .with_state(api)
 }
 
@@ -126,6 +128,11 @@ async fn delete_endpoint(
     let r = EndpointRef::parse(&id)?;
     blocking(&api.daemon, move |d| d.delete_endpoint(&r)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// This node first, then the others by name.
+async fn list_nodes(State(api): State<Api>) -> Json<Vec<Node>> {
+    Json(api.daemon.nodes())
 }
 
 #[derive(Deserialize)]
