@@ -101,6 +101,16 @@ fn run(config: Config) -> anyhow::Result<()> {
             info!(cidr = %pod.cidr, "starting with the PodCIDR saved in stateDir");
         }
         set_pod_network(&cluster, pod);
+        // The health endpoint the daemon is about to restore: registered
+        // with it from the start, so other nodes keep probing it.
+        let health_ip = saved
+            .endpoints
+            .values()
+            .find(|e| e.health && pod.cidr.contains(&e.ip))
+            .map(|e| e.ip);
+        cluster
+            .local
+            .send_modify(|local| local.health_ip = health_ip);
     }
     let store = if config.has_store() {
         let store = runtime.block_on(kvstore::connect(&config.etcd_endpoints, &cluster));

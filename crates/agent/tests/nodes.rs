@@ -269,8 +269,23 @@ fn tunnel_mode_registers_and_routes_to_other_nodes() {
 
     // This node's object deleted while the agent lives: it registers again,
     // PodCIDR included.
-    net.client.delete(&agent.name).unwrap();
-    wait_registered(&net, &agent, "172.20.5.0/24");
+    let before = net.client.get(&agent.name).unwrap().unwrap();
+    assert!(net.client.delete(&agent.name).unwrap());
+    let again = wait_registered(&net, &agent, "172.20.5.0/24");
+    let version = |n: &CiliateNode| -> u64 {
+        n.metadata
+            .resource_version
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(version(&again) > version(&before), "{before:?}\n{again:?}");
+    assert!(
+        agent.log_text().contains("registering it again"),
+        "{}",
+        agent.log_text()
+    );
 
     // A crash; meanwhile remote-b goes. The restarted agent starts at once
     // with its saved PodCIDR and removes what remote-b left behind.
