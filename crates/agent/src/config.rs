@@ -2,7 +2,6 @@
 //! overridden by flags. Unknown keys and bad values are refused at start with
 //! the key, the value and what is allowed.
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
@@ -100,6 +99,14 @@ impl Default for BpfConfig {
     }
 }
 
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdFileConfig {
+    /// `http://192.168.10.1:2379`; several for a cluster.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
 /// The file as written by people; every key optional.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -120,6 +127,15 @@ pub struct FileConfig {
     pub enable_health_checking: Option<bool>,
     pub devices: Option<Vec<String>>,
     pub debug: Option<bool>,
+    /// The cluster store (etcd), where nodes register.
+    pub etcd: Option<EtcdFileConfig>,
+    /// Seconds the node registration outlives the agent.
+    #[serde(rename = "kvstoreLeaseTTL")]
+    pub kvstore_lease_ttl: Option<u64>,
+    #[serde(rename = "ipv4NativeRoutingCIDR")]
+    pub ipv4_native_routing_cidr: Option<String>,
+    pub auto_direct_node_routes: Option<bool>,
+    pub cluster_health_port: Option<u16>,
 }
 
 /// Flags that override the file (all optional).
@@ -148,12 +164,21 @@ pub struct Overrides {
     pub mtu: Option<u32>,
 }
 
+/// The node registration lease unless `kvstoreLeaseTTL` says otherwise.
+pub const DEFAULT_LEASE_TTL_SECS: u64 = 15;
+/// Cilium's health port.
+pub const DEFAULT_CLUSTER_HEALTH_PORT: u16 = 4240;
+
 /// The validated configuration the agent runs with.
+///
+/// The PodCIDR is only known here in host-scope IPAM (`ipv4Range`); with
+/// cluster-pool the operator assigns it at run time, so what the agent runs
+/// with is a [`crate::addressing::NodeAddressing`] resolved at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub node_name: String,
-    pub pod_cidr: Ipv4Net,
-    pub router_ip: Ipv4Addr,
+    /// `ipv4Range`: the PodCIDR in host-scope IPAM; `None` with cluster-pool.
+    pub pod_cidr: Option<Ipv4Net>,
     pub ipam_mode: IpamMode,
     pub bpf_root: PathBuf,
     pub routing_mode: RoutingMode,
@@ -166,9 +191,22 @@ pub struct Config {
     pub enable_health_checking: bool,
     pub devices: Vec<String>,
     pub debug: bool,
+    /// `etcd.endpoints`; empty: no cluster store (a single node).
+    pub etcd_endpoints: Vec<String>,
+    pub kvstore_lease_ttl: std::time::Duration,
+    /// `ipv4NativeRoutingCIDR`: never masqueraded.
+    pub native_routing_cidr: Option<Ipv4Net>,
+    pub auto_direct_node_routes: bool,
+    /// TCP port of the health responder (`clusterHealthPort`).
+    pub cluster_health_port: u16,
 }
 
 impl Config {
+    /// Whether the node registers in a cluster store and learns the other nodes.
+    pub fn has_store(&self) -> bool {
+        !self.etcd_endpoints.is_empty()
+    }
+
     /// Reads `path` (if any), applies the flags and validates the result.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
         let file = match path {
@@ -202,28 +240,46 @@ impl Config {
             });
         }
 
-        if file.ipam.mode != IpamMode::HostScope {
-            return Err(ConfigError::Invalid {
-                key: "ipam.mode",
-                value: format!("{:?}", file.ipam.mode),
-                allowed: "host-scope (cluster-pool, kubernetes and multi-pool need the operator, not yet available)".into(),
-            });
+        let etcd_endpoints = file.etcd.map(|e| e.endpoints).unwrap_or_default();
+        for endpoint in &etcd_endpoints {
+            check_endpoint(endpoint)?;
         }
-        let range =
-            o.ipv4_range
-                .clone()
-                .or(file.ipv4_range)
-                .ok_or_else(|| ConfigError::Invalid {
+        let range = o.ipv4_range.clone().or(file.ipv4_range);
+        let pod_cidr = match file.ipam.mode {
+            IpamMode::HostScope => {
+                let range = range.ok_or_else(|| ConfigError::Invalid {
                     key: "ipv4Range",
                     value: String::new(),
                     allowed: "a PodCIDR such as 10.0.0.0/24 is required with ipam.mode host-scope"
                         .into(),
                 })?;
-        let pod_cidr = parse_pod_cidr(&range)?;
-        let router_ip = pod_cidr
-            .hosts()
-            .next()
-            .expect("prefix of /28 or shorter has hosts");
+                Some(parse_pod_cidr(&range)?)
+            }
+            IpamMode::ClusterPool => {
+                if let Some(range) = range {
+                    return Err(ConfigError::Invalid {
+                        key: "ipv4Range",
+                        value: range,
+                        allowed: "no value with ipam.mode cluster-pool: the operator assigns the PodCIDR (use host-scope to set it here)".into(),
+                    });
+                }
+                if etcd_endpoints.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        key: "etcd.endpoints",
+                        value: String::new(),
+                        allowed: "at least one etcd endpoint such as http://192.168.10.1:2379 is required with ipam.mode cluster-pool (the operator assigns PodCIDRs through the store)".into(),
+                    });
+                }
+                None
+            }
+            other @ (IpamMode::Kubernetes | IpamMode::MultiPool) => {
+                return Err(ConfigError::Invalid {
+                    key: "ipam.mode",
+                    value: format!("{other:?}"),
+                    allowed: "host-scope or cluster-pool (kubernetes and multi-pool need the Kubernetes API, not yet available)".into(),
+                });
+            }
+        };
 
         let datapath_mode = file.datapath_mode.unwrap_or_default();
         if datapath_mode != DatapathMode::Veth {
@@ -241,6 +297,54 @@ impl Config {
                 value: "geneve".into(),
                 allowed: "vxlan (this kernel has no geneve)".into(),
             });
+        }
+        let auto_direct_node_routes = file.auto_direct_node_routes.unwrap_or(false);
+        if auto_direct_node_routes && routing_mode == RoutingMode::Tunnel {
+            return Err(ConfigError::Invalid {
+                key: "autoDirectNodeRoutes",
+                value: "true".into(),
+                allowed:
+                    "false with routingMode tunnel (direct node routes are for routingMode native)"
+                        .into(),
+            });
+        }
+        let native_routing_cidr = file
+            .ipv4_native_routing_cidr
+            .map(|text| parse_cidr("ipv4NativeRoutingCIDR", &text, 0..=32))
+            .transpose()?;
+        let lease_secs = file.kvstore_lease_ttl.unwrap_or(DEFAULT_LEASE_TTL_SECS);
+        if !(2..=3600).contains(&lease_secs) {
+            return Err(ConfigError::Invalid {
+                key: "kvstoreLeaseTTL",
+                value: lease_secs.to_string(),
+                allowed: "seconds from 2 to 3600".into(),
+            });
+        }
+        let cluster_health_port = file
+            .cluster_health_port
+            .unwrap_or(DEFAULT_CLUSTER_HEALTH_PORT);
+        if cluster_health_port == 0 {
+            return Err(ConfigError::Invalid {
+                key: "clusterHealthPort",
+                value: "0".into(),
+                allowed: "a TCP port from 1 to 65535".into(),
+            });
+        }
+        let devices = file.devices.unwrap_or_default();
+        for device in &devices {
+            if device.is_empty()
+                || device.len() > 15
+                || device
+                    .chars()
+                    .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::Invalid {
+                    key: "devices",
+                    value: device.clone(),
+                    allowed: "network device names of 1-15 characters without '/', ':' or spaces"
+                        .into(),
+                });
+            }
         }
 
         let mtu = o.mtu.or(file.mtu).unwrap_or(1500);
@@ -281,7 +385,6 @@ impl Config {
         Ok(Self {
             node_name,
             pod_cidr,
-            router_ip,
             ipam_mode: file.ipam.mode,
             bpf_root,
             routing_mode,
@@ -292,8 +395,13 @@ impl Config {
             socket_path,
             health_netns,
             enable_health_checking: file.enable_health_checking.unwrap_or(true),
-            devices: file.devices.unwrap_or_default(),
+            devices,
             debug: file.debug.unwrap_or(false),
+            etcd_endpoints,
+            kvstore_lease_ttl: std::time::Duration::from_secs(lease_secs),
+            native_routing_cidr,
+            auto_direct_node_routes,
+            cluster_health_port,
         })
     }
 }
@@ -316,9 +424,19 @@ pub fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
     })
 }
 
-fn parse_pod_cidr(text: &str) -> Result<Ipv4Net, ConfigError> {
+/// A PodCIDR (`ipv4Range`, or one the operator assigned): a network address
+/// with room for a router and pods.
+pub fn parse_pod_cidr(text: &str) -> Result<Ipv4Net, ConfigError> {
+    parse_cidr("ipv4Range", text, 8..=29)
+}
+
+fn parse_cidr(
+    key: &'static str,
+    text: &str,
+    prefixes: std::ops::RangeInclusive<u8>,
+) -> Result<Ipv4Net, ConfigError> {
     let invalid = |allowed: &str| ConfigError::Invalid {
-        key: "ipv4Range",
+        key,
         value: text.to_string(),
         allowed: allowed.to_string(),
     };
@@ -331,10 +449,41 @@ fn parse_pod_cidr(text: &str) -> Result<Ipv4Net, ConfigError> {
             net.trunc()
         )));
     }
-    if !(8..=29).contains(&net.prefix_len()) {
-        return Err(invalid("a prefix length from /8 to /29"));
+    if !prefixes.contains(&net.prefix_len()) {
+        return Err(invalid(&format!(
+            "a prefix length from /{} to /{}",
+            prefixes.start(),
+            prefixes.end()
+        )));
     }
     Ok(net)
+}
+
+/// An etcd client URL: `http://HOST:PORT` or `https://HOST:PORT`.
+fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"));
+    let ok = rest.is_some_and(|rest| {
+        let authority = rest.trim_end_matches('/');
+        match authority.rsplit_once(':') {
+            Some((host, port)) => {
+                !host.is_empty()
+                    && !authority.contains('/')
+                    && port.parse::<u16>().is_ok_and(|p| p != 0)
+            }
+            None => false,
+        }
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key: "etcd.endpoints",
+            value: endpoint.to_string(),
+            allowed: "URLs like http://192.168.10.1:2379 (http or https, host and port)".into(),
+        })
+    }
 }
 
 fn absolute(key: &'static str, path: &Path) -> Result<(), ConfigError> {
@@ -364,7 +513,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.node_name, "n1");
-        assert_eq!(c.router_ip, "10.1.0.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(c.pod_cidr, Some("10.1.0.0/24".parse().unwrap()));
         assert_eq!(c.bpf_root, PathBuf::from("/sys/fs/bpf/x"));
         assert_eq!(c.mtu, 1450);
         assert_eq!(c.routing_mode, RoutingMode::Native);
@@ -435,7 +584,7 @@ mod tests {
         };
         let c = Config::resolve(file, &o).unwrap();
         assert_eq!(c.mtu, 1450);
-        assert_eq!(c.pod_cidr.to_string(), "10.9.0.0/16");
+        assert_eq!(c.pod_cidr.unwrap().to_string(), "10.9.0.0/16");
     }
 
     #[test]
@@ -451,5 +600,166 @@ mod tests {
             err.contains("stateDir") && err.contains("absolute"),
             "{err}"
         );
+    }
+
+    const CLUSTER: &str = "nodeName: node0\nipam: {mode: cluster-pool}\netcd: {endpoints: [\"http://192.168.10.1:2379\"]}\n";
+
+    #[test]
+    fn multi_node_keys_are_read() {
+        let c = load(&format!(
+            "{CLUSTER}kvstoreLeaseTTL: 20\nroutingMode: native\ntunnelProtocol: vxlan\nipv4NativeRoutingCIDR: 172.20.0.0/16\nautoDirectNodeRoutes: true\ndevices: [eth0]\nenableHealthChecking: true\nclusterHealthPort: 4241\n"
+        ))
+        .unwrap();
+        assert_eq!(c.ipam_mode, IpamMode::ClusterPool);
+        assert_eq!(c.pod_cidr, None);
+        assert_eq!(c.etcd_endpoints, vec!["http://192.168.10.1:2379"]);
+        assert!(c.has_store());
+        assert_eq!(c.kvstore_lease_ttl, std::time::Duration::from_secs(20));
+        assert_eq!(
+            c.native_routing_cidr,
+            Some("172.20.0.0/16".parse().unwrap())
+        );
+        assert!(c.auto_direct_node_routes);
+        assert_eq!(c.devices, vec!["eth0"]);
+        assert_eq!(c.cluster_health_port, 4241);
+    }
+
+    #[test]
+    fn multi_node_defaults() {
+        let c = load(CLUSTER).unwrap();
+        assert_eq!(c.kvstore_lease_ttl, std::time::Duration::from_secs(15));
+        assert_eq!(c.cluster_health_port, 4240);
+        assert!(!c.auto_direct_node_routes);
+        assert_eq!(c.native_routing_cidr, None);
+        assert_eq!(c.routing_mode, RoutingMode::Tunnel);
+        let single = load("ipv4Range: 10.0.0.0/24\n").unwrap();
+        assert!(!single.has_store());
+        assert_eq!(single.cluster_health_port, 4240);
+    }
+
+    #[test]
+    fn cluster_pool_needs_etcd() {
+        for yaml in [
+            "ipam: {mode: cluster-pool}\n",
+            "ipam: {mode: cluster-pool}\netcd: {endpoints: []}\n",
+        ] {
+            let err = load(yaml).unwrap_err().to_string();
+            assert!(
+                err.contains("etcd.endpoints") && err.contains("cluster-pool"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_pool_refuses_ipv4_range() {
+        let err = load(&format!("{CLUSTER}ipv4Range: 10.0.0.0/24\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ipv4Range") && err.contains("10.0.0.0/24") && err.contains("operator"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn host_scope_still_needs_a_range_with_etcd() {
+        let err = load("etcd: {endpoints: [\"http://127.0.0.1:2379\"]}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ipv4Range") && err.contains("required"),
+            "{err}"
+        );
+        let c = load("ipv4Range: 10.0.0.0/24\netcd: {endpoints: [\"http://127.0.0.1:2379\"]}\n")
+            .unwrap();
+        assert!(c.has_store());
+    }
+
+    #[test]
+    fn ipam_modes_without_a_source_are_refused() {
+        let err = load("ipam: {mode: kubernetes}\n").unwrap_err().to_string();
+        assert!(
+            err.contains("ipam.mode") && err.contains("cluster-pool") && err.contains("host-scope"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn direct_routes_need_native_routing() {
+        let err = load(&format!("{CLUSTER}autoDirectNodeRoutes: true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("autoDirectNodeRoutes") && err.contains("true") && err.contains("native"),
+            "{err}"
+        );
+        let err = load(&format!(
+            "{CLUSTER}routingMode: tunnel\nautoDirectNodeRoutes: true\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("autoDirectNodeRoutes"), "{err}");
+    }
+
+    #[test]
+    fn bad_multi_node_values_are_named() {
+        let cases = [
+            (
+                "ipv4NativeRoutingCIDR: 172.20.0.1/16\n",
+                "ipv4NativeRoutingCIDR",
+                "172.20.0.0/16",
+            ),
+            (
+                "ipv4NativeRoutingCIDR: nope\n",
+                "ipv4NativeRoutingCIDR",
+                "CIDR",
+            ),
+            ("kvstoreLeaseTTL: 0\n", "kvstoreLeaseTTL", "2 to 3600"),
+            ("kvstoreLeaseTTL: 100000\n", "kvstoreLeaseTTL", "2 to 3600"),
+            ("clusterHealthPort: 0\n", "clusterHealthPort", "1 to 65535"),
+            ("clusterHealthPort: 70000\n", "clusterHealthPort", "70000"),
+            ("devices: [\"eth0/1\"]\n", "devices", "eth0/1"),
+            (
+                "devices: [\"a-very-long-device-name\"]\n",
+                "devices",
+                "1-15",
+            ),
+        ];
+        for (extra, key, hint) in cases {
+            let err = load(&format!("{CLUSTER}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(hint), "{extra}: {err}");
+        }
+        for endpoint in [
+            "192.168.10.1:2379",
+            "http://",
+            "http://host",
+            "ftp://h:1",
+            "http://h:0",
+        ] {
+            let err = load(&format!(
+                "ipam: {{mode: cluster-pool}}\netcd: {{endpoints: [\"{endpoint}\"]}}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("etcd.endpoints") && err.contains(endpoint) && err.contains("http://"),
+                "{endpoint}: {err}"
+            );
+        }
+        let err =
+            load("ipam: {mode: cluster-pool}\netcd: {endpoints: [\"http://h:1\"], prefix: x}\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("etcd") && err.contains("prefix"), "{err}");
+    }
+
+    #[test]
+    fn pod_cidrs_from_the_operator_are_checked() {
+        assert_eq!(
+            parse_pod_cidr("172.20.3.0/24").unwrap().to_string(),
+            "172.20.3.0/24"
+        );
+        assert!(parse_pod_cidr("172.20.3.0/30").is_err());
     }
 }

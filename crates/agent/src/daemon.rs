@@ -8,23 +8,31 @@ use std::time::Instant;
 
 use ciliate_api::{
     DatapathStatus, Endpoint, EndpointCreateRequest, EndpointState, IpamAllocateRequest,
-    IpamAllocation, IpamOwner, IpamStatus, ProgramStatus, Status,
+    IpamAllocation, IpamOwner, IpamStatus, Node, ProgramStatus, Status,
 };
-use ciliate_datapath::loader::{Datapath, Maps, OVERLAY_ATTACH};
+use ciliate_datapath::loader::{Datapath, Maps, HOST_ATTACH, NETDEV_ATTACH, OVERLAY_ATTACH};
 use ciliate_datapath::maps::{DatapathConfig, EndpointKey};
 use ciliate_datapath::netlink::Netlink;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::addressing::NodeAddressing;
+use crate::config::{Config, IpamMode};
 use crate::endpoints::{self, EndpointRef, Registry};
 use crate::error::AgentError;
 use crate::ipam::{Allocation, Ipam};
+use crate::kvstore::Cluster;
 use crate::state::{self, State};
 
 pub struct Daemon {
     pub config: Config,
+    /// The PodCIDR, router IP and native device this node runs with.
+    pub addressing: NodeAddressing,
     /// ifindex of `ciliate_vxlan` in tunnel mode.
     tunnel_ifindex: Option<u32>,
+    /// ifindex of `ciliate_host`.
+    host_ifindex: u32,
+    cluster: Cluster,
     started: Instant,
     inner: Mutex<Inner>,
 }
@@ -38,8 +46,15 @@ struct Inner {
 }
 
 impl Daemon {
-    /// Loads or adopts the datapath and restores endpoints from disk.
-    pub fn start(config: Config) -> anyhow::Result<Self> {
+    /// Loads or adopts the datapath, attaches it to the node's devices and
+    /// restores endpoints from disk. `host_ifindex` is `ciliate_host`'s
+    /// (see [`crate::devices::ensure_host_devices`]).
+    pub fn start(
+        config: Config,
+        addressing: NodeAddressing,
+        host_ifindex: u32,
+        cluster: Cluster,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("creating stateDir {}", config.state_dir.display()))?;
@@ -61,12 +76,32 @@ impl Daemon {
                 .attach(crate::devices::VXLAN_DEVICE, OVERLAY_ATTACH)
                 .context("attaching from_overlay to the tunnel device")?;
         }
+        datapath
+            .attach(crate::devices::HOST_DEVICE, HOST_ATTACH)
+            .with_context(|| format!("attaching from_host to {}", crate::devices::HOST_DEVICE))?;
+        if let Some(native) = &addressing.native {
+            crate::devices::setup_native_device(native)
+                .map_err(|e| anyhow::anyhow!(e.chain()))
+                .with_context(|| format!("setting up the native device {}", native.name))?;
+            datapath
+                .attach(&native.name, NETDEV_ATTACH)
+                .with_context(|| {
+                    format!("attaching from_netdev to the native device {}", native.name)
+                })?;
+        }
         let mut maps = Maps::open(&config.bpf_root)?;
         maps.config
-            .set(0, datapath_config(&config, tunnel_ifindex, false), 0)
+            .set(
+                0,
+                datapath_config(&config, &addressing, tunnel_ifindex, false),
+                0,
+            )
             .context("writing the datapath configuration map")?;
 
-        let mut ipam = Ipam::new(config.pod_cidr);
+        if let Some(old) = saved.pod_cidr.filter(|c| *c != addressing.pod.cidr) {
+            warn!(old = %old, new = %addressing.pod.cidr, "the PodCIDR changed: endpoints and allocations of the old one are dropped");
+        }
+        let mut ipam = Ipam::new(addressing.pod.cidr);
         for (ip, alloc) in saved.allocations {
             if let Err(e) = ipam.restore(ip, alloc) {
                 warn!(error = %e, "dropping a saved allocation");
@@ -74,7 +109,10 @@ impl Daemon {
         }
         let daemon = Self {
             config,
+            addressing,
             tunnel_ifindex,
+            host_ifindex,
+            cluster,
             started: Instant::now(),
             inner: Mutex::new(Inner {
                 ipam,
@@ -85,7 +123,63 @@ impl Daemon {
             }),
         };
         daemon.restore_endpoints()?;
+        daemon.publish_local();
         Ok(daemon)
+    }
+
+    /// The channels this daemon shares with the store side (node list,
+    /// registration, store status).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// The other nodes, as the node manager programmed them (never this one).
+    /// The health prober subscribes here.
+    pub fn nodes_watch(&self) -> watch::Receiver<Vec<Node>> {
+        self.cluster.nodes.subscribe()
+    }
+
+    /// This node (`local: true`), as it registers.
+    pub fn local_node(&self) -> Node {
+        self.cluster.local.borrow().clone()
+    }
+
+    /// Every node: this one first, then the others by name (`GET /v1/node`).
+    pub fn nodes(&self) -> Vec<Node> {
+        let mut all = vec![self.local_node()];
+        all.extend(self.cluster.nodes.borrow().iter().cloned());
+        all
+    }
+
+    /// The node IP (InternalIP): the first IPv4 address of the native device.
+    pub fn node_ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.addressing.node_ip()
+    }
+
+    /// ifindex of `ciliate_host`.
+    pub fn host_ifindex(&self) -> u32 {
+        self.host_ifindex
+    }
+
+    /// Brings the registered view of this node up to date (its health IP).
+    fn publish_local(&self) {
+        let health_ip = self
+            .lock()
+            .registry
+            .all()
+            .values()
+            .find(|e| e.health)
+            .map(|e| e.ip);
+        let pod = self.addressing.pod;
+        let node_ip = self.addressing.node_ip();
+        self.cluster.local.send_if_modified(|local| {
+            let before = local.clone();
+            local.internal_ip = node_ip;
+            local.ciliate_internal_ip = Some(pod.router);
+            local.pod_cidrs = vec![pod.cidr];
+            local.health_ip = health_ip;
+            *local != before
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -98,6 +192,7 @@ impl Daemon {
 
     fn persist(&self, inner: &Inner) -> Result<(), AgentError> {
         let snapshot = State {
+            pod_cidr: Some(self.addressing.pod.cidr),
             allocations: inner.ipam.allocations().clone(),
             endpoints: inner.registry.all().clone(),
         };
@@ -111,7 +206,7 @@ impl Daemon {
     /// links that no endpoint owns are removed.
     fn restore_endpoints(&self) -> Result<(), AgentError> {
         let nl = Netlink::new()?;
-        let router = self.config.router_ip;
+        let router = self.addressing.pod.router;
         let mut guard = self.lock();
         let inner = &mut *guard;
         let saved: Vec<Endpoint> = inner.registry.all().values().cloned().collect();
@@ -142,9 +237,13 @@ impl Daemon {
             .values()
             .map(|e| e.host_ifname.clone())
             .collect();
-        // The tunnel device is the agent's own, not an endpoint's.
+        // The node's own devices are the agent's, not an endpoint's.
         if self.tunnel_ifindex.is_some() {
             owned.push(crate::devices::VXLAN_DEVICE.to_string());
+        }
+        owned.push(crate::devices::HOST_DEVICE.to_string());
+        if let Some(native) = &self.addressing.native {
+            owned.push(native.name.clone());
         }
         for device in inner.datapath.attached_devices() {
             if !owned.contains(&device) {
@@ -265,7 +364,7 @@ impl Daemon {
         let ep = inner.registry.new_endpoint(req)?;
         endpoints::plumb(
             &ep,
-            self.config.router_ip,
+            self.addressing.pod.router,
             &mut inner.datapath,
             &mut inner.maps,
             &nl,
@@ -275,7 +374,7 @@ impl Daemon {
             inner.registry.remove(ep.id);
             let _ = endpoints::unplumb(
                 &ep,
-                self.config.router_ip,
+                self.addressing.pod.router,
                 &inner.datapath,
                 &mut inner.maps,
                 &nl,
@@ -283,6 +382,10 @@ impl Daemon {
             return Err(e);
         }
         info!(id = ep.id, ip = %ep.ip, device = %ep.host_ifname, label = %ep.label(), "endpoint created");
+        drop(guard);
+        if ep.health {
+            self.publish_local();
+        }
         Ok(ep)
     }
 
@@ -300,7 +403,7 @@ impl Daemon {
             .set_state(ep.id, EndpointState::Disconnecting);
         if let Err(e) = endpoints::unplumb(
             &ep,
-            self.config.router_ip,
+            self.addressing.pod.router,
             &inner.datapath,
             &mut inner.maps,
             &nl,
@@ -312,6 +415,10 @@ impl Daemon {
         let _ = inner.ipam.release(ep.ip);
         self.persist(inner)?;
         info!(id = ep.id, ip = %ep.ip, "endpoint deleted");
+        drop(guard);
+        if ep.health {
+            self.publish_local();
+        }
         Ok(ep)
     }
 
@@ -332,12 +439,8 @@ impl Daemon {
         let mut inner = self.lock();
         inner.monitor_listeners = inner.monitor_listeners.saturating_add_signed(delta);
         let on = inner.monitor_listeners > 0;
-        if let Err(e) =
-            inner
-                .maps
-                .config
-                .set(0, datapath_config(&self.config, self.tunnel_ifindex, on), 0)
-        {
+        let config = datapath_config(&self.config, &self.addressing, self.tunnel_ifindex, on);
+        if let Err(e) = inner.maps.config.set(0, config, 0) {
             warn!(error = %e, "cannot switch trace events");
         }
     }
@@ -363,10 +466,16 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION").to_string(),
             kernel: kernel_release(),
             host_device: crate::devices::HOST_DEVICE.to_string(),
-            router_ip: self.config.router_ip,
+            router_ip: self.addressing.pod.router,
             mtu: crate::devices::pod_mtu(&self.config),
             ipam: IpamStatus {
-                mode: "host-scope".into(),
+                mode: match self.config.ipam_mode {
+                    IpamMode::ClusterPool => "cluster-pool",
+                    IpamMode::Kubernetes => "kubernetes",
+                    IpamMode::MultiPool => "multi-pool",
+                    IpamMode::HostScope => "host-scope",
+                }
+                .into(),
                 cidr: inner.ipam.cidr(),
                 router: inner.ipam.router(),
                 allocated: inner.ipam.allocations().len(),
@@ -396,8 +505,9 @@ impl Daemon {
             },
             monitor_listeners: inner.monitor_listeners,
             uptime_seconds: self.started.elapsed().as_secs(),
-            node_ip: None,
-            kvstore: None,
+            node_ip: self.addressing.node_ip(),
+            kvstore: self.cluster.kvstore.borrow().clone(),
+            // Filled by the API from the health prober's state.
             cluster_health: None,
         }
     }
@@ -413,14 +523,21 @@ impl Daemon {
 }
 
 /// What the programs read from `ciliate_config`, derived from the agent's config.
-fn datapath_config(config: &Config, tunnel_ifindex: Option<u32>, trace: bool) -> DatapathConfig {
+fn datapath_config(
+    config: &Config,
+    addressing: &NodeAddressing,
+    tunnel_ifindex: Option<u32>,
+    trace: bool,
+) -> DatapathConfig {
     DatapathConfig {
         tunnel_ifindex: tunnel_ifindex.unwrap_or(0),
         routing_mode: match config.routing_mode {
             crate::config::RoutingMode::Tunnel => ciliate_datapath::maps::ROUTING_TUNNEL,
             crate::config::RoutingMode::Native => ciliate_datapath::maps::ROUTING_NATIVE,
         },
-        ..DatapathConfig::new(config.router_ip, trace)
+        identity: crate::nodes::POD_IDENTITY,
+        native_ifindex: addressing.native.as_ref().map_or(0, |n| n.ifindex),
+        ..DatapathConfig::new(addressing.pod.router, trace)
     }
 }
 

@@ -1,11 +1,14 @@
 //! The node's own devices: the `ciliate_host`/`ciliate_net` pair carrying the
-//! router IP, and the route that sends the PodCIDR towards it.
+//! router IP, the route that sends the PodCIDR towards it, the tunnel device,
+//! and the native device the node reaches the other nodes through.
 
+use anyhow::Context as _;
 use ciliate_datapath::netlink::{Netlink, Route};
 use ciliate_datapath::sysctl;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::addressing::{NativeDevice, PodNetwork};
+use crate::config::{Config, RoutingMode};
 use crate::error::AgentError;
 
 pub const HOST_DEVICE: &str = "ciliate_host";
@@ -19,15 +22,15 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// The MTU pods get: the node's, less what encapsulation adds in tunnel mode.
 pub fn pod_mtu(config: &Config) -> u32 {
     match config.routing_mode {
-        crate::config::RoutingMode::Tunnel => config.mtu - VXLAN_OVERHEAD,
-        crate::config::RoutingMode::Native => config.mtu,
+        RoutingMode::Tunnel => config.mtu - VXLAN_OVERHEAD,
+        RoutingMode::Native => config.mtu,
     }
 }
 
 /// In tunnel mode, creates (or checks) the node's one external VXLAN device
 /// and returns its ifindex; in native mode removes a leftover one.
 pub fn ensure_tunnel_device(nl: &Netlink, config: &Config) -> Result<Option<u32>, AgentError> {
-    if config.routing_mode == crate::config::RoutingMode::Native {
+    if config.routing_mode == RoutingMode::Native {
         nl.del_link_by_name(VXLAN_DEVICE)?;
         return Ok(None);
     }
@@ -46,13 +49,87 @@ pub fn ensure_tunnel_device(nl: &Netlink, config: &Config) -> Result<Option<u32>
         }
     };
     let _ = sysctl::set_if_exists(&format!("net/ipv6/conf/{VXLAN_DEVICE}/disable_ipv6"), "1");
+    // What from_overlay hands to the stack (a remote pod talking to this node)
+    // comes from a PodCIDR routed through ciliate_host: not a reverse path.
+    route_through(VXLAN_DEVICE)?;
     nl.set_mtu(link.index, config.mtu)?;
     nl.set_up(link.index)?;
     Ok(Some(link.index))
 }
 
-/// Creates (or checks) the host device pair, the router IP and the PodCIDR route.
-pub fn ensure_host_devices(nl: &Netlink, config: &Config) -> Result<(), AgentError> {
+/// Lets the stack forward packets that arrive on `device` and accept them
+/// although their source is routed through another device.
+fn route_through(device: &str) -> Result<(), AgentError> {
+    sysctl::set(&format!("net/ipv4/conf/{device}/forwarding"), "1")?;
+    sysctl::set(&format!("net/ipv4/conf/{device}/rp_filter"), "0")?;
+    Ok(())
+}
+
+/// Finds the native device: `devices[0]`, else the device of the default
+/// route. A node that registers in a store or routes natively needs one (its
+/// first IPv4 address is the node IP); a lone node without may do without.
+pub fn resolve_native_device(
+    nl: &Netlink,
+    config: &Config,
+) -> anyhow::Result<Option<NativeDevice>> {
+    let (link, why) = if let Some(name) = config.devices.first() {
+        let link = nl.link_by_name(name)?.with_context(|| {
+            format!("config key `devices`: device {name:?} does not exist in the agent's network namespace")
+        })?;
+        (link, "devices[0]")
+    } else {
+        let default = nl
+            .routes()?
+            .into_iter()
+            .find(|r| r.dst.prefix_len() == 0 && r.oif.is_some());
+        let Some(index) = default.and_then(|r| r.oif) else {
+            if config.has_store() || config.routing_mode == RoutingMode::Native {
+                anyhow::bail!(
+                    "config key `devices` is not set and there is no default route to take the native device from: \
+                     set `devices: [eth0]` (the node IP other nodes reach this one at is the first IPv4 address of devices[0])"
+                );
+            }
+            info!(
+                "no devices and no default route: running as a lone node without a native device"
+            );
+            return Ok(None);
+        };
+        let link = nl
+            .link_by_index(index)?
+            .with_context(|| format!("the default route's device (ifindex {index}) vanished"))?;
+        (link, "the default route's device")
+    };
+    let ip = nl
+        .addresses(link.index)?
+        .first()
+        .map(|(ip, _)| *ip)
+        .with_context(|| {
+            format!(
+                "config key `devices`: the native device {} ({why}) has no IPv4 address; the node IP is its first IPv4 address",
+                link.name
+            )
+        })?;
+    info!(device = %link.name, ifindex = link.index, node_ip = %ip, source = why, "native device");
+    Ok(Some(NativeDevice {
+        name: link.name,
+        ifindex: link.index,
+        ip,
+    }))
+}
+
+/// Lets the node forward between the native device and the pods.
+pub fn setup_native_device(native: &NativeDevice) -> Result<(), AgentError> {
+    sysctl::set(&format!("net/ipv4/conf/{}/forwarding", native.name), "1")?;
+    Ok(())
+}
+
+/// Creates (or checks) the host device pair, the router IP and the PodCIDR
+/// route; returns the ifindex of `ciliate_host`.
+pub fn ensure_host_devices(
+    nl: &Netlink,
+    config: &Config,
+    pod: &PodNetwork,
+) -> Result<u32, AgentError> {
     if nl.link_by_name(HOST_DEVICE)?.is_none() {
         // A lone half of the pair would make creation fail; start clean.
         nl.del_link_by_name(NET_DEVICE)?;
@@ -70,19 +147,29 @@ pub fn ensure_host_devices(nl: &Netlink, config: &Config) -> Result<(), AgentErr
         .ok_or_else(|| AgentError::Internal(format!("{NET_DEVICE} vanished after creation")))?;
     nl.set_mtu(host.index, config.mtu)?;
     nl.set_mtu(net.index, config.mtu)?;
+    // Routes to other nodes' PodCIDRs point at ciliate_host without a
+    // gateway; from_host takes those packets, so there is nobody to ARP for.
+    nl.set_arp(host.index, false)?;
+    route_through(HOST_DEVICE)?;
     nl.set_up(net.index)?;
     nl.set_up(host.index)?;
-    if !nl.addresses(host.index)?.contains(&(config.router_ip, 32)) {
-        nl.add_address(host.index, config.router_ip, 32)?;
+    for (ip, prefix) in nl.addresses(host.index)? {
+        if (ip, prefix) != (pod.router, 32) {
+            warn!(address = %format!("{ip}/{prefix}"), device = HOST_DEVICE, "removing an address of an earlier PodCIDR");
+            nl.del_address(host.index, ip, prefix)?;
+        }
+    }
+    if !nl.addresses(host.index)?.contains(&(pod.router, 32)) {
+        nl.add_address(host.index, pod.router, 32)?;
     }
     nl.replace_route(&Route {
-        dst: config.pod_cidr,
+        dst: pod.cidr,
         gateway: None,
         oif: Some(host.index),
         scope_link: true,
-        src: Some(config.router_ip),
+        src: Some(pod.router),
         onlink: false,
         mtu: None,
     })?;
-    Ok(())
+    Ok(host.index)
 }

@@ -49,12 +49,9 @@ fn in_netns(netns: Option<&Path>) -> String {
     })
 }
 
-/// The port the responders listen on and the prober connects to.
-///
-/// The one place the agent reads the health port: `clusterHealthPort` once the
-/// configuration carries it, Cilium's 4240 until then.
-pub fn port(_config: &Config) -> u16 {
-    DEFAULT_HEALTH_PORT
+/// The port the responders listen on and the prober connects to (`clusterHealthPort`).
+pub fn port(config: &Config) -> u16 {
+    config.cluster_health_port
 }
 
 /// The responder's routes: `GET /hello` answers 200, anything else 404.

@@ -5,21 +5,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ciliate_agent::config::{Config, Overrides};
+use ciliate_agent::addressing::{NodeAddressing, PodNetwork};
+use ciliate_agent::config::{Config, IpamMode, Overrides};
 use ciliate_agent::daemon::Daemon;
+use ciliate_agent::kvstore::{self, Cluster};
 use ciliate_agent::server::{self, Api};
-use ciliate_agent::{devices, monitor};
+use ciliate_agent::{devices, monitor, nodes, state};
+use ciliate_api::Node;
 use ciliate_datapath::loader::Maps;
 use ciliate_datapath::netlink::Netlink;
+use ciliate_store::Store;
 use clap::Parser;
 use tokio::sync::{broadcast, watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(name = "ciliate-agent", version, about = "The ciliate per-node agent")]
 struct Args {
-    /// YAML configuration file (Cilium's Helm-style keys: nodeName, ipv4Range,
-    /// bpf.root, routingMode, mtu, stateDir, socketPath, healthNetns, ...).
+    /// YAML configuration file (Cilium's Helm-style keys: nodeName, ipam.mode,
+    /// ipv4Range, etcd.endpoints, bpf.root, routingMode, devices, mtu, stateDir,
+    /// socketPath, healthNetns, ...).
     #[arg(long, short)]
     config: Option<PathBuf>,
     #[command(flatten)]
@@ -54,25 +59,180 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    info!(node = %config.node_name, cidr = %config.pod_cidr, router = %config.router_ip, "starting");
-    // Device and datapath setup happen before the runtime starts, on this thread.
-    let nl = Netlink::new().context("opening netlink")?;
-    devices::ensure_host_devices(&nl, &config).context("setting up the host devices")?;
-    let daemon = Arc::new(Daemon::start(config.clone())?);
-    ciliate_agent::health::ensure(&daemon).context("setting up the health endpoint")?;
-
+    info!(node = %config.node_name, ipam = ?config.ipam_mode, routing = ?config.routing_mode, "starting");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(daemon, config))
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Device and datapath setup happen on this thread, outside the runtime's
+    // workers (netns switches must never happen on one).
+    let nl = Netlink::new().context("opening netlink")?;
+    let native = devices::resolve_native_device(&nl, &config)?;
+    let saved = state::load(&config.state_dir).context("reading the saved state")?;
+    let cluster = Cluster::new(
+        Node {
+            name: config.node_name.clone(),
+            internal_ip: native.as_ref().map(|n| n.ip),
+            ciliate_internal_ip: None,
+            health_ip: None,
+            pod_cidrs: Vec::new(),
+            local: true,
+        },
+        &config.etcd_endpoints,
+    );
+
+    // The PodCIDR: ipv4Range (host-scope), else the one this node ran with
+    // before (cluster-pool), else the operator's, once it assigns one.
+    let known = match config.ipam_mode {
+        IpamMode::ClusterPool => saved.pod_cidr.and_then(|cidr| match PodNetwork::new(cidr) {
+            Ok(pod) => Some(pod),
+            Err(e) => {
+                warn!(error = %e, "ignoring the saved PodCIDR");
+                None
+            }
+        }),
+        _ => config.pod_cidr.map(PodNetwork::new).transpose()?,
+    };
+    if let Some(pod) = known {
+        if config.pod_cidr.is_none() {
+            info!(cidr = %pod.cidr, "starting with the PodCIDR saved in stateDir");
+        }
+        set_pod_network(&cluster, pod);
+        // The health endpoint the daemon is about to restore: registered
+        // with it from the start, so other nodes keep probing it.
+        let health_ip = saved
+            .endpoints
+            .values()
+            .find(|e| e.health && pod.cidr.contains(&e.ip))
+            .map(|e| e.ip);
+        cluster
+            .local
+            .send_modify(|local| local.health_ip = health_ip);
+    }
+    let store = if config.has_store() {
+        let store = runtime.block_on(kvstore::connect(&config.etcd_endpoints, &cluster));
+        // Registered before the PodCIDR is known: that is how the operator
+        // learns about the node. With a known CIDR it is pre-filled.
+        runtime.spawn(kvstore::run_registration(
+            store.clone(),
+            cluster.clone(),
+            config.etcd_endpoints.clone(),
+            config.kvstore_lease_ttl,
+            stop_rx.clone(),
+        ));
+        Some(store)
+    } else {
+        None
+    };
+    let pod = if let Some(pod) = known {
+        pod
+    } else {
+        let pod = runtime.block_on(wait_for_pod_cidr(&cluster, &config))?;
+        set_pod_network(&cluster, pod);
+        pod
+    };
+    info!(cidr = %pod.cidr, router = %pod.router, node_ip = ?native.as_ref().map(|n| n.ip), "node addressing");
+
+    let host_ifindex =
+        devices::ensure_host_devices(&nl, &config, &pod).context("setting up the host devices")?;
+    let addressing = NodeAddressing { pod, native };
+    let daemon = Arc::new(Daemon::start(
+        config.clone(),
+        addressing,
+        host_ifindex,
+        cluster,
+    )?);
+    ciliate_agent::health::ensure(&daemon).context("setting up the health endpoint")?;
+
+    runtime.block_on(serve(daemon, config, store, stop_tx, stop_rx))
 }
 
-async fn serve(daemon: Arc<Daemon>, config: Config) -> anyhow::Result<()> {
+/// Records the PodCIDR in the node's registration.
+fn set_pod_network(cluster: &Cluster, pod: PodNetwork) {
+    cluster.local.send_modify(|local| {
+        local.pod_cidrs = vec![pod.cidr];
+        local.ciliate_internal_ip = Some(pod.router);
+    });
+}
+
+/// Waits until the operator assigns this node a PodCIDR, saying what it waits for.
+async fn wait_for_pod_cidr(cluster: &Cluster, config: &Config) -> anyhow::Result<PodNetwork> {
+    let mut assigned = cluster.assigned_pod_cidr.subscribe();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        let cidr = *assigned.borrow_and_update();
+        if let Some(cidr) = cidr {
+            match PodNetwork::new(cidr) {
+                Ok(pod) => {
+                    info!(cidr = %pod.cidr, "the operator assigned this node's PodCIDR");
+                    return Ok(pod);
+                }
+                Err(e) => {
+                    error!(error = %e, "the store holds a PodCIDR this agent cannot use; waiting for another");
+                }
+            }
+        }
+        tokio::select! {
+            changed = assigned.changed() => {
+                changed.context("the registration stopped")?;
+            }
+            _ = tick.tick() => {
+                let store = cluster.kvstore.borrow().clone();
+                info!(
+                    node = %config.node_name,
+                    store = ?store.map(|s| format!("{}: {}", s.state, s.message)),
+                    "waiting for the operator to assign a PodCIDR (spec.ipam.podCIDRs of CiliateNode {})",
+                    config.node_name
+                );
+            }
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("stopped while waiting for a PodCIDR"),
+            _ = term.recv() => anyhow::bail!("stopped while waiting for a PodCIDR"),
+        }
+    }
+}
+
+async fn serve(
+    daemon: Arc<Daemon>,
+    config: Config,
+    store: Option<Store>,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let (events, _) = broadcast::channel(monitor::LISTENER_BUFFER);
     let ring = Maps::open_events(&config.bpf_root).context("opening the event ring buffer")?;
     let monitor_task = tokio::spawn(monitor::run(ring, events.clone()));
+
+    if let Some(store) = store {
+        let settings = nodes::Settings {
+            local_name: config.node_name.clone(),
+            routing_mode: config.routing_mode,
+            auto_direct_node_routes: config.auto_direct_node_routes,
+            pod: daemon.addressing.pod,
+            pod_mtu: devices::pod_mtu(&config),
+            host_ifindex: daemon.host_ifindex(),
+            native: daemon.addressing.native.clone(),
+            state_dir: config.state_dir.clone(),
+        };
+        let ipcache = Maps::open(&config.bpf_root)
+            .context("opening the ipcache")?
+            .ipcache;
+        let manager = nodes::NodeManager::new(
+            settings,
+            ipcache,
+            Netlink::new().context("opening netlink")?,
+            daemon.cluster().clone(),
+        );
+        tokio::spawn(nodes::run(
+            store,
+            manager,
+            config.etcd_endpoints.clone(),
+            stop_rx.clone(),
+        ));
+    }
 
     let socket = &config.socket_path;
     if let Some(dir) = socket.parent() {
@@ -91,10 +251,7 @@ async fn serve(daemon: Arc<Daemon>, config: Config) -> anyhow::Result<()> {
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", socket.display()))?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // The other nodes to probe; the node manager becomes this list's sender.
-    let (_nodes_tx, nodes_rx) = watch::channel(Vec::new());
-    let health = ciliate_agent::health::start(&config, nodes_rx, &stop_rx)
+    let health = ciliate_agent::health::start(&config, daemon.nodes_watch(), &stop_rx)
         .context("starting cluster health checking")?;
     let api = Api {
         daemon,

@@ -10,7 +10,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ciliate_api::{
     ClusterHealth, Endpoint, EndpointCreateRequest, IpamAllocateRequest, IpamAllocation,
-    MonitorEvent, Status,
+    MonitorEvent, Node, Status,
 };
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
@@ -43,6 +43,7 @@ pub fn router(api: Api) -> Router {
         )
         .route("/v1/monitor", get(monitor))
         .route("/v1/health", get(health))
+        .route("/v1/node", get(list_nodes))
         .with_state(api)
 }
 
@@ -140,6 +141,11 @@ async fn delete_endpoint(
     let r = EndpointRef::parse(&id)?;
     blocking(&api.daemon, move |d| d.delete_endpoint(&r)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// This node first, then the others by name.
+async fn list_nodes(State(api): State<Api>) -> Json<Vec<Node>> {
+    Json(api.daemon.nodes())
 }
 
 #[derive(Deserialize)]

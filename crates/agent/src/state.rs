@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use ciliate_api::Endpoint;
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::ipam::Allocation;
@@ -13,6 +14,10 @@ use crate::ipam::Allocation;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct State {
+    /// The PodCIDR the node runs with: what the operator assigned (cluster-pool)
+    /// or `ipv4Range`, so that a restarted agent starts with it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<Ipv4Net>,
     #[serde(default)]
     pub allocations: BTreeMap<Ipv4Addr, Allocation>,
     #[serde(default)]

@@ -63,3 +63,49 @@ fn flags_are_validated_too() {
         "{err}"
     );
 }
+
+#[test]
+fn multi_node_settings_are_checked() {
+    let (code, err) = start_with("nodeName: n\nipam: {mode: cluster-pool}\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("etcd.endpoints") && err.contains("cluster-pool"),
+        "{err}"
+    );
+    let cluster =
+        "nodeName: n\nipam: {mode: cluster-pool}\netcd: {endpoints: [\"http://127.0.0.1:2379\"]}\n";
+    let (code, err) = start_with(&format!("{cluster}autoDirectNodeRoutes: true\n"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("autoDirectNodeRoutes") && err.contains("tunnel") && err.contains("native"),
+        "{err}"
+    );
+    let (code, err) = start_with(&format!(
+        "{cluster}routingMode: native\nipv4NativeRoutingCIDR: 172.20.0.0/33\n"
+    ));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("ipv4NativeRoutingCIDR") && err.contains("172.20.0.0/33"),
+        "{err}"
+    );
+    let (code, err) = start_with(&format!("{cluster}ipv4Range: 10.0.0.0/24\n"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("ipv4Range") && err.contains("operator"),
+        "{err}"
+    );
+    let (code, err) = start_with(
+        "nodeName: n\nipam: {mode: cluster-pool}\netcd: {endpoints: [\"127.0.0.1:2379\"]}\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("etcd.endpoints") && err.contains("127.0.0.1:2379") && err.contains("http://"),
+        "{err}"
+    );
+    let (code, err) = start_with(&format!("{cluster}kvstoreLeaseTTL: 1\n"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("kvstoreLeaseTTL"), "{err}");
+    let (code, err) = start_with(&format!("{cluster}clusterHealthPort: 0\n"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("clusterHealthPort"), "{err}");
+}
