@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -102,42 +104,54 @@ impl Client {
         uri: &str,
         mut on_line: impl FnMut(&str) -> bool,
     ) -> Result<(), ClientError> {
-        let stream = self.connect(None)?;
-        let mut reader = self.send(&stream, "GET", uri, None)?;
+        let mut stream = self.open_stream(uri, None)?;
+        while let Some(line) = stream.next_line()? {
+            if !on_line(&line) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a streaming GET and returns once the agent answered with its
+    /// head (for `/v1/monitor`: once it has subscribed this reader, so nothing
+    /// after this call is missed). `head_timeout` bounds the wait for the
+    /// head; the body is then read without a timeout, until the agent closes
+    /// it or a [`StreamStopper`] stops it.
+    pub fn open_stream(
+        &self,
+        uri: &str,
+        head_timeout: Option<Duration>,
+    ) -> Result<LineStream, ClientError> {
+        let stream = self.connect(head_timeout)?;
+        self.write_request(&stream, "GET", uri, None)?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(|source| self.io(source))?);
         let (status, headers) = self.read_head(&mut reader, uri)?;
         if status >= 300 {
             let body = self.read_body(&mut reader, uri, &headers)?;
             return Err(status_error("GET", uri, status, &body));
         }
+        stream
+            .set_read_timeout(None)
+            .map_err(|source| self.io(source))?;
         let chunked = headers
             .iter()
             .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-        let mut pending = Vec::new();
-        loop {
-            let piece = if chunked {
-                match self.read_chunk(&mut reader, uri)? {
-                    Some(piece) => piece,
-                    None => return Ok(()),
-                }
-            } else {
-                let mut buf = vec![0; 4096];
-                let n = reader.read(&mut buf).map_err(|source| self.io(source))?;
-                if n == 0 {
-                    return Ok(());
-                }
-                buf.truncate(n);
-                buf
-            };
-            pending.extend_from_slice(&piece);
-            while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=pos).collect();
-                let line = String::from_utf8_lossy(&line);
-                let line = line.trim_end();
-                if !line.is_empty() && !on_line(line) {
-                    return Ok(());
-                }
-            }
-        }
+        Ok(LineStream {
+            client: Self {
+                path: self.path.clone(),
+                timeout: self.timeout,
+            },
+            uri: uri.to_string(),
+            reader,
+            chunked,
+            pending: Vec::new(),
+            done: false,
+            stopper: StreamStopper {
+                stream: Arc::new(stream),
+                stopped: Arc::new(AtomicBool::new(false)),
+            },
+        })
     }
 
     fn request(
@@ -177,6 +191,17 @@ impl Client {
         uri: &str,
         body: Option<&[u8]>,
     ) -> Result<BufReader<&'s UnixStream>, ClientError> {
+        self.write_request(stream, method, uri, body)?;
+        Ok(BufReader::new(stream))
+    }
+
+    fn write_request(
+        &self,
+        stream: &UnixStream,
+        method: &str,
+        uri: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(), ClientError> {
         let mut head = format!("{method} {uri} HTTP/1.1\r\nHost: ciliate\r\nConnection: close\r\n");
         if let Some(body) = body {
             let _ = write!(
@@ -193,7 +218,7 @@ impl Client {
         if let Some(body) = body {
             writer.write_all(body).map_err(|source| self.io(source))?;
         }
-        Ok(BufReader::new(stream))
+        Ok(())
     }
 
     fn read_head(
@@ -295,6 +320,96 @@ impl Client {
             path: self.path.clone(),
             source,
         }
+    }
+}
+
+/// The body of a streaming GET, line by line (see [`Client::open_stream`]).
+pub struct LineStream {
+    client: Client,
+    uri: String,
+    reader: BufReader<UnixStream>,
+    chunked: bool,
+    pending: Vec<u8>,
+    done: bool,
+    stopper: StreamStopper,
+}
+
+impl LineStream {
+    /// The next non-empty line (without its line end); `None` once the agent
+    /// closed the stream or it was stopped. A line cut off by the end of the
+    /// stream is not returned.
+    pub fn next_line(&mut self) -> Result<Option<String>, ClientError> {
+        loop {
+            if let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end();
+                if line.is_empty() {
+                    continue;
+                }
+                return Ok(Some(line.to_string()));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            match self.read_piece() {
+                Ok(Some(piece)) => self.pending.extend_from_slice(&piece),
+                Ok(None) => self.done = true,
+                // Stopping shuts the socket down under the reader: not an error.
+                Err(_) if self.stopper.is_stopped() => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// A handle that ends this stream from another thread.
+    pub fn stopper(&self) -> StreamStopper {
+        self.stopper.clone()
+    }
+
+    fn read_piece(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        if self.chunked {
+            return self.client.read_chunk(&mut self.reader, &self.uri);
+        }
+        let mut buf = vec![0; 4096];
+        let n = self
+            .reader
+            .read(&mut buf)
+            .map_err(|source| self.client.io(source))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        Ok(Some(buf))
+    }
+}
+
+impl Iterator for LineStream {
+    type Item = Result<String, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_line().transpose()
+    }
+}
+
+/// Ends a [`LineStream`]: its reader sees the end of the stream.
+#[derive(Clone, Debug)]
+pub struct StreamStopper {
+    stream: Arc<UnixStream>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl StreamStopper {
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
     }
 }
 

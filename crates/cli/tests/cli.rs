@@ -235,3 +235,32 @@ fn status_endpoints_maps_metrics_and_monitor() {
     assert!(counted, "{metrics}");
     assert!(ciliate(&lab, &["bpf", "metrics", "list"]).contains("Forwarded"));
 }
+
+#[test]
+fn transfer_size_out_of_range_is_refused_before_anything_runs() {
+    for bad in ["0", "1025", "99999999999999999999"] {
+        let out = Command::new(CILIATE)
+            .args([
+                "connectivity",
+                "test",
+                "--name",
+                "nolab",
+                "--transfer-mib",
+                bad,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains("--transfer-mib") && stderr.contains(bad),
+            "{bad}: {stderr}"
+        );
+    }
+    let help = Command::new(CILIATE)
+        .args(["connectivity", "test", "--transfer-mib", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&help.stderr);
+    assert!(stderr.contains("1..=1024"), "{stderr}");
+}

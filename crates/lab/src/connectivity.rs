@@ -21,13 +21,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ciliate_api::client::{LineStream, StreamStopper};
 use ciliate_api::{ClusterHealth, MonitorEvent, Status};
 use ciliate_datapath::netns;
 use serde::Serialize;
@@ -137,9 +137,49 @@ impl ScenarioResult {
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     pub results: Vec<ScenarioResult>,
+    /// Nodes whose agent's store connection was not `Ok` when the run began.
+    pub kvstore: Vec<String>,
 }
 
 impl Report {
+    pub fn skipped(&self) -> Vec<(&str, &str)> {
+        self.results
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                Outcome::Skipped { reason } => Some((r.name.as_str(), reason.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The last line of a run: how many passed, failed and were skipped.
+    pub fn summary(&self) -> String {
+        let total = self.results.len();
+        let failed = self.failed();
+        let skipped = self.skipped();
+        let passed = total - failed.len() - skipped.len();
+        let skipped_note = if skipped.is_empty() {
+            String::new()
+        } else {
+            let which: Vec<String> = skipped
+                .iter()
+                .map(|(name, reason)| format!("{name}: {reason}"))
+                .collect();
+            format!(", {} skipped ({})", skipped.len(), which.join("; "))
+        };
+        if !failed.is_empty() {
+            format!(
+                "❌ {} of {total} tests failed, {passed} passed{skipped_note}: {}",
+                failed.len(),
+                failed.join(", ")
+            )
+        } else if skipped.is_empty() {
+            format!("✅ All {total} tests passed")
+        } else {
+            format!("✅ {passed} of {total} tests passed{skipped_note}")
+        }
+    }
+
     pub fn passed(&self) -> bool {
         self.results.iter().all(|r| r.outcome != Outcome::Failed)
     }
@@ -238,6 +278,10 @@ pub fn run(lab: &mut Lab, options: &Options, out: &mut dyn Write) -> Result<Repo
             lab.state().ipam
         ),
     );
+    let kvstore = kvstore_problems(lab);
+    for problem in &kvstore {
+        p(out, format!("⚠️  {problem}"));
+    }
     let pods = deploy(lab, &nodes)?;
     for pod in pods.values() {
         p(
@@ -283,20 +327,14 @@ pub fn run(lab: &mut Lab, options: &Options, out: &mut dyn Write) -> Result<Repo
             )),
             _ => unreachable!("selected from SCENARIOS"),
         };
-        let actions = outcome.clone().unwrap_or_default();
+        let (outcome, actions) = judge(name, outcome, !options.tests.is_empty());
         let mut drops = Vec::new();
         let mut monitor_errors = Vec::new();
         for w in watchers {
-            match w.stop() {
-                Ok(events) => drops.extend(events),
-                Err(e) => monitor_errors.push(e),
-            }
+            let (seen, errors) = w.stop();
+            drops.extend(seen);
+            monitor_errors.extend(errors);
         }
-        let outcome = match outcome {
-            Err(reason) => Outcome::Skipped { reason },
-            Ok(_) if actions.iter().any(|a| a.error.is_some()) => Outcome::Failed,
-            Ok(_) => Outcome::Passed,
-        };
         let result = ScenarioResult {
             name: (*name).to_string(),
             outcome,
@@ -308,31 +346,8 @@ pub fn run(lab: &mut Lab, options: &Options, out: &mut dyn Write) -> Result<Repo
         results.push(result);
     }
     drop(env);
-    let report = Report { results };
-    let failed = report.failed();
-    let skipped = report
-        .results
-        .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Skipped { .. }))
-        .count();
-    let total = report.results.len();
-    let skipped_note = if skipped > 0 {
-        format!(" ({skipped} skipped)")
-    } else {
-        String::new()
-    };
-    if failed.is_empty() {
-        p(out, format!("✅ All {total} tests passed{skipped_note}"));
-    } else {
-        p(
-            out,
-            format!(
-                "❌ {} of {total} tests failed{skipped_note}: {}",
-                failed.len(),
-                failed.join(", ")
-            ),
-        );
-    }
+    let report = Report { results, kvstore };
+    p(out, report.summary());
     if options.cleanup {
         for name in [CLIENT, ECHO_SAME, ECHO_OTHER] {
             lab.delete_pod(&format!("{TEST_NAMESPACE}/{name}"))?;
@@ -347,6 +362,28 @@ pub fn run(lab: &mut Lab, options: &Options, out: &mut dyn Write) -> Result<Repo
         );
     }
     Ok(report)
+}
+
+/// How a scenario ended, from its actions or the reason it could not run
+/// (`Err`). Skipped unless it was asked for by name (`requested`, with
+/// `--test`): then not running it is a failure, never a pass.
+pub fn judge(
+    name: &str,
+    ran: std::result::Result<Vec<Action>, String>,
+    requested: bool,
+) -> (Outcome, Vec<Action>) {
+    match ran {
+        Err(reason) if requested => (
+            Outcome::Failed,
+            vec![Action {
+                name: format!("{name}, asked for with --test"),
+                error: Some(format!("cannot run: {reason}")),
+            }],
+        ),
+        Err(reason) => (Outcome::Skipped { reason }, Vec::new()),
+        Ok(actions) if actions.iter().any(|a| a.error.is_some()) => (Outcome::Failed, actions),
+        Ok(actions) => (Outcome::Passed, actions),
+    }
 }
 
 fn print_result(out: &mut dyn Write, r: &ScenarioResult, verbose: bool) {
@@ -376,11 +413,33 @@ fn print_result(out: &mut dyn Write, r: &ScenarioResult, verbose: bool) {
         for d in &r.drops {
             let _ = writeln!(out, "    🔥 {} dropped: {}", d.node, d.event);
         }
-        for e in &r.monitor_errors {
-            let _ = writeln!(out, "    ⚠️  {e}");
-        }
+    }
+    // Without its monitor a node's drops are unknown: always say so.
+    for e in &r.monitor_errors {
+        let _ = writeln!(out, "    ⚠️  {e}");
     }
     let _ = out.flush();
+}
+
+/// Each node whose agent reports its store connection as other than `Ok`
+/// (or does not answer): `node1: kvstore Failure: etcd: ...`.
+fn kvstore_problems(lab: &Lab) -> Vec<String> {
+    lab.nodes()
+        .iter()
+        .filter_map(|node| {
+            match ciliate_api::Client::new(&node.socket).get::<Status>("/v1/status") {
+                Err(e) => Some(format!(
+                    "{}: its agent does not answer GET /v1/status: {}",
+                    node.name,
+                    report(&e)
+                )),
+                Ok(s) => s
+                    .kvstore
+                    .filter(|k| k.state != "Ok")
+                    .map(|k| format!("{}: kvstore {}: {}", node.name, k.state, k.message)),
+            }
+        })
+        .collect()
 }
 
 /// Creates the test pods (or finds them from an earlier run) and waits until
@@ -653,8 +712,7 @@ fn host_to_pod(env: &Env<'_>) -> Vec<Action> {
 /// The fabric's own address is a host outside the cluster (etcd serves there).
 fn pod_to_remote_host(env: &Env<'_>) -> Vec<Action> {
     let client = env.pod(CLIENT);
-    let outside = u32::from(env.lab.state().fabric_cidr.network()) + 1;
-    let outside = Ipv4Addr::from(outside);
+    let outside = crate::fabric::gateway(env.lab.state().fabric_cidr).addr();
     let label = "the outside host";
     vec![
         env.ping(&client.key(), CLIENT, outside, label),
@@ -907,116 +965,97 @@ fn transfer(netns: &Path, to: SocketAddr, bytes: usize) -> std::result::Result<(
 /// Follows one node's `GET /v1/monitor?type=drop` in a thread until stopped.
 pub struct DropWatcher {
     node: String,
-    state: std::result::Result<(UnixStream, JoinHandle<Vec<MonitorEvent>>), String>,
+    state: std::result::Result<(StreamStopper, JoinHandle<Followed>), String>,
 }
 
+/// What a reader saw: the events, and what went wrong (undecodable lines, a
+/// broken stream).
+type Followed = (Vec<MonitorEvent>, Vec<String>);
+
 impl DropWatcher {
-    /// Starts following; once this returns, no drop of the node is missed.
+    /// Starts following; once this returns, no drop of the node is missed
+    /// (the agent answers the request once it has subscribed the reader).
     /// A node whose agent does not answer is reported by [`DropWatcher::stop`].
     pub fn start(node: &str, socket: &Path) -> Self {
-        let state = Self::open(socket).map_err(|e| {
-            format!(
-                "the monitor of {node} ({}) could not be followed: {e}",
-                socket.display()
-            )
-        });
+        let state = ciliate_api::Client::new(socket)
+            .open_stream("/v1/monitor?type=drop", Some(Duration::from_secs(5)))
+            .map(|stream| {
+                let stopper = stream.stopper();
+                let node = node.to_string();
+                (
+                    stopper,
+                    std::thread::spawn(move || read_events(stream, &node)),
+                )
+            })
+            .map_err(|e| {
+                format!(
+                    "the monitor of {node} ({}) could not be followed: {}",
+                    socket.display(),
+                    report(&e)
+                )
+            });
         Self {
             node: node.to_string(),
             state,
         }
     }
 
-    fn open(socket: &Path) -> std::io::Result<(UnixStream, JoinHandle<Vec<MonitorEvent>>)> {
-        let stream = UnixStream::connect(socket)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        (&stream).write_all(
-            b"GET /v1/monitor?type=drop HTTP/1.1\r\nHost: ciliate\r\nConnection: close\r\n\r\n",
-        )?;
-        let mut reader = BufReader::new(stream.try_clone()?);
-        // The head arrives once the agent has subscribed us: from here on no
-        // drop is missed.
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        if !line.starts_with("HTTP/1.1 200") && !line.starts_with("HTTP/1.0 200") {
-            return Err(std::io::Error::other(format!(
-                "the agent answered {:?}",
-                line.trim()
-            )));
-        }
-        let mut chunked = false;
-        loop {
-            line.clear();
-            reader.read_line(&mut line)?;
-            let header = line.trim().to_ascii_lowercase();
-            if header.is_empty() {
-                break;
-            }
-            if header.starts_with("transfer-encoding:") && header.contains("chunked") {
-                chunked = true;
-            }
-        }
-        stream.set_read_timeout(None)?;
-        let thread = std::thread::spawn(move || read_events(reader, chunked));
-        Ok((stream, thread))
-    }
-
     /// Stops following (after a moment for events still on their way) and
-    /// returns the drops seen.
-    pub fn stop(self) -> std::result::Result<Vec<SeenDrop>, String> {
-        let (stream, thread) = self.state?;
+    /// returns the drops seen and what went wrong while following.
+    pub fn stop(self) -> (Vec<SeenDrop>, Vec<String>) {
+        let (stopper, thread) = match self.state {
+            Ok(s) => s,
+            Err(e) => return (Vec::new(), vec![e]),
+        };
         std::thread::sleep(Duration::from_millis(300));
-        let _ = stream.shutdown(Shutdown::Both);
-        let events = thread.join().unwrap_or_default();
-        Ok(events
+        stopper.stop();
+        let (events, errors) = thread.join().unwrap_or_else(|_| {
+            (
+                Vec::new(),
+                vec![format!("the monitor reader of {} panicked", self.node)],
+            )
+        });
+        let drops = events
             .into_iter()
             .map(|event| SeenDrop {
                 node: self.node.clone(),
                 event,
             })
-            .collect())
+            .collect();
+        (drops, errors)
     }
 }
 
-fn read_events(mut reader: BufReader<UnixStream>, chunked: bool) -> Vec<MonitorEvent> {
+fn read_events(stream: LineStream, node: &str) -> Followed {
     let mut events = Vec::new();
-    let mut pending: Vec<u8> = Vec::new();
-    loop {
-        let piece = if chunked {
-            let mut size = String::new();
-            match reader.read_line(&mut size) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let Ok(n) = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
-            else {
-                break;
-            };
-            if n == 0 {
-                break;
-            }
-            let mut piece = vec![0; n + 2];
-            if reader.read_exact(&mut piece).is_err() {
-                break;
-            }
-            piece.truncate(n);
-            piece
-        } else {
-            let mut buf = vec![0; 4096];
-            match reader.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    buf.truncate(n);
-                    buf
+    let mut errors = Vec::new();
+    for line in stream {
+        match line {
+            Ok(line) => match serde_json::from_str::<MonitorEvent>(&line) {
+                Ok(event) => events.push(event),
+                Err(e) => {
+                    let shown: String = line.chars().take(120).collect();
+                    errors.push(format!(
+                        "the monitor of {node} sent an event this CLI cannot decode ({e}): {shown}"
+                    ));
                 }
-            }
-        };
-        pending.extend_from_slice(&piece);
-        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=pos).collect();
-            if let Ok(event) = serde_json::from_slice::<MonitorEvent>(&line) {
-                events.push(event);
+            },
+            Err(e) => {
+                errors.push(format!("the monitor of {node} broke off: {}", report(&e)));
+                break;
             }
         }
     }
-    events
+    (events, errors)
+}
+
+/// An error with its sources, `a: b: c`.
+fn report(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let _ = write!(text, ": {s}");
+        source = s.source();
+    }
+    text
 }

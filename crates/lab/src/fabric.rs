@@ -123,3 +123,10 @@ pub fn addresses(netns_path: &Path, device: &str) -> Result<Vec<(Ipv4Addr, u8)>>
         None => Ok(Vec::new()),
     }
 }
+
+/// The fabric's own address (the bridge: the outside host, etcd, the
+/// operator): the subnet's first address, with the subnet's prefix.
+pub fn gateway(fabric_cidr: Ipv4Net) -> Ipv4Net {
+    let ip = Ipv4Addr::from(u32::from(fabric_cidr.network()) + 1);
+    Ipv4Net::new(ip, fabric_cidr.prefix_len()).expect("the prefix of an Ipv4Net is valid")
+}

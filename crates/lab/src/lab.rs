@@ -114,13 +114,12 @@ impl LabSpec {
 
     /// The fabric address of the outside host (the bridge): the subnet's first address.
     pub fn fabric_gateway(&self) -> Ipv4Net {
-        let ip = Ipv4Addr::from(u32::from(self.fabric_cidr.network()) + 1);
-        Ipv4Net::new(ip, self.fabric_cidr.prefix_len()).expect("valid prefix")
+        fabric::gateway(self.fabric_cidr)
     }
 
     /// `http://<fabric gateway>:2379`.
     pub fn etcd_endpoint(&self) -> String {
-        format!("http://{}:{ETCD_CLIENT_PORT}", self.fabric_gateway().addr())
+        etcd_endpoint(self.fabric_gateway().addr())
     }
 
     fn invalid(field: &str, value: &dyn std::fmt::Display, allowed: impl Into<String>) -> LabError {
@@ -460,7 +459,7 @@ impl Lab {
         state.save(dir)?;
 
         fabric::create_fabric(&state.fabric_netns, spec.fabric_gateway())?;
-        state.etcd = Some(start_etcd(&state, spec, etcd_binary)?);
+        state.etcd = Some(start_etcd(&state, etcd_binary, spec.agent_timeout)?);
         state.save(dir)?;
         if spec.ipam == IpamMode::ClusterPool {
             let operator = OperatorInfo {
@@ -617,12 +616,7 @@ impl Lab {
     pub fn kill_agent(&mut self, node: &str) -> Result<()> {
         let index = self.node(node)?.index;
         if let Some(rec) = self.state.nodes[index].agent.take() {
-            // SAFETY: plain kill(2) of a pid this lab started and recorded.
-            unsafe { libc::kill(rec.pid, libc::SIGKILL) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while sys::alive(&rec) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            sys::kill_recorded(&rec);
             self.state.save(&self.state.dir)?;
         }
         Ok(())
@@ -645,12 +639,7 @@ impl Lab {
             return Err(self.no_operator());
         };
         if let Some(rec) = op.process.take() {
-            // SAFETY: plain kill(2) of a pid this lab started and recorded.
-            unsafe { libc::kill(rec.pid, libc::SIGKILL) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while sys::alive(&rec) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            sys::kill_recorded(&rec);
             self.state.save(&self.state.dir)?;
         }
         Ok(())
@@ -666,6 +655,54 @@ impl Lab {
             op.process = Some(rec);
         }
         self.state.save(&self.state.dir)
+    }
+
+    /// Stops the lab's etcd with SIGKILL (its data stays) and waits for it to
+    /// be gone: the agents and the operator lose the store.
+    pub fn stop_etcd(&mut self) -> Result<()> {
+        let Some(etcd) = self.state.etcd.as_mut() else {
+            return Err(self.no_etcd());
+        };
+        if let Some(rec) = etcd.process.take() {
+            sys::kill_recorded(&rec);
+            self.state.save(&self.state.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the lab's etcd again (after [`Lab::stop_etcd`]) on the same
+    /// address and data, and waits until it is healthy.
+    pub fn start_etcd(&mut self, timeout: Duration) -> Result<()> {
+        let Some(etcd) = &self.state.etcd else {
+            return Err(self.no_etcd());
+        };
+        if etcd.process.as_ref().is_some_and(sys::alive) {
+            return Ok(());
+        }
+        let wanted = if etcd.binary.as_os_str().is_empty() {
+            Path::new("etcd")
+        } else {
+            etcd.binary.as_path()
+        };
+        let binary = sys::find_program(wanted).ok_or_else(|| LabError::BinaryMissing {
+            binary: format!(
+                "{} (etcd-server; install it with scripts/install-deps.sh)",
+                wanted.display()
+            ),
+            searched: std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .collect(),
+        })?;
+        let started = start_etcd(&self.state, &binary, timeout)?;
+        self.state.etcd = Some(started);
+        self.state.save(&self.state.dir)
+    }
+
+    fn no_etcd(&self) -> LabError {
+        LabError::Invalid {
+            field: format!("lab {}", self.state.name),
+            value: "no etcd".into(),
+            allowed: "a lab made by this ciliate (it runs etcd in the fabric)".into(),
+        }
     }
 
     fn no_operator(&self) -> LabError {
@@ -686,11 +723,7 @@ impl Lab {
         Fut: std::future::Future<Output = ciliate_store::Result<T>>,
     {
         let Some(etcd) = &self.state.etcd else {
-            return Err(LabError::Invalid {
-                field: format!("lab {}", self.state.name),
-                value: "no etcd".into(),
-                allowed: "a lab made by this ciliate (it runs etcd in the fabric)".into(),
-            });
+            return Err(self.no_etcd());
         };
         let endpoint = etcd.endpoint.clone();
         let fabric = netns::named_path(&self.state.fabric_netns);
@@ -1596,9 +1629,9 @@ fn spawn_agent(node: &NodeInfo, bin_dir: &Path) -> Result<ProcessRecord> {
 
 /// Starts etcd in the fabric namespace on the bridge's address, data under
 /// the lab's directory, and waits until it is healthy.
-fn start_etcd(state: &LabState, spec: &LabSpec, binary: &Path) -> Result<EtcdInfo> {
+fn start_etcd(state: &LabState, binary: &Path, timeout: Duration) -> Result<EtcdInfo> {
     let data_dir = state.dir.join("etcd");
-    let gateway = spec.fabric_gateway().addr();
+    let gateway = fabric::gateway(state.fabric_cidr).addr();
     let options = ciliate_store::testing::EtcdOptions {
         binary: binary.to_owned(),
         name: state.name.clone(),
@@ -1631,7 +1664,7 @@ fn start_etcd(state: &LabState, spec: &LabSpec, binary: &Path) -> Result<EtcdInf
         log: &log,
     })?;
     let addr = std::net::SocketAddr::from((gateway, ETCD_CLIENT_PORT));
-    let deadline = Instant::now() + spec.agent_timeout;
+    let deadline = Instant::now() + timeout;
     loop {
         let waited =
             ciliate_store::testing::wait_healthy(addr, Some(&fabric), Duration::from_millis(500));
@@ -1643,7 +1676,7 @@ fn start_etcd(state: &LabState, spec: &LabSpec, binary: &Path) -> Result<EtcdInf
                     problem: if sys::alive(&rec) {
                         format!(
                             "was not healthy at {addr} within {} s ({e})",
-                            spec.agent_timeout.as_secs()
+                            timeout.as_secs()
                         )
                     } else {
                         format!("exited (pid {})", rec.pid)
@@ -1656,10 +1689,16 @@ fn start_etcd(state: &LabState, spec: &LabSpec, binary: &Path) -> Result<EtcdInf
         }
     }
     Ok(EtcdInfo {
-        endpoint: spec.etcd_endpoint(),
+        endpoint: etcd_endpoint(gateway),
         data_dir,
+        binary: binary.to_owned(),
         process: Some(rec),
     })
+}
+
+/// `http://<address>:2379`.
+fn etcd_endpoint(address: Ipv4Addr) -> String {
+    format!("http://{address}:{ETCD_CLIENT_PORT}")
 }
 
 /// Starts `ciliate-operator --config <lab>/operator.yaml` in the fabric namespace.

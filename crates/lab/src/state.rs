@@ -125,6 +125,9 @@ pub struct EtcdInfo {
     /// `http://192.168.10.1:2379`, reachable from the fabric and the nodes.
     pub endpoint: String,
     pub data_dir: PathBuf,
+    /// The etcd program it runs (for a restart); `etcd` in `PATH` when empty.
+    #[serde(default)]
+    pub binary: PathBuf,
     pub process: Option<ProcessRecord>,
 }
 

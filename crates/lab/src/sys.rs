@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -191,6 +191,48 @@ pub fn start_time(pid: i32) -> Option<u64> {
 /// Whether the recorded process still runs (same pid, same start time, not a zombie).
 pub fn alive(rec: &ProcessRecord) -> bool {
     matches!(stat(rec.pid), Some((start, false)) if start == rec.start_time)
+}
+
+/// Kills a process this lab started and recorded, with SIGKILL as a crash
+/// would, and waits (up to 5 s) for it to be gone. Only signals it while it
+/// is still that process (same pid and start time): a pid the kernel has
+/// since given to another process is left alone. Returns whether it was
+/// still running.
+pub fn kill_recorded(rec: &ProcessRecord) -> bool {
+    if rec.pid <= 1 || rec.pid == std::process::id() as i32 {
+        return false;
+    }
+    // A pidfd pins the process: checked after opening it, the signal cannot
+    // reach a process that took the pid over in between.
+    // SAFETY: pidfd_open(2) with a pid and no flags.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, rec.pid, 0) };
+    let Ok(fd) = i32::try_from(fd) else {
+        return false;
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the fd was just returned to us and is owned here only.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    if !alive(rec) {
+        return false;
+    }
+    // SAFETY: pidfd_send_signal(2) on an open pidfd, no siginfo, no flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
+    }
+    drop(fd);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(rec) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 fn pid_running(pid: i32) -> bool {

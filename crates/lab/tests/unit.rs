@@ -270,6 +270,7 @@ fn state_round_trip() {
         etcd: Some(ciliate_lab::EtcdInfo {
             endpoint: spec.etcd_endpoint(),
             data_dir: dir.path().join("etcd"),
+            binary: "/usr/bin/etcd".into(),
             process: None,
         }),
         operator: Some(ciliate_lab::OperatorInfo {
@@ -549,5 +550,101 @@ fn missing_binaries_are_named() {
     assert!(
         e.contains("ciliate-agent") && e.contains(&dir.path().display().to_string()),
         "{e}"
+    );
+}
+
+#[test]
+fn a_skipped_scenario_is_not_a_pass_and_fails_when_asked_for() {
+    use connectivity::{judge, Action, Outcome, Report, ScenarioResult};
+    let one_node = || Err("the lab has one node; it needs two".to_string());
+    // The default run: skipped, and said so.
+    let (outcome, actions) = judge("pod-to-pod-other-node", one_node(), false);
+    assert!(matches!(&outcome, Outcome::Skipped { reason } if reason.contains("one node")));
+    assert!(actions.is_empty());
+    // Asked for with --test: a failure naming why.
+    let (asked, actions) = judge("pod-to-pod-other-node", one_node(), true);
+    assert_eq!(asked, Outcome::Failed);
+    let error = actions[0].error.as_deref().unwrap();
+    assert!(
+        actions[0].name.contains("--test") && error.contains("one node"),
+        "{actions:?}"
+    );
+    let ok = Action {
+        name: "ping".into(),
+        error: None,
+    };
+    let bad = Action {
+        name: "curl".into(),
+        error: Some("exit 28".into()),
+    };
+    assert_eq!(judge("x", Ok(vec![ok.clone()]), true).0, Outcome::Passed);
+    assert_eq!(
+        judge("x", Ok(vec![ok.clone(), bad]), false).0,
+        Outcome::Failed
+    );
+
+    let result = |name: &str, outcome: Outcome| ScenarioResult {
+        name: name.into(),
+        outcome,
+        actions: Vec::new(),
+        drops: Vec::new(),
+        monitor_errors: Vec::new(),
+    };
+    let report = Report {
+        results: vec![
+            result("pod-to-pod-same-node", Outcome::Passed),
+            result("pod-to-pod-other-node", outcome),
+        ],
+        kvstore: Vec::new(),
+    };
+    assert!(report.passed());
+    let summary = report.summary();
+    assert!(
+        summary.contains("1 of 2 tests passed")
+            && summary.contains("1 skipped (pod-to-pod-other-node: the lab has one node"),
+        "{summary}"
+    );
+    let report = Report {
+        results: vec![
+            result("pod-to-pod-same-node", Outcome::Passed),
+            result("pod-to-pod-other-node", asked),
+        ],
+        kvstore: Vec::new(),
+    };
+    assert!(!report.passed());
+    assert!(
+        report
+            .summary()
+            .contains("1 of 2 tests failed, 1 passed: pod-to-pod-other-node"),
+        "{}",
+        report.summary()
+    );
+}
+
+#[test]
+fn kill_recorded_leaves_a_process_that_only_has_the_pid() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    let real = ciliate_lab::ProcessRecord {
+        pid,
+        start_time: ciliate_lab::sys::start_time(pid).unwrap(),
+        argv: vec!["sleep".into(), "30".into()],
+        log: "/dev/null".into(),
+    };
+    // The same pid started at another time: another process, left alone.
+    let reused = ciliate_lab::ProcessRecord {
+        start_time: real.start_time + 1,
+        ..real.clone()
+    };
+    assert!(!ciliate_lab::sys::kill_recorded(&reused));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    assert!(ciliate_lab::sys::kill_recorded(&real));
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
     );
 }
