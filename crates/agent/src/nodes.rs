@@ -529,7 +529,7 @@ mod tests {
             local_name: "node0".into(),
             routing_mode: mode,
             auto_direct_node_routes: direct,
-            pod: PodNetwork::new("172.20.0.0/24".parse().unwrap()).unwrap(),
+            pod: PodNetwork::new("172.20.0.0/24".parse().unwrap(), "test").unwrap(),
             pod_mtu: 1450,
             host_ifindex: 7,
             native: Some(NativeDevice {
