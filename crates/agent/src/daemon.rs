@@ -506,7 +506,7 @@ impl Daemon {
             monitor_listeners: inner.monitor_listeners,
             uptime_seconds: self.started.elapsed().as_secs(),
             node_ip: self.addressing.node_ip(),
-            kvstore: self.cluster.kvstore.borrow().clone(),
+            kvstore: self.cluster.kvstore_status(),
             // Filled by the API from the health prober's state.
             cluster_health: None,
         }

@@ -482,3 +482,75 @@ fn no_native_device_is_refused_naming_devices() {
     let log = agent.log_text();
     assert!(log.contains("devices") && log.contains("eth9"), "{log}");
 }
+
+/// A restarted agent whose saved PodCIDR the operator gave to another node
+/// meanwhile: the operator's word stands. The agent keeps running with its
+/// own, says so in its status, and never writes its CIDR over the operator's
+/// (which, with an operator rewriting it, would be a write loop).
+#[test]
+fn a_saved_cidr_never_overwrites_the_operators() {
+    require_root!();
+    let net = Net::new();
+    let mut agent = Agent::new(&net.node, &cluster_pool(&net, ""));
+    std::fs::create_dir_all(agent.state_dir()).unwrap();
+    std::fs::write(
+        agent.state_dir().join("state.json"),
+        r#"{"podCidr": "172.20.9.0/24"}"#,
+    )
+    .unwrap();
+    agent.spawn();
+    assert_eq!(agent.wait_ready().ipam.cidr, prefix("172.20.9.0/24"));
+    // With nothing stored yet, the saved CIDR is pre-filled.
+    wait_registered(&net, &agent, "172.20.9.0/24");
+
+    // The operator, which gave 172.20.9.0/24 to another node, insists on
+    // another CIDR for this one, as its controller does.
+    let operators: ipnet::IpNet = "172.20.11.0/24".parse().unwrap();
+    let mut writes = 0;
+    let mut last_change = std::time::Instant::now();
+    let mut last_rv = None;
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(10) {
+        if let Some(mut node) = net.client.get(&agent.name).unwrap() {
+            if node.metadata.resource_version != last_rv {
+                last_rv.clone_from(&node.metadata.resource_version);
+                last_change = std::time::Instant::now();
+            }
+            if node.spec.ipam.pod_cidrs != vec![operators] {
+                node.spec.ipam.pod_cidrs = vec![operators];
+                if net.client.put(&node).is_ok() {
+                    writes += 1;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        writes <= 2,
+        "the operator had to write this node's PodCIDR {writes} times: the agent keeps writing its own over it\n{}",
+        agent.log_text()
+    );
+    assert!(
+        last_change.elapsed() >= std::time::Duration::from_secs(4),
+        "the object still changes\n{}",
+        agent.log_text()
+    );
+    let stored = net.client.get(&agent.name).unwrap().unwrap();
+    assert_eq!(stored.spec.ipam.pod_cidrs, vec![operators]);
+    // The agent still runs with its own and reports the mismatch.
+    let status = agent.status();
+    assert_eq!(status.ipam.cidr, prefix("172.20.9.0/24"));
+    let kv = status.kvstore.expect("a store is configured");
+    assert!(
+        kv.state == "Warning"
+            && kv.message.contains("172.20.11.0/24")
+            && kv.message.contains("172.20.9.0/24"),
+        "{kv:?}"
+    );
+    assert!(
+        agent.log_text().contains("PodCIDR mismatch"),
+        "{}",
+        agent.log_text()
+    );
+    assert!(agent.exited().is_none(), "{}", agent.log_text());
+}
