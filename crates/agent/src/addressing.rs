@@ -15,10 +15,27 @@ pub struct PodNetwork {
     pub router: Ipv4Addr,
 }
 
+/// A PodCIDR this agent cannot use, and where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: PodCIDR {cidr} is not allowed: {allowed}")]
+pub struct InvalidPodCidr {
+    /// `config key ipv4Range`, `spec.ipam.podCIDRs of CiliateNode node0`, ...
+    pub origin: String,
+    pub cidr: Ipv4Net,
+    pub allowed: String,
+}
+
 impl PodNetwork {
-    /// The PodCIDR, checked as `ipv4Range` is (a network address, /8 to /29).
-    pub fn new(cidr: Ipv4Net) -> Result<Self, crate::config::ConfigError> {
-        let cidr = crate::config::parse_pod_cidr(&cidr.to_string())?;
+    /// The PodCIDR, checked as `ipv4Range` is (a network address, /8 to /29);
+    /// `origin` says where it came from, for the error.
+    pub fn new(cidr: Ipv4Net, origin: &str) -> Result<Self, InvalidPodCidr> {
+        let cidr = crate::config::check_cidr(cidr, &crate::config::POD_CIDR_PREFIXES).map_err(
+            |allowed| InvalidPodCidr {
+                origin: origin.to_string(),
+                cidr,
+                allowed,
+            },
+        )?;
         let router = cidr
             .hosts()
             .next()
@@ -57,11 +74,20 @@ mod tests {
 
     #[test]
     fn router_is_the_first_address() {
-        let pod = PodNetwork::new("172.20.3.0/24".parse().unwrap()).unwrap();
+        let pod = PodNetwork::new("172.20.3.0/24".parse().unwrap(), "test").unwrap();
         assert_eq!(pod.router, Ipv4Addr::new(172, 20, 3, 1));
-        let err = PodNetwork::new("172.20.3.0/30".parse().unwrap())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("172.20.3.0/30"), "{err}");
+        let err = PodNetwork::new(
+            "172.20.3.0/30".parse().unwrap(),
+            "spec.ipam.podCIDRs of CiliateNode node0",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("172.20.3.0/30")
+                && err.contains("spec.ipam.podCIDRs of CiliateNode node0")
+                && err.contains("/29")
+                && !err.contains("ipv4Range"),
+            "{err}"
+        );
     }
 }

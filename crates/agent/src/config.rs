@@ -424,10 +424,15 @@ pub fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// A PodCIDR (`ipv4Range`, or one the operator assigned): a network address
-/// with room for a router and pods.
+/// Prefix lengths a PodCIDR may have: room for the router, the health
+/// endpoint and at least one pod (the operator's `clusterPoolIPv4MaskSize`
+/// has the same bounds).
+pub const POD_CIDR_PREFIXES: std::ops::RangeInclusive<u8> = 8..=29;
+
+/// A PodCIDR given as `ipv4Range`: a network address with room for a router
+/// and pods.
 pub fn parse_pod_cidr(text: &str) -> Result<Ipv4Net, ConfigError> {
-    parse_cidr("ipv4Range", text, 8..=29)
+    parse_cidr("ipv4Range", text, POD_CIDR_PREFIXES)
 }
 
 fn parse_cidr(
@@ -435,26 +440,32 @@ fn parse_cidr(
     text: &str,
     prefixes: std::ops::RangeInclusive<u8>,
 ) -> Result<Ipv4Net, ConfigError> {
-    let invalid = |allowed: &str| ConfigError::Invalid {
+    let invalid = |allowed: String| ConfigError::Invalid {
         key,
         value: text.to_string(),
-        allowed: allowed.to_string(),
+        allowed,
     };
     let net: Ipv4Net = text
         .parse()
-        .map_err(|_| invalid("an IPv4 CIDR such as 10.0.0.0/24"))?;
+        .map_err(|_| invalid("an IPv4 CIDR such as 10.0.0.0/24".into()))?;
+    check_cidr(net, &prefixes).map_err(invalid)
+}
+
+/// Checks a CIDR is a network address with a prefix length in `prefixes`;
+/// the error says what is allowed.
+pub fn check_cidr(
+    net: Ipv4Net,
+    prefixes: &std::ops::RangeInclusive<u8>,
+) -> Result<Ipv4Net, String> {
     if net.network() != net.addr() {
-        return Err(invalid(&format!(
-            "a network address (did you mean {}?)",
-            net.trunc()
-        )));
+        return Err(format!("a network address (did you mean {}?)", net.trunc()));
     }
     if !prefixes.contains(&net.prefix_len()) {
-        return Err(invalid(&format!(
+        return Err(format!(
             "a prefix length from /{} to /{}",
             prefixes.start(),
             prefixes.end()
-        )));
+        ));
     }
     Ok(net)
 }

@@ -69,7 +69,6 @@ impl Daemon {
         info!(origin = datapath.origin().as_str(), root = %config.bpf_root.display(), "datapath ready");
         let mut datapath = datapath;
         let tunnel_ifindex = crate::devices::ensure_tunnel_device(&Netlink::new()?, &config)
-            .map_err(|e| anyhow::anyhow!(e.chain()))
             .context("setting up the tunnel device")?;
         if tunnel_ifindex.is_some() {
             datapath
@@ -81,7 +80,6 @@ impl Daemon {
             .with_context(|| format!("attaching from_host to {}", crate::devices::HOST_DEVICE))?;
         if let Some(native) = &addressing.native {
             crate::devices::setup_native_device(native)
-                .map_err(|e| anyhow::anyhow!(e.chain()))
                 .with_context(|| format!("setting up the native device {}", native.name))?;
             datapath
                 .attach(&native.name, NETDEV_ATTACH)
@@ -506,7 +504,7 @@ impl Daemon {
             monitor_listeners: inner.monitor_listeners,
             uptime_seconds: self.started.elapsed().as_secs(),
             node_ip: self.addressing.node_ip(),
-            kvstore: self.cluster.kvstore.borrow().clone(),
+            kvstore: self.cluster.kvstore_status(),
             // Filled by the API from the health prober's state.
             cluster_health: None,
         }

@@ -104,8 +104,14 @@ pub fn resolve_native_device(
         .first()
         .map(|(ip, _)| *ip)
         .with_context(|| {
+            // Only devices[0] is the user's choice; the default route's device is ours.
+            let key = if config.devices.is_empty() {
+                ""
+            } else {
+                "config key `devices`: "
+            };
             format!(
-                "config key `devices`: the native device {} ({why}) has no IPv4 address; the node IP is its first IPv4 address",
+                "{key}the native device {} ({why}) has no IPv4 address; the node IP is its first IPv4 address",
                 link.name
             )
         })?;

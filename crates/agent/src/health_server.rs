@@ -103,16 +103,3 @@ pub async fn run(
         .await
         .map_err(HealthServerError::Serve)
 }
-
-/// Binds inside the namespace at `netns` and serves until `shutdown`: the
-/// responder of the health endpoint.
-pub async fn serve_in_netns(
-    netns: PathBuf,
-    port: u16,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), HealthServerError> {
-    let listener = tokio::task::spawn_blocking(move || bind_in_netns(&netns, port))
-        .await
-        .map_err(|e| HealthServerError::Serve(std::io::Error::other(e)))??;
-    run(listener, shutdown).await
-}

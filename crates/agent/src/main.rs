@@ -87,14 +87,19 @@ fn run(config: Config) -> anyhow::Result<()> {
     // The PodCIDR: ipv4Range (host-scope), else the one this node ran with
     // before (cluster-pool), else the operator's, once it assigns one.
     let known = match config.ipam_mode {
-        IpamMode::ClusterPool => saved.pod_cidr.and_then(|cidr| match PodNetwork::new(cidr) {
-            Ok(pod) => Some(pod),
-            Err(e) => {
-                warn!(error = %e, "ignoring the saved PodCIDR");
-                None
+        IpamMode::ClusterPool => saved.pod_cidr.and_then(|cidr| {
+            match PodNetwork::new(cidr, "the PodCIDR saved in stateDir") {
+                Ok(pod) => Some(pod),
+                Err(e) => {
+                    warn!(error = %e, "ignoring the saved PodCIDR");
+                    None
+                }
             }
         }),
-        _ => config.pod_cidr.map(PodNetwork::new).transpose()?,
+        _ => config
+            .pod_cidr
+            .map(|cidr| PodNetwork::new(cidr, "config key ipv4Range"))
+            .transpose()?,
     };
     if let Some(pod) = known {
         if config.pod_cidr.is_none() {
@@ -166,7 +171,8 @@ async fn wait_for_pod_cidr(cluster: &Cluster, config: &Config) -> anyhow::Result
     loop {
         let cidr = *assigned.borrow_and_update();
         if let Some(cidr) = cidr {
-            match PodNetwork::new(cidr) {
+            let origin = format!("spec.ipam.podCIDRs of CiliateNode {}", config.node_name);
+            match PodNetwork::new(cidr, &origin) {
                 Ok(pod) => {
                     info!(cidr = %pod.cidr, "the operator assigned this node's PodCIDR");
                     return Ok(pod);

@@ -15,7 +15,7 @@
 //! are removed only after the first complete list from the store (`Synced`),
 //! never while the store is away. An object that cannot be used (undecodable,
 //! no InternalIP, a PodCIDR that is not a network or overlaps this node's) is
-//! logged and skipped. The kernel decides nothing: this is the whole story.
+//! logged and skipped; if it was usable before, what it said is removed. The kernel decides nothing: this is the whole story.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -25,7 +25,7 @@ use std::time::Duration;
 use aya::maps::lpm_trie::Key;
 use aya::maps::{LpmTrie, MapData};
 use ciliate_api::Node;
-use ciliate_datapath::maps::{ipcache_key, IpcacheValue, IPCACHE_F_HOST};
+use ciliate_datapath::maps::{ipcache_key, IpcacheValue, IDENTITY_HOST, IPCACHE_F_HOST};
 use ciliate_datapath::netlink::{Netlink, Route};
 use ciliate_store::{CiliateNode, Event, Store};
 use futures_util::StreamExt;
@@ -38,8 +38,6 @@ use crate::addressing::{NativeDevice, PodNetwork};
 use crate::config::RoutingMode;
 use crate::kvstore::Cluster;
 
-/// Cilium's reserved identity of the local host.
-pub const HOST_IDENTITY: u32 = 1;
 /// Cilium's reserved identity of other nodes.
 pub const REMOTE_NODE_IDENTITY: u32 = 6;
 /// The identity of pods until policy assigns them one (the datapath config's
@@ -155,7 +153,7 @@ fn ne(ip: Ipv4Addr) -> u32 {
 pub fn desired(settings: &Settings, nodes: &BTreeMap<String, RemoteNode>) -> Desired {
     let mut out = Desired::default();
     let host = IpcacheValue {
-        sec_identity: HOST_IDENTITY,
+        sec_identity: IDENTITY_HOST,
         tunnel_endpoint: 0,
         flags: IPCACHE_F_HOST,
         pad: 0,
@@ -306,7 +304,13 @@ impl NodeManager {
                         self.apply(false);
                     }
                     Err(reason) => {
-                        warn!(node = %name, "skipping the CiliateNode: {reason}");
+                        // What it said before is no longer true: forget it too.
+                        if self.nodes.remove(&name).is_some() {
+                            warn!(node = %name, "the CiliateNode cannot be used any more: {reason}; removing its routes and ipcache entries");
+                            self.apply(false);
+                        } else {
+                            warn!(node = %name, "skipping the CiliateNode: {reason}");
+                        }
                     }
                 }
             }
@@ -529,7 +533,7 @@ mod tests {
             local_name: "node0".into(),
             routing_mode: mode,
             auto_direct_node_routes: direct,
-            pod: PodNetwork::new("172.20.0.0/24".parse().unwrap()).unwrap(),
+            pod: PodNetwork::new("172.20.0.0/24".parse().unwrap(), "test").unwrap(),
             pod_mtu: 1450,
             host_ifindex: 7,
             native: Some(NativeDevice {
@@ -582,7 +586,7 @@ mod tests {
         let own = want.ipcache[&"192.168.10.100/32".parse().unwrap()];
         assert_eq!(
             (own.sec_identity, own.tunnel_endpoint()),
-            (HOST_IDENTITY, None)
+            (IDENTITY_HOST, None)
         );
         assert!(want.ipcache.contains_key(&"172.20.0.1/32".parse().unwrap()));
         assert_eq!(want.ipcache.len(), 4);

@@ -482,3 +482,221 @@ fn no_native_device_is_refused_naming_devices() {
     let log = agent.log_text();
     assert!(log.contains("devices") && log.contains("eth9"), "{log}");
 }
+
+/// A restarted agent whose saved PodCIDR the operator gave to another node
+/// meanwhile: the operator's word stands. The agent keeps running with its
+/// own, says so in its status, and never writes its CIDR over the operator's
+/// (which, with an operator rewriting it, would be a write loop).
+#[test]
+fn a_saved_cidr_never_overwrites_the_operators() {
+    require_root!();
+    let net = Net::new();
+    let mut agent = Agent::new(&net.node, &cluster_pool(&net, ""));
+    std::fs::create_dir_all(agent.state_dir()).unwrap();
+    std::fs::write(
+        agent.state_dir().join("state.json"),
+        r#"{"podCidr": "172.20.9.0/24"}"#,
+    )
+    .unwrap();
+    agent.spawn();
+    assert_eq!(agent.wait_ready().ipam.cidr, prefix("172.20.9.0/24"));
+    // With nothing stored yet, the saved CIDR is pre-filled.
+    wait_registered(&net, &agent, "172.20.9.0/24");
+
+    // The operator, which gave 172.20.9.0/24 to another node, insists on
+    // another CIDR for this one, as its controller does.
+    let operators: ipnet::IpNet = "172.20.11.0/24".parse().unwrap();
+    let mut writes = 0;
+    let mut last_change = std::time::Instant::now();
+    let mut last_rv = None;
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(10) {
+        if let Some(mut node) = net.client.get(&agent.name).unwrap() {
+            if node.metadata.resource_version != last_rv {
+                last_rv.clone_from(&node.metadata.resource_version);
+                last_change = std::time::Instant::now();
+            }
+            if node.spec.ipam.pod_cidrs != vec![operators] {
+                node.spec.ipam.pod_cidrs = vec![operators];
+                if net.client.put(&node).is_ok() {
+                    writes += 1;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        writes <= 2,
+        "the operator had to write this node's PodCIDR {writes} times: the agent keeps writing its own over it\n{}",
+        agent.log_text()
+    );
+    assert!(
+        last_change.elapsed() >= std::time::Duration::from_secs(4),
+        "the object still changes\n{}",
+        agent.log_text()
+    );
+    let stored = net.client.get(&agent.name).unwrap().unwrap();
+    assert_eq!(stored.spec.ipam.pod_cidrs, vec![operators]);
+    // The agent still runs with its own and reports the mismatch.
+    let status = agent.status();
+    assert_eq!(status.ipam.cidr, prefix("172.20.9.0/24"));
+    let kv = status.kvstore.expect("a store is configured");
+    assert!(
+        kv.state == "Warning"
+            && kv.message.contains("172.20.11.0/24")
+            && kv.message.contains("172.20.9.0/24"),
+        "{kv:?}"
+    );
+    assert!(
+        agent.log_text().contains("PodCIDR mismatch"),
+        "{}",
+        agent.log_text()
+    );
+    assert!(agent.exited().is_none(), "{}", agent.log_text());
+}
+
+/// A known node whose object becomes unusable (its InternalIP removed, its
+/// PodCIDR overlapping this node's) is removed as if it were deleted: what it
+/// said before is no longer true.
+#[test]
+fn a_node_whose_update_is_rejected_is_removed() {
+    require_root!();
+    let net = Net::new();
+    let mut agent = Agent::new(&net.node, &cluster_pool(&net, "routingMode: tunnel\n"));
+    start_and_assign(&net, &mut agent, "172.20.5.0/24");
+    for (name, node_ip, cidr) in [
+        ("remote-x", "192.168.77.3", "172.20.6.0/24"),
+        ("remote-y", "192.168.77.4", "172.20.7.0/24"),
+    ] {
+        net.client.put(&remote(name, node_ip, cidr)).unwrap();
+        wait_for(
+            &format!("the route to {name}"),
+            WAIT,
+            || agent.log_text(),
+            || net.node.route_to(cidr),
+        );
+    }
+
+    // remote-x loses its InternalIP.
+    let mut x = net.client.get("remote-x").unwrap().unwrap();
+    x.spec.addresses.clear();
+    net.client.put(&x).unwrap();
+    // remote-y's PodCIDR now overlaps this node's.
+    let mut y = net.client.get("remote-y").unwrap().unwrap();
+    y.spec.ipam.pod_cidrs = vec!["172.20.0.0/16".parse().unwrap()];
+    net.client.put(&y).unwrap();
+
+    for (cidr, node_ip) in [
+        ("172.20.6.0/24", "192.168.77.3/32"),
+        ("172.20.7.0/24", "192.168.77.4/32"),
+    ] {
+        wait_for(
+            &format!("the route to {cidr} to go"),
+            WAIT,
+            || agent.log_text(),
+            || net.node.route_to(cidr).is_none().then_some(()),
+        );
+        let ipcache = agent.ipcache();
+        assert!(!ipcache.contains_key(&prefix(cidr)), "{ipcache:?}");
+        assert!(!ipcache.contains_key(&prefix(node_ip)), "{ipcache:?}");
+    }
+    assert!(agent.nodes().iter().all(|n| n.local), "{:?}", agent.nodes());
+    assert!(agent.exited().is_none(), "{}", agent.log_text());
+}
+
+/// etcd down when a crashed agent comes back: the datapath keeps forwarding
+/// what it already knows (routes and ipcache entries of other nodes are not
+/// pruned), the store is reported down, and once etcd is back the node
+/// registers and only then is a node deleted meanwhile removed.
+#[test]
+fn etcd_down_at_restart_keeps_what_the_datapath_knows() {
+    require_root!();
+    let mut net = Net::new();
+    let mut agent = Agent::new(&net.node, &cluster_pool(&net, "routingMode: tunnel\n"));
+    start_and_assign(&net, &mut agent, "172.20.5.0/24");
+    for (name, node_ip, cidr) in [
+        ("remote-k", "192.168.77.3", "172.20.6.0/24"),
+        ("remote-g", "192.168.77.4", "172.20.7.0/24"),
+    ] {
+        net.client.put(&remote(name, node_ip, cidr)).unwrap();
+        wait_for(
+            &format!("the route to {name}"),
+            WAIT,
+            || agent.log_text(),
+            || net.node.route_to(cidr),
+        );
+    }
+    let known = agent.ipcache();
+    for entry in [
+        "172.20.6.0/24",
+        "192.168.77.3/32",
+        "172.20.7.0/24",
+        "192.168.77.4/32",
+    ] {
+        assert!(known.contains_key(&prefix(entry)), "{entry}: {known:?}");
+    }
+
+    agent.stop(true);
+    // remote-g goes while this agent is away; then etcd goes too.
+    assert!(net.client.delete("remote-g").unwrap());
+    net.etcd.stop();
+    agent.spawn();
+    agent.wait_ready();
+    wait_for(
+        "kvstore Failure",
+        WAIT,
+        || agent.log_text(),
+        || agent.status().kvstore.filter(|k| k.state == "Failure"),
+    );
+    // Some time to do something wrong: everything stays.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let kv = agent.status().kvstore.unwrap();
+    assert!(
+        kv.state == "Connecting" || kv.state == "Failure",
+        "etcd is down but the store is {kv:?}"
+    );
+    for cidr in ["172.20.6.0/24", "172.20.7.0/24"] {
+        assert!(
+            net.node.route_to(cidr).is_some(),
+            "the route to {cidr} was removed while etcd was down\n{}",
+            agent.log_text()
+        );
+    }
+    let kept = agent.ipcache();
+    for entry in [
+        "172.20.6.0/24",
+        "192.168.77.3/32",
+        "172.20.7.0/24",
+        "192.168.77.4/32",
+    ] {
+        assert_eq!(
+            kept.get(&prefix(entry)),
+            known.get(&prefix(entry)),
+            "{entry}"
+        );
+    }
+
+    // etcd is back: the node registers, and the list removes remote-g only.
+    net.etcd.restart().expect("restart etcd");
+    wait_registered(&net, &agent, "172.20.5.0/24");
+    wait_for(
+        "kvstore Ok",
+        WAIT,
+        || agent.log_text(),
+        || agent.status().kvstore.filter(|k| k.state == "Ok"),
+    );
+    wait_for(
+        "the route to the deleted remote-g to go",
+        WAIT,
+        || agent.log_text(),
+        || net.node.route_to("172.20.7.0/24").is_none().then_some(()),
+    );
+    let after = agent.ipcache();
+    assert!(!after.contains_key(&prefix("172.20.7.0/24")), "{after:?}");
+    assert!(!after.contains_key(&prefix("192.168.77.4/32")), "{after:?}");
+    assert!(net.node.route_to("172.20.6.0/24").is_some());
+    assert_eq!(
+        after.get(&prefix("172.20.6.0/24")),
+        known.get(&prefix("172.20.6.0/24"))
+    );
+}

@@ -11,8 +11,10 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-/// The longest mask: a /31 or /32 has no room for a router and a pod.
-pub const MAX_MASK: u8 = 30;
+/// The longest mask: a node's PodCIDR holds its router IP, its health endpoint
+/// and at least one pod besides its network and broadcast addresses, so a /30 (two
+/// usable addresses) is too small. The agent accepts the same range.
+pub const MAX_MASK: u8 = 29;
 
 /// Pools and mask that cannot work together.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -25,7 +27,7 @@ pub enum PoolError {
     Overlap { a: Ipv4Net, b: Ipv4Net },
     #[error("a /{mask} is larger than the pool {pool}")]
     MaskShorterThanPool { mask: u8, pool: Ipv4Net },
-    #[error("/{mask} is longer than /{MAX_MASK}")]
+    #[error("/{mask} is longer than /{MAX_MASK} (a PodCIDR needs room for the router IP, the health endpoint and at least one pod)")]
     MaskTooLong { mask: u8 },
 }
 
@@ -59,7 +61,7 @@ pub struct Allocator {
 
 impl Allocator {
     /// Pools are used in the order given; each must be a network address, none may
-    /// overlap another, and `mask` must fit in every pool and be at most /30.
+    /// overlap another, and `mask` must fit in every pool and be at most /29.
     pub fn new(pools: &[Ipv4Net], mask: u8) -> Result<Self, PoolError> {
         if pools.is_empty() {
             return Err(PoolError::NoPools);
@@ -274,18 +276,18 @@ mod tests {
 
     #[test]
     fn fills_the_first_pool_then_the_next_and_reuses_freed_cidrs() {
-        let mut a = pool(&["10.9.0.0/29", "10.8.0.0/30"], 30);
-        assert_eq!(a.allocate("a").unwrap(), net("10.9.0.0/30"));
-        assert_eq!(a.allocate("b").unwrap(), net("10.9.0.4/30"));
-        assert_eq!(a.allocate("c").unwrap(), net("10.8.0.0/30"));
+        let mut a = pool(&["10.9.0.0/28", "10.8.0.0/29"], 29);
+        assert_eq!(a.allocate("a").unwrap(), net("10.9.0.0/29"));
+        assert_eq!(a.allocate("b").unwrap(), net("10.9.0.8/29"));
+        assert_eq!(a.allocate("c").unwrap(), net("10.8.0.0/29"));
         let err = a.allocate("d").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "cluster-pool exhausted: all 3 /30 CIDRs of 10.9.0.0/29, 10.8.0.0/30 are in use"
+            "cluster-pool exhausted: all 3 /29 CIDRs of 10.9.0.0/28, 10.8.0.0/29 are in use"
         );
-        assert_eq!(a.release("a"), vec![net("10.9.0.0/30")]);
+        assert_eq!(a.release("a"), vec![net("10.9.0.0/29")]);
         assert_eq!(a.release("a"), vec![]);
-        assert_eq!(a.allocate("d").unwrap(), net("10.9.0.0/30"));
+        assert_eq!(a.allocate("d").unwrap(), net("10.9.0.0/29"));
     }
 
     #[test]
@@ -384,9 +386,10 @@ mod tests {
             "a /15 is larger than the pool 172.20.0.0/16"
         );
         assert_eq!(
-            err(&["172.20.0.0/16"], 31).to_string(),
-            "/31 is longer than /30"
+            err(&["172.20.0.0/16"], 30).to_string(),
+            "/30 is longer than /29 (a PodCIDR needs room for the router IP, the health endpoint and at least one pod)"
         );
+        assert!(Allocator::new(&[net("172.20.0.0/16")], 29).is_ok());
         assert_eq!(
             err(&["172.20.1.0/16"], 24).to_string(),
             "172.20.1.0/16 is not a network address (did you mean 172.20.0.0/16?)"
@@ -399,8 +402,8 @@ mod tests {
         assert_eq!(a.capacity(), 1);
         assert_eq!(a.allocate("n").unwrap(), net("0.0.0.0/0"));
         assert!(a.allocate("m").is_err());
-        let mut a = pool(&["255.255.255.252/30"], 30);
-        assert_eq!(a.allocate("n").unwrap(), net("255.255.255.252/30"));
+        let mut a = pool(&["255.255.255.248/29"], 29);
+        assert_eq!(a.allocate("n").unwrap(), net("255.255.255.248/29"));
         assert!(a.allocate("m").is_err());
     }
 }

@@ -146,7 +146,7 @@ impl Config {
             .unwrap_or(u32::from(DEFAULT_MASK_SIZE));
         let longest_pool = pools.iter().map(Ipv4Net::prefix_len).max().unwrap_or(0);
         let mask_allowed = || {
-            format!("a prefix length from {longest_pool} (the longest pool prefix) to {MAX_MASK}")
+            format!("a prefix length from {longest_pool} (the longest pool prefix) to {MAX_MASK} (a PodCIDR needs room for the router IP, the health endpoint and at least one pod)")
         };
         let mask_size = u8::try_from(mask)
             .ok()
@@ -271,13 +271,13 @@ mod tests {
         .unwrap();
         let o = Overrides {
             etcd_endpoints: Some(vec!["http://10.0.0.1:2379".into(), "https://h:1".into()]),
-            cluster_pool_ipv4_cidr: Some(vec!["10.9.0.0/29".into()]),
-            cluster_pool_ipv4_mask_size: Some(30),
+            cluster_pool_ipv4_cidr: Some(vec!["10.9.0.0/28".into()]),
+            cluster_pool_ipv4_mask_size: Some(29),
         };
         let c = Config::resolve(file, &o).unwrap();
         assert_eq!(c.etcd_endpoints.len(), 2);
-        assert_eq!(c.pools, vec!["10.9.0.0/29".parse::<Ipv4Net>().unwrap()]);
-        assert_eq!(c.mask_size, 30);
+        assert_eq!(c.pools, vec!["10.9.0.0/28".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(c.mask_size, 29);
     }
 
     #[test]
@@ -330,13 +330,14 @@ mod tests {
         ));
         assert!(err.contains("did you mean 172.20.0.0/16"), "{err}");
         let err = refused(&format!(
-            "{BASE}clusterPoolIPv4PodCIDRList: [172.20.0.0/16]\nclusterPoolIPv4MaskSize: 31\n"
+            "{BASE}clusterPoolIPv4PodCIDRList: [172.20.0.0/16]\nclusterPoolIPv4MaskSize: 30\n"
         ));
         assert!(
             err.contains("clusterPoolIPv4MaskSize")
-                && err.contains("\"31\"")
+                && err.contains("\"30\"")
                 && err.contains("16")
-                && err.contains("30"),
+                && err.contains("to 29")
+                && err.contains("health endpoint"),
             "{err}"
         );
         let err = refused(&format!(

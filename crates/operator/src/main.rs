@@ -8,7 +8,7 @@ use ciliate_operator::controller;
 use ciliate_store::{report, EtcdBackend, EtcdConfig, Store};
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -51,7 +51,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
+            // Once, on stderr, whatever the log filter says.
             eprintln!("ciliate-operator: {e:#}");
             std::process::ExitCode::FAILURE
         }

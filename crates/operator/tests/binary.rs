@@ -86,7 +86,7 @@ fn bad_values_are_refused_with_what_is_allowed() {
     refused(
         &format!("{ETCD}clusterPoolIPv4PodCIDRList: [172.20.0.0/16]\nclusterPoolIPv4MaskSize: 8\n"),
         &[],
-        &["clusterPoolIPv4MaskSize", "\"8\"", "from 16", "to 30"],
+        &["clusterPoolIPv4MaskSize", "\"8\"", "from 16", "to 29"],
     );
     refused(
         "etcd:\n  endpoints: [\"localhost\"]\nclusterPoolIPv4PodCIDRList: [172.20.0.0/16]\n",
@@ -114,9 +114,9 @@ fn flags_are_validated_too() {
     );
     // A flag overrides a good file value with a bad one: refused.
     refused(
-        &format!("{ETCD}clusterPoolIPv4PodCIDRList: [10.9.0.0/29]\nclusterPoolIPv4MaskSize: 30\n"),
-        &["--cluster-pool-ipv4-mask-size", "31"],
-        &["clusterPoolIPv4MaskSize", "31"],
+        &format!("{ETCD}clusterPoolIPv4PodCIDRList: [10.9.0.0/28]\nclusterPoolIPv4MaskSize: 29\n"),
+        &["--cluster-pool-ipv4-mask-size", "30"],
+        &["clusterPoolIPv4MaskSize", "30"],
     );
 }
 

@@ -265,11 +265,11 @@ async fn etcd_a_deleted_nodes_cidr_goes_to_the_next_new_node() {
 // ---- exhaustion ----
 
 async fn exhaustion_is_reported_on_the_node_and_cleared(store: &Store) {
-    let operator = start(store, &["10.9.0.0/29"], 30);
+    let operator = start(store, &["10.9.0.0/28"], 29);
     store.create(&node("a", "192.168.10.100")).await.unwrap();
-    assert_eq!(cidrs_of(store, "a").await, cidrs(&["10.9.0.0/30"]));
+    assert_eq!(cidrs_of(store, "a").await, cidrs(&["10.9.0.0/29"]));
     store.create(&node("b", "192.168.10.101")).await.unwrap();
-    assert_eq!(cidrs_of(store, "b").await, cidrs(&["10.9.0.4/30"]));
+    assert_eq!(cidrs_of(store, "b").await, cidrs(&["10.9.0.8/29"]));
 
     store.create(&node("c", "192.168.10.102")).await.unwrap();
     let c = wait_for(store, "c", "an operator error", |n| {
@@ -278,13 +278,13 @@ async fn exhaustion_is_reported_on_the_node_and_cleared(store: &Store) {
     .await;
     assert_eq!(
         c.status.ipam.operator_status.error.as_deref(),
-        Some("cluster-pool exhausted: all 2 /30 CIDRs of 10.9.0.0/29 are in use")
+        Some("cluster-pool exhausted: all 2 /29 CIDRs of 10.9.0.0/28 are in use")
     );
     assert!(c.spec.ipam.pod_cidrs.is_empty(), "{c:?}");
 
     // A CIDR frees up: the waiting node gets it and the error goes.
     assert!(store.delete::<CiliateNode>(None, "a").await.unwrap());
-    assert_eq!(cidrs_of(store, "c").await, cidrs(&["10.9.0.0/30"]));
+    assert_eq!(cidrs_of(store, "c").await, cidrs(&["10.9.0.0/29"]));
     operator.stop().await;
 }
 

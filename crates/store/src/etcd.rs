@@ -385,6 +385,7 @@ impl Backend for EtcdBackend {
             let task = tokio::spawn(keep_alive_task(self.clone(), path.clone(), state.clone()));
             let lease: Box<dyn Lease> = Box::new(EtcdLease {
                 backend: self.clone(),
+                key,
                 path,
                 state,
                 task,
@@ -589,6 +590,7 @@ struct LeaseState {
 
 struct EtcdLease {
     backend: EtcdBackend,
+    key: ObjectKey,
     path: String,
     state: Arc<Mutex<LeaseState>>,
     task: JoinHandle<()>,
@@ -697,26 +699,61 @@ async fn keep_alive_task(backend: EtcdBackend, path: String, state: Arc<Mutex<Le
 }
 
 impl Lease for EtcdLease {
-    fn update(&self, value: Vec<u8>) -> BoxFuture<'_, Result<String>> {
+    fn update(
+        &self,
+        value: Vec<u8>,
+        resource_version: Option<String>,
+    ) -> BoxFuture<'_, Result<String>> {
         Box::pin(async move {
-            let id = {
-                let mut s = lock(&self.state);
-                s.value.clone_from(&value);
-                s.id
+            let id = lock(&self.state).id;
+            let put = TxnOp::put(
+                self.path.as_str(),
+                value.clone(),
+                Some(PutOptions::new().with_lease(id)),
+            );
+            let txn = match &resource_version {
+                None => Txn::new().and_then([put]),
+                Some(rv) => {
+                    let revision = rv.parse::<i64>().ok().filter(|r| *r > 0).ok_or_else(|| {
+                        Error::InvalidResourceVersion {
+                            kind: self.key.kind.kind,
+                            name: self.key.display_name(),
+                            resource_version: rv.clone(),
+                        }
+                    })?;
+                    Txn::new()
+                        .when([Compare::mod_revision(
+                            self.path.as_str(),
+                            CompareOp::Equal,
+                            revision,
+                        )])
+                        .and_then([put])
+                        .or_else([TxnOp::get(self.path.as_str(), None)])
+                }
             };
             let mut client = self.backend.client.clone();
             let response = self
                 .backend
-                .call(
-                    "put",
-                    &self.path,
-                    client.put(
-                        self.path.as_str(),
-                        value,
-                        Some(PutOptions::new().with_lease(id)),
-                    ),
-                )
+                .call("write", &self.path, client.txn(txn))
                 .await?;
+            if !response.succeeded() {
+                let (kind, name) = (self.key.kind.kind, self.key.display_name());
+                let exists = response
+                    .op_responses()
+                    .iter()
+                    .any(|r| matches!(r, TxnOpResponse::Get(get) if !get.kvs().is_empty()));
+                return Err(if exists {
+                    Error::Conflict {
+                        kind,
+                        name,
+                        resource_version: resource_version.unwrap_or_default(),
+                    }
+                } else {
+                    Error::NotFound { kind, name }
+                });
+            }
+            // Written: this is what a lost lease writes again.
+            lock(&self.state).value = value;
             Ok(response
                 .header()
                 .map_or(0, etcd_client::ResponseHeader::revision)
@@ -745,6 +782,10 @@ impl Lease for EtcdLease {
                 tracing::warn!(key = %path, error = %crate::report(&e), "cannot revoke the lease; it will expire");
             }
         });
+    }
+
+    fn abandon(&self) {
+        self.task.abort();
     }
 }
 

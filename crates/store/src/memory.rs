@@ -234,12 +234,27 @@ impl MemoryLease {
 }
 
 impl Lease for MemoryLease {
-    fn update(&self, value: Vec<u8>) -> BoxFuture<'_, Result<String>> {
-        let rv = self
-            .backend
-            .lock()
-            .set(self.key.clone(), value, Some(self.id));
-        Box::pin(future::ready(Ok(rv)))
+    fn update(
+        &self,
+        value: Vec<u8>,
+        resource_version: Option<String>,
+    ) -> BoxFuture<'_, Result<String>> {
+        let mut inner = self.backend.lock();
+        let result = match resource_version {
+            None => Ok(inner.set(self.key.clone(), value, Some(self.id))),
+            Some(resource_version) => inner
+                .write(
+                    self.key.clone(),
+                    value,
+                    &WriteMode::Update { resource_version },
+                )
+                .inspect(|_| {
+                    if let Some(entry) = inner.objects.get_mut(&self.key.path(DEFAULT_PREFIX)) {
+                        entry.lease = Some(self.id);
+                    }
+                }),
+        };
+        Box::pin(future::ready(result))
     }
 
     fn revoke(&self) -> BoxFuture<'_, Result<()>> {
@@ -250,4 +265,7 @@ impl Lease for MemoryLease {
     fn release(&self) {
         self.end();
     }
+
+    /// TTLs are not simulated: the key stays.
+    fn abandon(&self) {}
 }

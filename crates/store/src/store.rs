@@ -113,9 +113,15 @@ pub trait Backend: Send + Sync + 'static {
 /// A backend's lease (see [`LeaseGuard`]).
 pub trait Lease: Send + Sync {
     /// Writes a new value for the leased key under the same lease; returns its resource
-    /// version. The value is also what is written again if the lease is ever lost and
-    /// granted anew.
-    fn update(&self, value: Vec<u8>) -> BoxFuture<'_, Result<String>>;
+    /// version. With `resource_version`, only if the key still has that version
+    /// ([`Error::Conflict`] or [`Error::NotFound`] otherwise). The value written is also
+    /// what is written again if the lease is ever lost and granted anew; a refused
+    /// write does not change that.
+    fn update(
+        &self,
+        value: Vec<u8>,
+        resource_version: Option<String>,
+    ) -> BoxFuture<'_, Result<String>>;
 
     /// Ends the lease now, deleting the key; waits for the backend to confirm.
     fn revoke(&self) -> BoxFuture<'_, Result<()>>;
@@ -123,10 +129,15 @@ pub trait Lease: Send + Sync {
     /// Stops keeping the lease alive and revokes it in the background (used on drop;
     /// needs a tokio runtime, otherwise the lease simply expires).
     fn release(&self);
+
+    /// Stops keeping the lease alive without revoking it: the key lives until the
+    /// lease's TTL runs out (a backend without TTLs keeps it).
+    fn abandon(&self);
 }
 
 /// A key kept alive by a lease. Dropping it (or [`LeaseGuard::revoke`]) deletes the key;
-/// if the process dies the lease expires after its TTL and watchers see `Delete`.
+/// [`LeaseGuard::abandon`] stops the keepalive and lets it expire; if the process dies the
+/// lease expires after its TTL and watchers see `Delete`.
 pub struct LeaseGuard<T> {
     lease: Option<Box<dyn Lease>>,
     key: ObjectKey,
@@ -138,8 +149,12 @@ impl<T: Object> LeaseGuard<T> {
         &self.key
     }
 
-    /// Writes a new value of the object (same name) under the same lease. Keeps the
-    /// lease if the object was overwritten by someone else meanwhile (a plain `put`).
+    /// Writes a new value of the object (same name) under the same lease, with
+    /// [`Store::put`]'s rules: an object carrying `metadata.resourceVersion` is written
+    /// only if the stored one is still that version ([`Error::Conflict`] otherwise, or
+    /// [`Error::NotFound`] if it is gone: get it again and retry); clear the field to
+    /// overwrite. The written value is what the backend writes again if the lease is
+    /// lost and granted anew.
     pub async fn update(&self, object: &T) -> Result<T> {
         let key = ObjectKey::of(object)?;
         if key != self.key {
@@ -150,8 +165,18 @@ impl<T: Object> LeaseGuard<T> {
             });
         }
         let value = encode(object, &key)?;
-        let rv = self.lease().update(value).await?;
+        let expected = object.resource_version().map(str::to_string);
+        let rv = self.lease().update(value, expected).await?;
         Ok(with_resource_version(object, rv))
+    }
+
+    /// Stops keeping the lease alive without revoking it: the key stays until the
+    /// lease's TTL runs out. For a process that stops but means to come back within
+    /// the TTL, so that the others keep what they know about it meanwhile.
+    pub fn abandon(mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.abandon();
+        }
     }
 
     /// Revokes the lease and waits until the backend has deleted the key.

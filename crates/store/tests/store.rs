@@ -455,6 +455,110 @@ async fn memory_update_is_compare_and_swap_and_keeps_the_lease() {
 
 // ---- leases ----
 
+async fn lease_guard_update_is_compare_and_swap(store: &Store) {
+    let guard = store
+        .put_with_lease(
+            &ciliate_node("cas", "192.168.10.100"),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    let read = store
+        .get::<CiliateNode>(None, "cas")
+        .await
+        .unwrap()
+        .unwrap();
+    // The operator writes the PodCIDRs meanwhile.
+    let mut by_operator = read.clone();
+    by_operator.spec.ipam.pod_cidrs = vec!["172.20.5.0/24".parse().unwrap()];
+    let by_operator = store.update(&by_operator).await.unwrap();
+
+    // The agent's copy from before that is refused, not written over them.
+    let mut stale = read.clone();
+    stale.spec.health.ipv4 = Some("172.20.5.2".parse().unwrap());
+    let err = guard.update(&stale).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    assert_eq!(
+        store.get::<CiliateNode>(None, "cas").await.unwrap(),
+        Some(by_operator.clone())
+    );
+
+    // On top of the latest it is written, and the key stays under the guard's lease.
+    let mut mine = by_operator.clone();
+    mine.spec.health.ipv4 = Some("172.20.5.2".parse().unwrap());
+    let written = guard.update(&mine).await.unwrap();
+    let stored = store
+        .get::<CiliateNode>(None, "cas")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, written);
+    assert_eq!(stored.spec.ipam.pod_cidrs, by_operator.spec.ipam.pod_cidrs);
+    guard.revoke().await.unwrap();
+    assert_eq!(store.get::<CiliateNode>(None, "cas").await.unwrap(), None);
+    // A version of a deleted object: NotFound.
+    let guard = store
+        .put_with_lease(&CiliateNode::new("cas2"), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let read = store
+        .get::<CiliateNode>(None, "cas2")
+        .await
+        .unwrap()
+        .unwrap();
+    store.delete::<CiliateNode>(None, "cas2").await.unwrap();
+    let err = guard.update(&read).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn etcd_lease_guard_update_is_compare_and_swap() {
+    let (_etcd, store) = etcd().await;
+    lease_guard_update_is_compare_and_swap(&store).await;
+}
+
+#[tokio::test]
+async fn memory_lease_guard_update_is_compare_and_swap() {
+    lease_guard_update_is_compare_and_swap(&Store::memory()).await;
+}
+
+#[tokio::test]
+async fn etcd_an_abandoned_lease_expires_after_its_ttl() {
+    let (_etcd, store) = etcd().await;
+    let guard = store
+        .put_with_lease(&CiliateNode::new("gone"), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let mut watch = store.watch::<CiliateNode>();
+    upserted(next(&mut watch).await);
+    assert_eq!(next(&mut watch).await, Event::Synced);
+    // Kept alive beyond its TTL while held.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(store
+        .get::<CiliateNode>(None, "gone")
+        .await
+        .unwrap()
+        .is_some());
+
+    // Abandoned: not revoked, so the key is still there right after...
+    guard.abandon();
+    assert!(store
+        .get::<CiliateNode>(None, "gone")
+        .await
+        .unwrap()
+        .is_some());
+    // ...and no longer renewed, so it expires (etcd checks expiry about every 500 ms).
+    let started = std::time::Instant::now();
+    match next(&mut watch).await {
+        Event::Delete { name, .. } => assert_eq!(name, "gone"),
+        other => panic!("expected a delete, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "deleted at once, as if revoked"
+    );
+}
+
 async fn lease_ends_with_its_guard(store: &Store) {
     let mut watch = store.watch::<CiliateNode>();
     assert_eq!(next(&mut watch).await, Event::Synced);
@@ -470,7 +574,7 @@ async fn lease_ends_with_its_guard(store: &Store) {
     // The operator writes the PodCIDRs with a plain put: the key stays leased.
     let mut by_operator = registered.clone();
     by_operator.spec.ipam.pod_cidrs = vec!["172.20.5.0/24".parse().unwrap()];
-    store.put(&by_operator).await.unwrap();
+    let by_operator = store.put(&by_operator).await.unwrap();
     upserted(next(&mut watch).await);
 
     // Kept alive beyond its TTL.
@@ -844,13 +948,18 @@ fn etcd_runs_inside_a_network_namespace() {
 async fn a_lost_lease_is_granted_again_and_the_key_rewritten() {
     let (etcd, store) = etcd().await;
     let node = ciliate_node("phoenix", "192.168.10.100");
-    let _guard = store
+    let guard = store
         .put_with_lease(&node, Duration::from_secs(2))
         .await
         .unwrap();
     let mut watch = store.watch::<CiliateNode>();
-    upserted(next(&mut watch).await);
+    let first = upserted(next(&mut watch).await);
     assert_eq!(next(&mut watch).await, Event::Synced);
+    // A compare-and-swap update through the guard is what a lost lease writes again.
+    let mut node = first.clone();
+    node.spec.health.ipv4 = Some("172.20.5.2".parse().unwrap());
+    guard.update(&node).await.unwrap();
+    upserted(next(&mut watch).await);
 
     // Someone (or an expiry while etcd was unreachable) ends the lease behind our back.
     let mut client = ciliate_store::EtcdBackend::connect(EtcdConfig::new(etcd.endpoint()))

@@ -285,9 +285,36 @@ pub fn wait_for<T>(
     }
 }
 
+/// A bpffs mounted by a test, unmounted on drop.
+pub struct BpffsMount {
+    pub path: PathBuf,
+}
+
+impl BpffsMount {
+    pub fn new(path: &Path) -> Self {
+        let mounted = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mounting a bpffs on {}", path.display());
+        Self {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for BpffsMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// A `ciliate-agent` process in a node namespace, with its own bpffs, state
 /// and socket (kept across restarts). Killed and cleaned up on drop.
 pub struct Agent {
+    /// First, so that it is unmounted before `dir` is removed.
+    bpffs: BpffsMount,
     pub name: String,
     pub dir: tempfile::TempDir,
     pub bpf: PathBuf,
@@ -307,12 +334,8 @@ impl Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let bpf = dir.path().join("bpf");
         std::fs::create_dir(&bpf).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&bpf)
-            .status()
-            .unwrap();
-        assert!(mounted.success(), "mounting a bpffs on {}", bpf.display());
+        // Unmounted by its guard from here on, whatever fails next.
+        let bpffs = BpffsMount::new(&bpf);
         let socket = dir.path().join("ciliate.sock");
         let health_netns = unique("aghealth");
         let config = dir.path().join("agent.yaml");
@@ -327,6 +350,7 @@ impl Agent {
         )
         .unwrap();
         Self {
+            bpffs,
             name,
             log: dir.path().join("agent.log"),
             dir,
@@ -448,6 +472,6 @@ impl Drop for Agent {
             eprintln!("--- agent log ---\n{}", self.log_text());
         }
         let _ = netns::delete_named(&self.health_netns);
-        let _ = nix::mount::umount2(&self.bpf, nix::mount::MntFlags::MNT_DETACH);
+        // The bpffs guard (the first field) unmounts next.
     }
 }
