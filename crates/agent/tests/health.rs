@@ -20,6 +20,7 @@ use ciliate_agent::prober::{http_probe, HealthState, Prober, ProberConfig};
 use ciliate_api::{HealthSummary, Node, NodeHealth};
 use ciliate_datapath::netlink::Netlink;
 use ciliate_datapath::netns;
+use ciliate_datapath::require_root;
 use tokio::sync::{oneshot, watch};
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
@@ -29,20 +30,6 @@ const GHOST_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 77);
 /// TEST-NET-1: A has no route there at all.
 const NOWHERE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const TIMEOUT: Duration = Duration::from_secs(1);
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("\n*** SKIPPED: needs root (namespaces, raw ICMP sockets) ***\n");
-            println!("SKIPPED: needs root (namespaces, raw ICMP sockets)");
-            return;
-        }
-    };
-}
 
 /// Named namespaces that are deleted when the test ends, however it ends.
 struct Namespaces(Vec<String>);
@@ -150,7 +137,7 @@ fn find<'a>(nodes: &'a [NodeHealth], name: &str) -> &'a NodeHealth {
 
 #[test]
 fn responder_answers_hello_inside_its_namespace_only() {
-    require_root!();
+    require_root!("network namespaces, raw ICMP sockets");
     let mut ns = Namespaces::new();
     let b = ns.create("b");
     let other = ns.create("c");
@@ -202,7 +189,7 @@ fn responder_answers_hello_inside_its_namespace_only() {
 
 #[test]
 fn probe_round_records_latency_then_errors_and_failures() {
-    require_root!();
+    require_root!("network namespaces, raw ICMP sockets");
     let mut ns = Namespaces::new();
     let (a, b, nl_b, veth_b) = pair(&mut ns);
     let listener = health_server::bind_in_netns(&b, 0).unwrap();
@@ -341,7 +328,7 @@ fn start_serves_both_namespaces_and_follows_the_node_list() {
             .is_none()
     );
 
-    require_root!();
+    require_root!("network namespaces, raw ICMP sockets");
     let mut ns = Namespaces::new();
     // A plays the node's host namespace, B the health endpoint's namespace.
     let (a, b, _nl_b, _) = pair(&mut ns);

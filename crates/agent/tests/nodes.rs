@@ -9,6 +9,7 @@ mod cluster;
 use std::net::Ipv4Addr;
 
 use ciliate_datapath::maps::IPCACHE_F_HOST;
+use ciliate_datapath::require_root;
 use ciliate_store::{AddressType, CiliateNode};
 use cluster::{wait_for, Agent, Net, NODE_IP, WAIT};
 use ipnet::Ipv4Net;
@@ -105,7 +106,7 @@ fn wait_registered(net: &Net, agent: &Agent, cidr: &str) -> CiliateNode {
 
 #[test]
 fn tunnel_mode_registers_and_routes_to_other_nodes() {
-    require_root!();
+    require_root!("network namespaces, devices, a bpffs and etcd");
     let net = Net::new();
     let mut agent = Agent::new(&net.node, &cluster_pool(&net, "routingMode: tunnel\n"));
     let status = start_and_assign(&net, &mut agent, "172.20.5.0/24");
@@ -322,7 +323,7 @@ fn tunnel_mode_registers_and_routes_to_other_nodes() {
 
 #[test]
 fn native_mode_routes_via_node_ips() {
-    require_root!();
+    require_root!("network namespaces, devices, a bpffs and etcd");
     let net = Net::new();
     let mut agent = Agent::new(
         &net.node,
@@ -393,7 +394,7 @@ fn native_mode_routes_via_node_ips() {
 
 #[test]
 fn a_restarted_agent_starts_without_etcd_and_registers_later() {
-    require_root!();
+    require_root!("network namespaces, devices, a bpffs and etcd");
     let mut net = Net::new();
     net.etcd.stop();
     let mut agent = Agent::new(&net.node, &cluster_pool(&net, ""));
@@ -447,7 +448,7 @@ fn a_restarted_agent_starts_without_etcd_and_registers_later() {
 
 #[test]
 fn no_native_device_is_refused_naming_devices() {
-    require_root!();
+    require_root!("network namespaces, devices, a bpffs and etcd");
     let node = cluster::Ns::new("agnodev");
     let mut agent = Agent::new(
         &node,
@@ -489,7 +490,7 @@ fn no_native_device_is_refused_naming_devices() {
 /// (which, with an operator rewriting it, would be a write loop).
 #[test]
 fn a_saved_cidr_never_overwrites_the_operators() {
-    require_root!();
+    require_root!("network namespaces, devices, a bpffs and etcd");
     let net = Net::new();
     let mut agent = Agent::new(&net.node, &cluster_pool(&net, ""));
     std::fs::create_dir_all(agent.state_dir()).unwrap();
@@ -560,7 +561,7 @@ fn a_saved_cidr_never_overwrites_the_operators() {
 /// said before is no longer true.
 #[test]
 fn a_node_whose_update_is_rejected_is_removed() {
-    require_root!();
+    require_root!("network namespaces, devices, a bpffs and etcd");
     let net = Net::new();
     let mut agent = Agent::new(&net.node, &cluster_pool(&net, "routingMode: tunnel\n"));
     start_and_assign(&net, &mut agent, "172.20.5.0/24");
@@ -610,7 +611,7 @@ fn a_node_whose_update_is_rejected_is_removed() {
 /// registers and only then is a node deleted meanwhile removed.
 #[test]
 fn etcd_down_at_restart_keeps_what_the_datapath_knows() {
-    require_root!();
+    require_root!("network namespaces, devices, a bpffs and etcd");
     let mut net = Net::new();
     let mut agent = Agent::new(&net.node, &cluster_pool(&net, "routingMode: tunnel\n"));
     start_and_assign(&net, &mut agent, "172.20.5.0/24");

@@ -29,11 +29,7 @@ spec:
 const CILIATE: &str = env!("CARGO_BIN_EXE_ciliate");
 
 fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("\n*** SKIPPED: needs root (namespaces, BPF, bpffs) ***\n");
-    false
+    ciliate_datapath::testing::running_as_root("namespaces, BPF, bpffs")
 }
 
 /// Runs `ciliate ARGS` inside node0, where it reaches node0's agent.

@@ -5,6 +5,7 @@
 
 mod common;
 
+use ciliate_datapath::require_root;
 use common::{conf, host_ifname, Ns, Run};
 use serde_json::json;
 

@@ -8,6 +8,7 @@ mod common;
 use std::net::Ipv4Addr;
 
 use ciliate_datapath::netlink::format_mac;
+use ciliate_datapath::require_root;
 use common::{host_ifname, Agent, Ns, Outcome};
 use serde_json::{json, Value};
 

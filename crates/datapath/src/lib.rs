@@ -10,6 +10,7 @@ pub mod netns;
 pub mod podnet;
 pub mod reasons;
 pub mod sysctl;
+pub mod testing;
 
 /// The compiled `bpf/lxc.c`: `from_container` and `to_container` and their maps.
 pub const LXC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lxc.o"));

@@ -10,19 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use ciliate_datapath::netlink::{format_mac, parse_mac, Netlink, Route};
 use ciliate_datapath::{netns, sysctl};
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("SKIPPED: needs root (namespace and netlink test)");
-            println!("SKIPPED: needs root (namespace and netlink test)");
-            return;
-        }
-    };
-}
+use ciliate_datapath::require_root;
 
 /// Named namespaces that are deleted when the test ends, however it ends.
 struct Namespaces(Vec<String>);

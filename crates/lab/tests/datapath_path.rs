@@ -29,11 +29,7 @@ spec:
 ";
 
 fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("\n*** SKIPPED: needs root (namespaces, BPF, bpffs) ***\n");
-    false
+    ciliate_datapath::testing::running_as_root("namespaces, BPF, bpffs")
 }
 
 fn lab(tag: char) -> LabGuard {

@@ -34,11 +34,7 @@ spec:
 ";
 
 fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("\n*** SKIPPED: needs root (namespaces, BPF, bpffs, etcd in a namespace) ***\n");
-    false
+    ciliate_datapath::testing::running_as_root("namespaces, BPF, bpffs, etcd in a namespace")
 }
 
 /// Waits until `check` holds, up to `secs` seconds; panics with `what` and the last state.

@@ -18,14 +18,9 @@ use serde_json::{json, Value};
 const PODS: &str = include_str!("../../../examples/pods.yaml");
 
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    eprintln!(
-        "\n*** SKIPPED: needs root (the lab creates network namespaces and mounts bpffs) ***\n"
-    );
-    false
+    ciliate_datapath::testing::running_as_root(
+        "the lab creates network namespaces and mounts bpffs",
+    )
 }
 
 fn lab_name(tag: char) -> String {

@@ -32,11 +32,7 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 
 fn root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("\n*** SKIPPED: needs root (namespaces, BPF, bpffs, etcd in a namespace) ***\n");
-    false
+    ciliate_datapath::testing::running_as_root("namespaces, BPF, bpffs, etcd in a namespace")
 }
 
 fn cidr(i: usize) -> Ipv4Net {

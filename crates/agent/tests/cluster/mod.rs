@@ -12,14 +12,14 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ciliate_datapath::loader::Maps;
 use ciliate_datapath::maps::IpcacheValue;
-use ciliate_datapath::netlink::{Netlink, Route};
+use ciliate_datapath::netlink::Route;
 use ciliate_datapath::netns;
+use ciliate_datapath::testing::TestNetns;
 use ciliate_store::testing::{EtcdOptions, EtcdServer};
 use ciliate_store::{CiliateNode, EtcdBackend, EtcdConfig, Object, ObjectKey, Store, WriteMode};
 use ipnet::Ipv4Net;
@@ -29,53 +29,22 @@ pub const FABRIC_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
 pub const WAIT: Duration = Duration::from_mins(1);
 
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
+pub use ciliate_datapath::testing::unique;
 
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !cluster::is_root() {
-            eprintln!(
-                "SKIPPED: needs root (creates network namespaces, devices, a bpffs and runs etcd)"
-            );
-            println!(
-                "SKIPPED: needs root (creates network namespaces, devices, a bpffs and runs etcd)"
-            );
-            return;
-        }
-    };
-}
+/// A named network namespace, deleted on drop, with what the agent's tests ask of it.
+pub struct Ns(TestNetns);
 
-/// `<tag>-<pid>-<n>`.
-pub fn unique(tag: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
+impl std::ops::Deref for Ns {
+    type Target = TestNetns;
 
-/// A named network namespace, deleted on drop.
-pub struct Ns {
-    pub name: String,
+    fn deref(&self) -> &TestNetns {
+        &self.0
+    }
 }
 
 impl Ns {
     pub fn new(tag: &str) -> Self {
-        let name = unique(tag);
-        netns::create_named(&name).expect("create namespace");
-        Self { name }
-    }
-
-    pub fn path(&self) -> PathBuf {
-        netns::named_path(&self.name)
-    }
-
-    pub fn netlink(&self) -> Netlink {
-        Netlink::new_in(&self.path()).expect("netlink in namespace")
+        Self(TestNetns::new(tag))
     }
 
     /// `ip netns exec NAME cat /proc/sys/...`: a sysctl as the namespace sees it.
@@ -104,14 +73,6 @@ impl Ns {
     pub fn route_to(&self, dst: &str) -> Option<Route> {
         let dst: Ipv4Net = dst.parse().unwrap();
         self.routes().into_iter().find(|r| r.dst == dst)
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Err(e) = netns::delete_named(&self.name) {
-            eprintln!("cleanup: {e}");
-        }
     }
 }
 

@@ -6,62 +6,35 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ciliate_datapath::netlink::{Link, Netlink};
+use ciliate_datapath::netlink::Link;
 use ciliate_datapath::netns;
+use ciliate_datapath::testing::TestNetns;
 use serde_json::Value;
 
 pub const CNI: &str = env!("CARGO_BIN_EXE_ciliate-cni");
 
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
+pub use ciliate_datapath::testing::unique;
 
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !common::is_root() {
-            eprintln!("SKIPPED: needs root (creates network namespaces and devices)");
-            println!("SKIPPED: needs root (creates network namespaces and devices)");
-            return;
-        }
-    };
-}
+/// A named network namespace, deleted on drop, with what the plugin's tests ask of it.
+pub struct Ns(TestNetns);
 
-/// A unique name: `<tag>-<pid>-<n>`, at most 15 characters of tag kept short.
-pub fn unique(tag: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
+impl std::ops::Deref for Ns {
+    type Target = TestNetns;
 
-/// A named network namespace, deleted on drop.
-pub struct Ns {
-    pub name: String,
+    fn deref(&self) -> &TestNetns {
+        &self.0
+    }
 }
 
 impl Ns {
     pub fn new(tag: &str) -> Self {
-        let name = unique(tag);
-        netns::create_named(&name).expect("create namespace");
-        Self { name }
-    }
-
-    pub fn path(&self) -> PathBuf {
-        netns::named_path(&self.name)
+        Self(TestNetns::new(tag))
     }
 
     pub fn path_str(&self) -> String {
         self.path().display().to_string()
-    }
-
-    pub fn netlink(&self) -> Netlink {
-        Netlink::new_in(&self.path()).expect("netlink in namespace")
     }
 
     pub fn links(&self) -> Vec<Link> {
@@ -75,14 +48,6 @@ impl Ns {
     /// Deletes it now (for "the netns is gone" cases); drop is then a no-op.
     pub fn delete(&self) {
         netns::delete_named(&self.name).expect("delete namespace");
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Err(e) = netns::delete_named(&self.name) {
-            eprintln!("cleanup: {e}");
-        }
     }
 }
 
