@@ -18,6 +18,8 @@ PACKAGES=(
   etcd-client       # etcdctl, to look into the store by hand
   protobuf-compiler # protoc, which the etcd-client crate needs to build
   libprotobuf-dev   # protoc's well-known .proto files (descriptor.proto), same reason
+  iptables          # the kube-proxy-style iptables baseline of the services benchmark
+  tcpdump           # captures on the lab's outside router in tests
 )
 
 missing=()

@@ -18,6 +18,11 @@
 #define DROP_ENCAP_FAILED 146 // Setting the tunnel key failed
 #define DROP_NO_ROUTE 147 // No route to destination
 #define DROP_FRAG_NEEDED 148 // Fragmentation needed
+#define DROP_CSUM 153 // Checksum update failed
+#define DROP_CT_CREATE_FAILED 155 // Conntrack entry could not be created
+#define DROP_NO_SERVICE 158 // Service backend not found
+#define DROP_NAT_NO_MAPPING 160 // No free port for SNAT
+#define DROP_NAT_FAILED 161 // NAT rewrite failed
 
 #define TRACE_TO_ENDPOINT 1 // to-endpoint
 #define TRACE_TO_STACK 2 // to-stack
@@ -28,5 +33,6 @@
 #define TRACE_TO_NETDEV 7 // to-netdev
 #define TRACE_FROM_NETDEV 8 // from-netdev
 #define TRACE_FROM_HOST 9 // from-host
+#define TRACE_NO_SERVICE_REPLY 10 // no-service-reply
 
 #endif

@@ -45,4 +45,64 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ciliate_events SEC(".maps");
 
+/* Services: see ciliate_maps.h for what each holds. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_SERVICES_MAP_SIZE);
+	__type(key, struct lb4_key);
+	__type(value, struct lb4_service);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ciliate_lb4_svc SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_BACKENDS_MAP_SIZE);
+	__type(key, __u32);
+	__type(value, struct lb4_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ciliate_lb4_be SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_REVNAT_MAP_SIZE);
+	__type(key, __u32);
+	__type(value, struct lb4_reverse_nat);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ciliate_lb4_rev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_AFFINITY_MAP_SIZE);
+	__type(key, struct lb4_affinity_key);
+	__type(value, struct lb4_affinity_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ciliate_lb4_aff SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CT_TCP_MAP_SIZE);
+	__type(key, struct ct4_key);
+	__type(value, struct ct4_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ciliate_ct4_tcp SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CT_ANY_MAP_SIZE);
+	__type(key, struct ct4_key);
+	__type(value, struct ct4_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ciliate_ct4_any SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, NAT_MAP_SIZE);
+	__type(key, struct ct4_key);
+	__type(value, struct nat4_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ciliate_snat4 SEC(".maps");
+
 #endif

@@ -253,6 +253,38 @@ pub struct ProbeResult {
     pub failures: u64,
 }
 
+/// One frontend the agent programmed (`GET /v1/service`), as `cilium-dbg
+/// service list` shows it: one entry per address, port and protocol.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEntry {
+    /// The reverse-NAT index: stable for the life of the frontend.
+    pub id: u32,
+    /// `10.96.0.10:53/UDP`; NodePort on every node address shows as `0.0.0.0:30080/TCP`.
+    pub frontend: String,
+    /// ClusterIP, NodePort, ExternalIP or LoadBalancer.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `namespace/name` of the Service.
+    pub service: String,
+    /// Local or Cluster, as the service asks for this frontend's traffic.
+    pub traffic_policy: String,
+    pub session_affinity: bool,
+    pub backends: Vec<BackendEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendEntry {
+    pub id: u32,
+    /// `172.20.1.5:8080/TCP`.
+    pub address: String,
+    /// active or terminating.
+    pub state: String,
+    /// The node the backend runs on, if the EndpointSlice says.
+    pub node_name: Option<String>,
+}
+
 /// One decoded datapath event, as `ciliate monitor` prints it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -23,7 +23,10 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use sha2::{Digest, Sha256};
 
 use crate::maps::{
-    DatapathConfig, EndpointInfo, EndpointKey, MetricsValue, CONFIG_MAP, ENDPOINTS_MAP, METRICS_MAP,
+    Ct4Entry, Ct4Key, DatapathConfig, EndpointInfo, EndpointKey, Lb4AffinityKey, Lb4AffinityValue,
+    Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, MetricsValue, Nat4Entry, CONFIG_MAP,
+    CT4_ANY_MAP, CT4_TCP_MAP, ENDPOINTS_MAP, LB4_AFFINITY_MAP, LB4_BACKENDS_MAP,
+    LB4_REVERSE_NAT_MAP, LB4_SERVICES_MAP, METRICS_MAP, SNAT4_MAP,
 };
 
 /// Every object and the programs it holds.
@@ -458,6 +461,13 @@ pub struct Maps {
     pub ipcache: aya::maps::LpmTrie<MapData, u32, crate::maps::IpcacheValue>,
     pub config: aya::maps::Array<MapData, DatapathConfig>,
     pub metrics: PerCpuArray<MapData, MetricsValue>,
+    pub lb4_services: HashMap<MapData, Lb4Key, Lb4Service>,
+    pub lb4_backends: HashMap<MapData, u32, Lb4Backend>,
+    pub lb4_reverse_nat: HashMap<MapData, u32, Lb4ReverseNat>,
+    pub lb4_affinity: HashMap<MapData, Lb4AffinityKey, Lb4AffinityValue>,
+    pub ct4_tcp: HashMap<MapData, Ct4Key, Ct4Entry>,
+    pub ct4_any: HashMap<MapData, Ct4Key, Ct4Entry>,
+    pub snat4: HashMap<MapData, Ct4Key, Nat4Entry>,
 }
 
 fn open_map(root: &Path, name: &str) -> Result<aya::maps::Map, LoadError> {
@@ -495,6 +505,13 @@ impl Maps {
             )?,
             config: typed(CONFIG_MAP, open_map(root, CONFIG_MAP)?)?,
             metrics: typed(METRICS_MAP, open_map(root, METRICS_MAP)?)?,
+            lb4_services: typed(LB4_SERVICES_MAP, open_map(root, LB4_SERVICES_MAP)?)?,
+            lb4_backends: typed(LB4_BACKENDS_MAP, open_map(root, LB4_BACKENDS_MAP)?)?,
+            lb4_reverse_nat: typed(LB4_REVERSE_NAT_MAP, open_map(root, LB4_REVERSE_NAT_MAP)?)?,
+            lb4_affinity: typed(LB4_AFFINITY_MAP, open_map(root, LB4_AFFINITY_MAP)?)?,
+            ct4_tcp: typed(CT4_TCP_MAP, open_map(root, CT4_TCP_MAP)?)?,
+            ct4_any: typed(CT4_ANY_MAP, open_map(root, CT4_ANY_MAP)?)?,
+            snat4: typed(SNAT4_MAP, open_map(root, SNAT4_MAP)?)?,
         })
     }
 

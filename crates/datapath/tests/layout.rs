@@ -5,7 +5,9 @@
 use std::mem::{offset_of, size_of};
 
 use ciliate_datapath::maps::{
-    DatapathConfig, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, MetricsValue, TraceEvent,
+    Ct4Entry, Ct4Key, DatapathConfig, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue,
+    Lb4AffinityKey, Lb4AffinityValue, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, MetricsValue,
+    Nat4Entry, TraceEvent,
 };
 
 struct RustLayout {
@@ -44,6 +46,17 @@ fn rust_layouts() -> Vec<RustLayout> {
                 ("routing_mode", offset_of!(DatapathConfig, routing_mode)),
                 ("identity", offset_of!(DatapathConfig, identity)),
                 ("native_ifindex", offset_of!(DatapathConfig, native_ifindex)),
+                ("node_ip", offset_of!(DatapathConfig, node_ip)),
+                ("ct_timeout_tcp", offset_of!(DatapathConfig, ct_timeout_tcp)),
+                (
+                    "ct_timeout_tcp_syn",
+                    offset_of!(DatapathConfig, ct_timeout_tcp_syn),
+                ),
+                (
+                    "ct_timeout_tcp_fin",
+                    offset_of!(DatapathConfig, ct_timeout_tcp_fin),
+                ),
+                ("ct_timeout_any", offset_of!(DatapathConfig, ct_timeout_any)),
             ],
         },
         RustLayout {
@@ -94,6 +107,106 @@ fn rust_layouts() -> Vec<RustLayout> {
                 ("src_identity", offset_of!(TraceEvent, src_identity)),
                 ("pad2", offset_of!(TraceEvent, pad2)),
                 ("ktime_ns", offset_of!(TraceEvent, ktime_ns)),
+            ],
+        },
+        RustLayout {
+            c_name: "lb4_key",
+            size: size_of::<Lb4Key>(),
+            members: vec![
+                ("address", offset_of!(Lb4Key, address)),
+                ("dport", offset_of!(Lb4Key, dport)),
+                ("backend_slot", offset_of!(Lb4Key, backend_slot)),
+                ("proto", offset_of!(Lb4Key, proto)),
+                ("scope", offset_of!(Lb4Key, scope)),
+                ("pad", offset_of!(Lb4Key, pad)),
+            ],
+        },
+        RustLayout {
+            c_name: "lb4_service",
+            size: size_of::<Lb4Service>(),
+            members: vec![
+                ("backend_id", offset_of!(Lb4Service, backend_id)),
+                ("rev_nat_index", offset_of!(Lb4Service, rev_nat_index)),
+                ("count", offset_of!(Lb4Service, count)),
+                ("flags", offset_of!(Lb4Service, flags)),
+                ("affinity_timeout", offset_of!(Lb4Service, affinity_timeout)),
+            ],
+        },
+        RustLayout {
+            c_name: "lb4_backend",
+            size: size_of::<Lb4Backend>(),
+            members: vec![
+                ("address", offset_of!(Lb4Backend, address)),
+                ("port", offset_of!(Lb4Backend, port)),
+                ("proto", offset_of!(Lb4Backend, proto)),
+                ("state", offset_of!(Lb4Backend, state)),
+            ],
+        },
+        RustLayout {
+            c_name: "lb4_reverse_nat",
+            size: size_of::<Lb4ReverseNat>(),
+            members: vec![
+                ("address", offset_of!(Lb4ReverseNat, address)),
+                ("port", offset_of!(Lb4ReverseNat, port)),
+                ("pad", offset_of!(Lb4ReverseNat, pad)),
+            ],
+        },
+        RustLayout {
+            c_name: "lb4_affinity_key",
+            size: size_of::<Lb4AffinityKey>(),
+            members: vec![
+                ("client_ip", offset_of!(Lb4AffinityKey, client_ip)),
+                ("rev_nat_index", offset_of!(Lb4AffinityKey, rev_nat_index)),
+            ],
+        },
+        RustLayout {
+            c_name: "lb4_affinity_value",
+            size: size_of::<Lb4AffinityValue>(),
+            members: vec![
+                ("backend_id", offset_of!(Lb4AffinityValue, backend_id)),
+                ("last_used", offset_of!(Lb4AffinityValue, last_used)),
+            ],
+        },
+        RustLayout {
+            c_name: "ct4_key",
+            size: size_of::<Ct4Key>(),
+            members: vec![
+                ("daddr", offset_of!(Ct4Key, daddr)),
+                ("saddr", offset_of!(Ct4Key, saddr)),
+                ("dport", offset_of!(Ct4Key, dport)),
+                ("sport", offset_of!(Ct4Key, sport)),
+                ("proto", offset_of!(Ct4Key, proto)),
+                ("flags", offset_of!(Ct4Key, flags)),
+                ("pad", offset_of!(Ct4Key, pad)),
+            ],
+        },
+        RustLayout {
+            c_name: "ct4_entry",
+            size: size_of::<Ct4Entry>(),
+            members: vec![
+                ("tx_packets", offset_of!(Ct4Entry, tx_packets)),
+                ("tx_bytes", offset_of!(Ct4Entry, tx_bytes)),
+                ("rx_packets", offset_of!(Ct4Entry, rx_packets)),
+                ("rx_bytes", offset_of!(Ct4Entry, rx_bytes)),
+                ("lifetime", offset_of!(Ct4Entry, lifetime)),
+                ("created", offset_of!(Ct4Entry, created)),
+                ("backend_id", offset_of!(Ct4Entry, backend_id)),
+                ("rev_nat_index", offset_of!(Ct4Entry, rev_nat_index)),
+                ("flags", offset_of!(Ct4Entry, flags)),
+                ("tx_flags_seen", offset_of!(Ct4Entry, tx_flags_seen)),
+                ("rx_flags_seen", offset_of!(Ct4Entry, rx_flags_seen)),
+                ("frontend_addr", offset_of!(Ct4Entry, frontend_addr)),
+            ],
+        },
+        RustLayout {
+            c_name: "nat4_entry",
+            size: size_of::<Nat4Entry>(),
+            members: vec![
+                ("to_addr", offset_of!(Nat4Entry, to_addr)),
+                ("to_port", offset_of!(Nat4Entry, to_port)),
+                ("flags", offset_of!(Nat4Entry, flags)),
+                ("lifetime", offset_of!(Nat4Entry, lifetime)),
+                ("created", offset_of!(Nat4Entry, created)),
             ],
         },
     ]
