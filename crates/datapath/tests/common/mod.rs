@@ -12,7 +12,10 @@ use ciliate_datapath::loader::{Datapath, Maps};
 use ciliate_datapath::maps::{
     metrics_index, DatapathConfig, EndpointInfo, EndpointKey, TraceEvent, EVENT_DROP,
 };
+use ciliate_datapath::netlink::Netlink;
 use ciliate_datapath::netns;
+use ciliate_datapath::podnet::{self, PodNetSpec, PodVeth};
+use ciliate_datapath::reasons::REASON_FORWARDED;
 
 /// True when running as root; otherwise prints loudly why the test is skipped.
 pub fn require_root(test: &str) -> bool {
@@ -465,4 +468,90 @@ pub fn assert_checksums(frame: &[u8], udp_none: bool) {
         0,
         "L4 checksum is valid for the rewritten addresses and ports"
     );
+}
+
+/// A pod in `pod` wired to `node` through `lxc_name` as the CNI plugin does it,
+/// with the node's route to it, its forwarding off (only BPF carries its
+/// traffic) and its endpoint in the map.
+pub fn add_pod(
+    node: &str,
+    pod: &str,
+    lxc_name: &str,
+    ip: Ipv4Addr,
+    router: Ipv4Addr,
+    maps: &mut Maps,
+) -> PodVeth {
+    let nl = Netlink::new_in(&netns::named_path(node)).unwrap();
+    let veth = podnet::create(
+        &nl,
+        &PodNetSpec {
+            host_ifname: lxc_name,
+            ifname: "eth0",
+            netns: &netns::named_path(pod),
+            ip,
+            router,
+            mtu: 1400,
+        },
+    )
+    .unwrap();
+    sysctls(
+        node,
+        &[
+            (&format!("net/ipv4/conf/{lxc_name}/forwarding"), "0"),
+            (&format!("net/ipv4/conf/{lxc_name}/arp_ignore"), "1"),
+            (&format!("net/ipv4/conf/{lxc_name}/rp_filter"), "0"),
+        ],
+    );
+    let endpoint = EndpointInfo {
+        ifindex: veth.host.index,
+        lxc_id: 1,
+        flags: 0,
+        mac: veth.pod.mac.unwrap(),
+        node_mac: veth.host.mac.unwrap(),
+        sec_identity: 0,
+    };
+    maps.endpoints
+        .insert(EndpointKey::new(ip), endpoint, 0)
+        .unwrap();
+    veth
+}
+
+/// Loads the datapath on a bpffs of its own and attaches `sets` inside `node`
+/// (attaching resolves device names in the calling thread's namespace).
+pub fn datapath_in(node: &str, sets: Vec<(String, ProgramSet)>) -> (TestBpffs, Maps) {
+    let bpffs = TestBpffs::new();
+    let root = bpffs.root();
+    let thread_root = root.clone();
+    in_netns(node, move || {
+        let mut datapath = Datapath::open(&thread_root).expect("loading the datapath");
+        for (device, set) in sets {
+            datapath
+                .attach(&device, set)
+                .unwrap_or_else(|e| panic!("attaching to {device}: {e:?}"));
+        }
+    });
+    let maps = Maps::open(&root).unwrap();
+    (bpffs, maps)
+}
+
+pub type ProgramSet = &'static [(&'static str, aya::programs::TcAttachType)];
+
+pub fn drain(events: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<TraceEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = events.next() {
+        if let Some(ev) = TraceEvent::from_bytes(&item) {
+            out.push(ev);
+        }
+    }
+    out
+}
+
+/// Every drop the datapath counted: (reason, direction, packets).
+pub fn drops(maps: &Maps) -> Vec<(u8, u8, u64)> {
+    maps.metrics_totals()
+        .unwrap()
+        .into_iter()
+        .filter(|(reason, ..)| *reason != REASON_FORWARDED)
+        .map(|(reason, dir, packets, _)| (reason, dir, packets))
+        .collect()
 }
