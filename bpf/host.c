@@ -9,8 +9,11 @@
  *   everything else goes on unchanged.
  * from_netdev: TCX ingress of the native device (eth0), i.e. what arrives from
  *   the network between nodes. IPv4 for a pod on this node goes straight to
- *   it; everything else (ARP, the tunnel's UDP, traffic for the node itself)
- *   goes to the stack untouched. */
+ *   it (reverse-translated first if it replies to a service connection);
+ *   NodePort/LoadBalancer/externalIP traffic from outside is load-balanced
+ *   and replies of NodePort connections forwarded to other nodes go back to
+ *   their clients (lib/nodeport.h); everything else (ARP, the tunnel's UDP,
+ *   traffic for the node itself) goes to the stack untouched. */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/events.h"
@@ -18,6 +21,8 @@
 #include "lib/lookup.h"
 #include "lib/deliver.h"
 #include "lib/encap.h"
+#include "lib/lb.h"
+#include "lib/nodeport.h"
 
 char _license[] SEC("license") = "GPL";
 
@@ -64,6 +69,8 @@ int from_netdev(struct __sk_buff *skb)
 	struct pkt_info pi = {};
 	struct endpoint_info *dst;
 	struct iphdr *ip;
+	__u32 lifetime;
+	int ret;
 
 	if ((void *)(eth + 1) > data_end || eth->h_proto != ETH_P_IP_BE)
 		return TC_ACT_OK;
@@ -73,8 +80,21 @@ int from_netdev(struct __sk_buff *skb)
 	if (parse_ipv4(data, data_end, &ip, &pi) < 0)
 		return drop(skb, &pi, DROP_INVALID, METRIC_INGRESS);
 	dst = endpoint(ip->daddr);
-	if (dst)
+	if (dst) {
+		/* A reply to a local client pod whose backend is elsewhere. */
+		ret = lb4_reply(skb, &pi, cfg, METRIC_INGRESS, &lifetime);
+		if (ret != LB_NONE && ret != LB_XLATED)
+			return ret;
 		return deliver_local(skb, &pi, cfg, dst, TRACE_FROM_NETDEV, METRIC_INGRESS,
 				     HOOK_INGRESS);
+	}
+	/* A reply from a backend on another node (native routing), then a
+	 * new or established connection to an outside-reachable frontend. */
+	ret = nodeport_reply(skb, &pi, cfg);
+	if (ret != LB_NONE)
+		return ret;
+	ret = nodeport_lb(skb, &pi, cfg);
+	if (ret != LB_NONE)
+		return ret;
 	return TC_ACT_OK;
 }

@@ -6,7 +6,10 @@
  *   bpf_redirect_peer, sends what the ipcache puts behind another node's
  *   tunnel endpoint into the tunnel, and routes everything else with a FIB
  *   lookup out of the native device (BPF host routing), or hands it to the
- *   host stack when the FIB says it is for this node.
+ *   host stack when the FIB says it is for this node. Before that, services:
+ *   a reply of a connection translated to this pod gets its frontend back as
+ *   source (a NodePort reply then routes out to the outside client), and a
+ *   packet to a frontend is DNATed to a backend (lib/lb.h).
  * to_container: TCX egress of the lxc device, i.e. what the host stack sends
  *   to the pod. It accounts for the packet and lets it through. */
 #include "lib/common.h"
@@ -17,6 +20,7 @@
 #include "lib/deliver.h"
 #include "lib/encap.h"
 #include "lib/fib.h"
+#include "lib/lb.h"
 
 char _license[] SEC("license") = "GPL";
 
@@ -75,6 +79,8 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *p
 	struct endpoint_info *src, *dst;
 	struct ipcache_value *remote;
 	struct iphdr *ip;
+	__be32 daddr;
+	int ret;
 
 	if (parse_ipv4(data, data_end, &ip, pi) < 0)
 		return drop(skb, pi, DROP_INVALID, METRIC_EGRESS);
@@ -85,19 +91,40 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *p
 		return drop(skb, pi, DROP_INVALID_SIP, METRIC_EGRESS);
 	pi->src_ep = src->lxc_id;
 
-	dst = endpoint(ip->daddr);
+	daddr = ip->daddr;
+	dst = endpoint(daddr);
+	remote = dst ? NULL : ipcache(daddr);
+	/* Services: a reply of a translated connection is translated back
+	 * (this pod is the backend); anything else may be for a frontend
+	 * (never a pod's address). Then the packet goes on to where its
+	 * (new) destination is. */
+	if (pi->has_ports) {
+		__u32 lifetime;
+
+		ret = lb4_reply(skb, pi, cfg, METRIC_EGRESS, &lifetime);
+		if (ret == LB_NONE && !dst)
+			ret = lb4_from_pod(skb, pi, cfg, remote);
+		if (ret != LB_NONE && ret != LB_XLATED)
+			return ret;
+		if (pi->dst_ip != daddr) {
+			daddr = pi->dst_ip;
+			dst = endpoint(daddr);
+			remote = dst ? NULL : ipcache(daddr);
+		}
+	}
+
 	if (dst)
 		return deliver_local(skb, pi, cfg, dst, TRACE_TO_ENDPOINT, METRIC_EGRESS,
 				     HOOK_INGRESS);
 	/* Behind another node's tunnel endpoint: the agent sets those only in
 	 * tunnel mode, so their presence is the whole decision. */
-	remote = ipcache(ip->daddr);
 	if (remote && remote->tunnel_endpoint)
 		return encap_to_node(skb, pi, cfg, remote,
 				     src->sec_identity ? src->sec_identity : cfg->identity,
 				     METRIC_EGRESS);
-	/* The node itself or beyond it: the FIB routes it out of the native
-	 * device, or hands it to the stack. */
+	/* The node itself or beyond it (a NodePort reply to an outside
+	 * client included): the FIB routes it out of the native device, or
+	 * hands it to the stack. */
 	return fib_redirect(skb, pi, cfg, METRIC_EGRESS);
 }
 

@@ -3,14 +3,18 @@
  * (ciliate_vxlan). The kernel has already removed the outer headers; the
  * tunnel key still says which node sent the packet and, in its VNI, the
  * identity of the sending pod. Packets for a pod on this node go straight
- * to it; the rest (this node's own addresses) go to the stack, marked as
- * addressed to this host. */
+ * to it (reverse-translated first if they reply to a service connection);
+ * replies of NodePort connections this node forwarded go back to their
+ * outside clients; the rest (this node's own addresses) go to the stack,
+ * marked as addressed to this host. */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/events.h"
 #include "lib/eth.h"
 #include "lib/lookup.h"
 #include "lib/deliver.h"
+#include "lib/lb.h"
+#include "lib/nodeport.h"
 
 char _license[] SEC("license") = "GPL";
 
@@ -40,9 +44,24 @@ int from_overlay(struct __sk_buff *skb)
 		pi.src_identity = key.tunnel_id;
 
 	dst = endpoint(ip->daddr);
-	if (dst)
+	if (dst) {
+		__u32 lifetime;
+		/* A reply to a local client pod whose backend is elsewhere. */
+		int ret = lb4_reply(skb, &pi, cfg, METRIC_INGRESS, &lifetime);
+
+		if (ret != LB_NONE && ret != LB_XLATED)
+			return ret;
 		return deliver_local(skb, &pi, cfg, dst, TRACE_FROM_OVERLAY, METRIC_INGRESS,
 				     HOOK_INGRESS);
+	}
+	/* A reply from the backend of a NodePort connection this node
+	 * forwarded to another node: back to the outside client. */
+	{
+		int ret = nodeport_reply(skb, &pi, cfg);
+
+		if (ret != LB_NONE)
+			return ret;
+	}
 	/* The inner frame is addressed to the sender's device (its lxc or
 	 * ciliate_host MAC), not to the tunnel device, so the stack would take
 	 * it for another host's (PACKET_OTHERHOST) and drop it. */

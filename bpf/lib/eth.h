@@ -54,8 +54,14 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct iphdr *
 
 		/* Fragments after the first carry no ports; leave them at 0. */
 		if (!(ip->frag_off & bpf_htons(0x1FFF)) && (void *)(ports + 2) <= data_end) {
+			__u8 *flags = (__u8 *)ports + 13;
+
 			pi->sport = ports[0];
 			pi->dport = ports[1];
+			pi->l4_off = sizeof(struct ethhdr) + ip->ihl * 4;
+			pi->has_ports = 1;
+			if (ip->protocol == IPPROTO_TCP && (void *)(flags + 1) <= data_end)
+				pi->tcp_flags = *flags;
 		}
 	}
 	*ipp = ip;

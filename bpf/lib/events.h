@@ -17,6 +17,11 @@ struct pkt_info {
 	__u16 eth_proto;
 	__u8 proto;
 	__u32 src_identity;
+	/* Set by parse_ipv4 for TCP and UDP packets whose ports are readable
+	 * (not a later fragment): what services and conntrack work on. */
+	__u16 l4_off;    /* offset of the TCP/UDP header from the packet start */
+	__u8 has_ports;  /* sport and dport are the packet's */
+	__u8 tcp_flags;  /* TCP: the flags byte (FIN, SYN, RST, ACK ...) */
 };
 
 static __always_inline void count(struct __sk_buff *skb, __u8 reason, __u8 dir)

@@ -18,14 +18,13 @@ use std::os::fd::AsFd;
 
 use ciliate_datapath::loader::{Datapath, Maps, HOST_ATTACH, LXC_ATTACH, OVERLAY_ATTACH};
 use ciliate_datapath::maps::{
-    ipcache_key, DatapathConfig, EndpointInfo, EndpointKey, IpcacheValue, TraceEvent, EVENT_TRACE,
-    IDENTITY_HOST, METRIC_EGRESS, METRIC_INGRESS,
+    ipcache_key, DatapathConfig, IpcacheValue, TraceEvent, EVENT_TRACE, IDENTITY_HOST,
+    METRIC_EGRESS, METRIC_INGRESS,
 };
 use ciliate_datapath::netlink::{format_mac, Link, Netlink, Route};
-use ciliate_datapath::podnet::{self, PodNetSpec, PodVeth};
 use ciliate_datapath::reasons::{
-    DROP_FRAG_NEEDED, DROP_NO_ROUTE, DROP_TTL_EXCEEDED, REASON_FORWARDED, TRACE_FROM_HOST,
-    TRACE_FROM_OVERLAY, TRACE_TO_NETDEV, TRACE_TO_OVERLAY, TRACE_TO_STACK,
+    DROP_FRAG_NEEDED, DROP_NO_ROUTE, DROP_TTL_EXCEEDED, TRACE_FROM_HOST, TRACE_FROM_OVERLAY,
+    TRACE_TO_NETDEV, TRACE_TO_OVERLAY, TRACE_TO_STACK,
 };
 use ciliate_datapath::{netns, sysctl};
 use common::*;
@@ -212,92 +211,6 @@ fn fib_outcomes_decide_between_redirect_stack_and_drop() {
 
 const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 60, 0, 10);
 const POD_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 60, 0, 1);
-
-/// A pod in `pod` wired to `node` through `lxc_name` as the CNI plugin does it,
-/// with the node's route to it, its forwarding off (only BPF carries its
-/// traffic) and its endpoint in the map.
-fn add_pod(
-    node: &str,
-    pod: &str,
-    lxc_name: &str,
-    ip: Ipv4Addr,
-    router: Ipv4Addr,
-    maps: &mut Maps,
-) -> PodVeth {
-    let nl = Netlink::new_in(&netns::named_path(node)).unwrap();
-    let veth = podnet::create(
-        &nl,
-        &PodNetSpec {
-            host_ifname: lxc_name,
-            ifname: "eth0",
-            netns: &netns::named_path(pod),
-            ip,
-            router,
-            mtu: 1400,
-        },
-    )
-    .unwrap();
-    sysctls(
-        node,
-        &[
-            (&format!("net/ipv4/conf/{lxc_name}/forwarding"), "0"),
-            (&format!("net/ipv4/conf/{lxc_name}/arp_ignore"), "1"),
-            (&format!("net/ipv4/conf/{lxc_name}/rp_filter"), "0"),
-        ],
-    );
-    let endpoint = EndpointInfo {
-        ifindex: veth.host.index,
-        lxc_id: 1,
-        flags: 0,
-        mac: veth.pod.mac.unwrap(),
-        node_mac: veth.host.mac.unwrap(),
-        sec_identity: 0,
-    };
-    maps.endpoints
-        .insert(EndpointKey::new(ip), endpoint, 0)
-        .unwrap();
-    veth
-}
-
-/// Loads the datapath on a bpffs of its own and attaches `sets` inside `node`
-/// (attaching resolves device names in the calling thread's namespace).
-fn datapath_in(node: &str, sets: Vec<(String, ProgramSet)>) -> (TestBpffs, Maps) {
-    let bpffs = TestBpffs::new();
-    let root = bpffs.root();
-    let thread_root = root.clone();
-    in_netns(node, move || {
-        let mut datapath = Datapath::open(&thread_root).expect("loading the datapath");
-        for (device, set) in sets {
-            datapath
-                .attach(&device, set)
-                .unwrap_or_else(|e| panic!("attaching to {device}: {e:?}"));
-        }
-    });
-    let maps = Maps::open(&root).unwrap();
-    (bpffs, maps)
-}
-
-type ProgramSet = &'static [(&'static str, aya::programs::TcAttachType)];
-
-fn drain(events: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<TraceEvent> {
-    let mut out = Vec::new();
-    while let Some(item) = events.next() {
-        if let Some(ev) = TraceEvent::from_bytes(&item) {
-            out.push(ev);
-        }
-    }
-    out
-}
-
-/// Every drop the datapath counted: (reason, direction, packets).
-fn drops(maps: &Maps) -> Vec<(u8, u8, u64)> {
-    maps.metrics_totals()
-        .unwrap()
-        .into_iter()
-        .filter(|(reason, ..)| *reason != REASON_FORWARDED)
-        .map(|(reason, dir, packets, _)| (reason, dir, packets))
-        .collect()
-}
 
 #[test]
 fn a_pod_pings_another_node_through_bpf_host_routing() {

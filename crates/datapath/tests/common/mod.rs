@@ -12,7 +12,10 @@ use ciliate_datapath::loader::{Datapath, Maps};
 use ciliate_datapath::maps::{
     metrics_index, DatapathConfig, EndpointInfo, EndpointKey, TraceEvent, EVENT_DROP,
 };
+use ciliate_datapath::netlink::Netlink;
 use ciliate_datapath::netns;
+use ciliate_datapath::podnet::{self, PodNetSpec, PodVeth};
+use ciliate_datapath::reasons::REASON_FORWARDED;
 
 /// True when running as root; otherwise prints loudly why the test is skipped.
 pub fn require_root(test: &str) -> bool {
@@ -364,4 +367,191 @@ pub fn ping(ns: &str, dst: Ipv4Addr, count: u32, deadline: u32) -> bool {
         );
     }
     out.status.success()
+}
+
+/// The one's complement sum the TCP/UDP checksum covers: pseudo header
+/// (addresses, protocol, length) and the L4 bytes.
+pub fn l4_checksum(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> u16 {
+    let mut bytes = Vec::with_capacity(12 + l4.len());
+    bytes.extend_from_slice(&src);
+    bytes.extend_from_slice(&dst);
+    bytes.push(0);
+    bytes.push(proto);
+    bytes.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    bytes.extend_from_slice(l4);
+    checksum(&bytes)
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// An Ethernet/IPv4/TCP frame with valid checksums and a small payload.
+pub fn tcp_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    flags: u8,
+) -> Vec<u8> {
+    let mut t = vec![0; 20];
+    t[0..2].copy_from_slice(&src.1.to_be_bytes());
+    t[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    t[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+    t[12] = 0x50;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    t.extend_from_slice(b"hello service");
+    let c = l4_checksum(src.0, dst.0, 6, &t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    eth(macs.0, macs.1, 0x0800, &ipv4(src.0, dst.0, 64, 6, &t))
+}
+
+/// An Ethernet/IPv4/UDP frame; with `with_csum` false its checksum is 0 (none).
+pub fn udp_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    with_csum: bool,
+) -> Vec<u8> {
+    let payload = b"udp to a service";
+    let mut u = vec![0; 8];
+    u[0..2].copy_from_slice(&src.1.to_be_bytes());
+    u[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(payload);
+    if with_csum {
+        let c = l4_checksum(src.0, dst.0, 17, &u);
+        u[6..8].copy_from_slice(&c.to_be_bytes());
+    }
+    eth(macs.0, macs.1, 0x0800, &ipv4(src.0, dst.0, 64, 17, &u))
+}
+
+/// Addresses and ports of an Ethernet/IPv4/TCP-or-UDP frame (no options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: ([u8; 4], u16),
+    pub dst: ([u8; 4], u16),
+}
+
+pub fn tuple_of(frame: &[u8]) -> Tuple {
+    let ip = &frame[14..];
+    let l4 = &ip[20..];
+    Tuple {
+        src: (
+            ip[12..16].try_into().unwrap(),
+            u16::from_be_bytes([l4[0], l4[1]]),
+        ),
+        dst: (
+            ip[16..20].try_into().unwrap(),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
+    }
+}
+
+/// Asserts that the IPv4 header checksum and the TCP/UDP checksum of the
+/// frame are what a receiver recomputing them gets (a UDP checksum of 0 means
+/// none and must stay 0 when `udp_none` says so).
+pub fn assert_checksums(frame: &[u8], udp_none: bool) {
+    let ip = &frame[14..34];
+    assert_eq!(checksum(ip), 0, "IPv4 header checksum is valid");
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let l4 = &frame[34..14 + total];
+    let src: [u8; 4] = ip[12..16].try_into().unwrap();
+    let dst: [u8; 4] = ip[16..20].try_into().unwrap();
+    if ip[9] == 17 && udp_none {
+        assert_eq!(&l4[6..8], &[0, 0], "a UDP checksum of 0 (none) stays 0");
+        return;
+    }
+    assert_eq!(
+        l4_checksum(src, dst, ip[9], l4),
+        0,
+        "L4 checksum is valid for the rewritten addresses and ports"
+    );
+}
+
+/// A pod in `pod` wired to `node` through `lxc_name` as the CNI plugin does it,
+/// with the node's route to it, its forwarding off (only BPF carries its
+/// traffic) and its endpoint in the map.
+pub fn add_pod(
+    node: &str,
+    pod: &str,
+    lxc_name: &str,
+    ip: Ipv4Addr,
+    router: Ipv4Addr,
+    maps: &mut Maps,
+) -> PodVeth {
+    let nl = Netlink::new_in(&netns::named_path(node)).unwrap();
+    let veth = podnet::create(
+        &nl,
+        &PodNetSpec {
+            host_ifname: lxc_name,
+            ifname: "eth0",
+            netns: &netns::named_path(pod),
+            ip,
+            router,
+            mtu: 1400,
+        },
+    )
+    .unwrap();
+    sysctls(
+        node,
+        &[
+            (&format!("net/ipv4/conf/{lxc_name}/forwarding"), "0"),
+            (&format!("net/ipv4/conf/{lxc_name}/arp_ignore"), "1"),
+            (&format!("net/ipv4/conf/{lxc_name}/rp_filter"), "0"),
+        ],
+    );
+    let endpoint = EndpointInfo {
+        ifindex: veth.host.index,
+        lxc_id: 1,
+        flags: 0,
+        mac: veth.pod.mac.unwrap(),
+        node_mac: veth.host.mac.unwrap(),
+        sec_identity: 0,
+    };
+    maps.endpoints
+        .insert(EndpointKey::new(ip), endpoint, 0)
+        .unwrap();
+    veth
+}
+
+/// Loads the datapath on a bpffs of its own and attaches `sets` inside `node`
+/// (attaching resolves device names in the calling thread's namespace).
+pub fn datapath_in(node: &str, sets: Vec<(String, ProgramSet)>) -> (TestBpffs, Maps) {
+    let bpffs = TestBpffs::new();
+    let root = bpffs.root();
+    let thread_root = root.clone();
+    in_netns(node, move || {
+        let mut datapath = Datapath::open(&thread_root).expect("loading the datapath");
+        for (device, set) in sets {
+            datapath
+                .attach(&device, set)
+                .unwrap_or_else(|e| panic!("attaching to {device}: {e:?}"));
+        }
+    });
+    let maps = Maps::open(&root).unwrap();
+    (bpffs, maps)
+}
+
+pub type ProgramSet = &'static [(&'static str, aya::programs::TcAttachType)];
+
+pub fn drain(events: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<TraceEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = events.next() {
+        if let Some(ev) = TraceEvent::from_bytes(&item) {
+            out.push(ev);
+        }
+    }
+    out
+}
+
+/// Every drop the datapath counted: (reason, direction, packets).
+pub fn drops(maps: &Maps) -> Vec<(u8, u8, u64)> {
+    maps.metrics_totals()
+        .unwrap()
+        .into_iter()
+        .filter(|(reason, ..)| *reason != REASON_FORWARDED)
+        .map(|(reason, dir, packets, _)| (reason, dir, packets))
+        .collect()
 }
