@@ -1,0 +1,356 @@
+//! kube-proxy replacement, the agent's side: Services and EndpointSlices from
+//! the store become the datapath's service maps.
+//!
+//! - [`model`]: what the objects ask for (frontends, backends, scopes), pure;
+//! - [`lbmap`]: writing that into the maps with stable ids and a safe order;
+//! - [`gc`]: deleting expired conntrack and NAT entries.
+//!
+//! The manager keeps the last usable form of every Service and EndpointSlice,
+//! recomputes the desired frontends after each batch of events and lets
+//! [`lbmap::LbSync`] write the difference. What an earlier run wrote is kept
+//! (ids included) and removed only once both kinds have been listed
+//! completely (`Synced`), never while the store is away. An object that cannot
+//! be used is logged with the field at fault and skipped; if it was usable
+//! before, what it said is dropped.
+
+pub mod gc;
+pub mod lbmap;
+pub mod model;
+
+use std::collections::BTreeMap;
+
+use ciliate_api::ServiceEntry;
+use ciliate_store::{Event, Store};
+use futures_util::{FutureExt as _, StreamExt as _};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::kvstore::Cluster;
+use lbmap::{LbSync, LbTables};
+use model::{Conflict, ParsedService, ParsedSlice, Settings};
+
+/// An error with its causes, on one line.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    ciliate_store::report(error)
+}
+
+/// Events handled before the maps are written once: a list of many objects
+/// is written in one go.
+const MAX_BATCH: usize = 10_000;
+
+pub struct ServiceManager<T: LbTables> {
+    settings: Settings,
+    services: BTreeMap<String, ParsedService>,
+    /// By the slice's own `namespace/name`.
+    slices: BTreeMap<String, ParsedSlice>,
+    sync: LbSync<T>,
+    services_synced: bool,
+    slices_synced: bool,
+    /// A `Synced` arrived since the last prune.
+    prune_pending: bool,
+    dirty: bool,
+    conflicts: Vec<Conflict>,
+    published: watch::Sender<Vec<ServiceEntry>>,
+}
+
+impl<T: LbTables> ServiceManager<T> {
+    pub fn new(
+        settings: Settings,
+        sync: LbSync<T>,
+        published: watch::Sender<Vec<ServiceEntry>>,
+    ) -> Self {
+        Self {
+            settings,
+            services: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            sync,
+            services_synced: false,
+            slices_synced: false,
+            prune_pending: false,
+            dirty: true,
+            conflicts: Vec::new(),
+            published,
+        }
+    }
+
+    pub fn sync(&self) -> &LbSync<T> {
+        &self.sync
+    }
+
+    pub fn on_service(&mut self, event: Event<Service>) {
+        match event {
+            Event::Upsert(svc) => {
+                let id = model::object_id(&svc.metadata);
+                match model::parse_service(&svc, &self.settings) {
+                    Ok(Some(parsed)) => {
+                        if self.services.get(&id) != Some(&parsed) {
+                            self.services.insert(id, parsed);
+                            self.dirty = true;
+                        }
+                    }
+                    Ok(None) => {
+                        if self.services.remove(&id).is_some() {
+                            self.dirty = true;
+                        }
+                    }
+                    Err(e) => {
+                        if self.services.remove(&id).is_some() {
+                            warn!(service = %id, "the Service cannot be used any more: {e}; removing its frontends");
+                            self.dirty = true;
+                        } else {
+                            warn!(service = %id, "skipping the Service: {e}");
+                        }
+                    }
+                }
+            }
+            Event::Delete {
+                namespace, name, ..
+            } => {
+                let id = format!("{}/{name}", namespace.as_deref().unwrap_or("default"));
+                if self.services.remove(&id).is_some() {
+                    self.dirty = true;
+                }
+            }
+            Event::Synced => {
+                self.services_synced = true;
+                self.prune_pending = true;
+                self.dirty = true;
+            }
+        }
+    }
+
+    pub fn on_slice(&mut self, event: Event<EndpointSlice>) {
+        match event {
+            Event::Upsert(slice) => {
+                let id = model::object_id(&slice.metadata);
+                match model::parse_slice(&slice) {
+                    Ok(Some(parsed)) => {
+                        if self.slices.get(&id) != Some(&parsed) {
+                            self.slices.insert(id, parsed);
+                            self.dirty = true;
+                        }
+                    }
+                    Ok(None) => {
+                        if self.slices.remove(&id).is_some() {
+                            self.dirty = true;
+                        }
+                    }
+                    Err(e) => {
+                        if self.slices.remove(&id).is_some() {
+                            warn!(endpointslice = %id, "the EndpointSlice cannot be used any more: {e}; removing its backends");
+                            self.dirty = true;
+                        } else {
+                            warn!(endpointslice = %id, "skipping the EndpointSlice: {e}");
+                        }
+                    }
+                }
+            }
+            Event::Delete {
+                namespace, name, ..
+            } => {
+                let id = format!("{}/{name}", namespace.as_deref().unwrap_or("default"));
+                if self.slices.remove(&id).is_some() {
+                    self.dirty = true;
+                }
+            }
+            Event::Synced => {
+                self.slices_synced = true;
+                self.prune_pending = true;
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Whether both kinds have been listed completely at least once.
+    pub fn synced(&self) -> bool {
+        self.services_synced && self.slices_synced
+    }
+
+    /// Writes what changed since the last call into the maps.
+    pub fn apply(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let (want, conflicts) = model::desired(&self.services, &self.slices, &self.settings);
+        for c in &conflicts {
+            if !self.conflicts.contains(c) {
+                warn!(frontend = %c.frontend, kept = %c.kept, refused = %c.refused, "two services claim this frontend; the first by name keeps it");
+            }
+        }
+        self.conflicts = conflicts;
+        let prune = self.prune_pending && self.synced();
+        let changes = self.sync.apply(&want, prune);
+        if prune {
+            self.prune_pending = false;
+            info!(
+                services = self.services.len(),
+                frontends = want.len(),
+                "services synced with the store"
+            );
+        }
+        if changes != lbmap::Changes::default() {
+            info!(
+                frontends_written = changes.frontends_written,
+                frontends_removed = changes.frontends_removed,
+                backends_written = changes.backends_written,
+                backends_removed = changes.backends_removed,
+                errors = changes.errors,
+                "service maps updated"
+            );
+        }
+        let entries = self.sync.entries(&want);
+        self.published.send_if_modified(|current| {
+            if *current == entries {
+                false
+            } else {
+                *current = entries;
+                true
+            }
+        });
+    }
+}
+
+/// Runs the service manager until `stopping` turns true.
+pub async fn run<T: LbTables>(
+    store: Store,
+    mut manager: ServiceManager<T>,
+    cluster: Cluster,
+    endpoints: Vec<String>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut services = store.watch::<Service>();
+    let mut slices = store.watch::<EndpointSlice>();
+    let report = |what: &str, e: &ciliate_store::Error| cluster.report_error(&endpoints, what, e);
+    loop {
+        tokio::select! {
+            _ = stopping.wait_for(|s| *s) => return,
+            event = services.next() => match event {
+                Some(Ok(event)) => manager.on_service(event),
+                Some(Err(e)) => report("watching Services (skipped)", &e),
+                None => return,
+            },
+            event = slices.next() => match event {
+                Some(Ok(event)) => manager.on_slice(event),
+                Some(Err(e)) => report("watching EndpointSlices (skipped)", &e),
+                None => return,
+            },
+        }
+        // Take what is already there before writing.
+        for _ in 0..MAX_BATCH {
+            let mut progressed = false;
+            if let Some(Some(event)) = services.next().now_or_never() {
+                progressed = true;
+                match event {
+                    Ok(event) => manager.on_service(event),
+                    Err(e) => report("watching Services (skipped)", &e),
+                }
+            }
+            if let Some(Some(event)) = slices.next().now_or_never() {
+                progressed = true;
+                match event {
+                    Ok(event) => manager.on_slice(event),
+                    Err(e) => report("watching EndpointSlices (skipped)", &e),
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        // Map syscalls: keep them off the async workers' queue.
+        tokio::task::block_in_place(|| manager.apply());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lbmap::fake::FakeTables;
+    use super::*;
+    use ciliate_datapath::maps::IPPROTO_TCP;
+    use model::L4Addr;
+
+    fn manager() -> (
+        ServiceManager<FakeTables>,
+        watch::Receiver<Vec<ServiceEntry>>,
+    ) {
+        let (tx, rx) = watch::channel(Vec::new());
+        let settings = Settings {
+            node_name: "node0".into(),
+            node_port_range: (30000, 32767),
+        };
+        let sync = LbSync::adopt(FakeTables::default()).unwrap();
+        (ServiceManager::new(settings, sync, tx), rx)
+    }
+
+    fn svc(yaml: &str) -> Service {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    const WEB: &str = "metadata: {name: web, namespace: d}\nspec: {type: NodePort, clusterIP: 10.96.0.10, ports: [{name: http, port: 80, nodePort: 30080}]}\n";
+    const SLICE: &str = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: d, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [172.20.0.5], nodeName: node0}, {addresses: [172.20.1.5], conditions: {ready: false, serving: true, terminating: true}, nodeName: node1}]\n";
+
+    #[test]
+    fn events_become_entries_and_deletes_wait_for_synced() {
+        let (mut m, rx) = manager();
+        m.on_service(Event::Upsert(svc(WEB)));
+        m.on_slice(Event::Upsert(serde_yaml::from_str(SLICE).unwrap()));
+        m.apply();
+        let entries = rx.borrow().clone();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].id, 1);
+        assert_eq!(entries[0].frontend, "0.0.0.0:30080/TCP");
+        assert_eq!(entries[0].kind, "NodePort");
+        assert_eq!(entries[1].frontend, "10.96.0.10:80/TCP");
+        let states: Vec<(&str, &str)> = entries[1]
+            .backends
+            .iter()
+            .map(|b| (b.address.as_str(), b.state.as_str()))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("172.20.0.5:8080/TCP", "active"),
+                ("172.20.1.5:8080/TCP", "terminating")
+            ]
+        );
+
+        // Deleted before the list is complete: kept in the maps for now.
+        m.on_service(Event::Delete {
+            namespace: Some("d".into()),
+            name: "web".into(),
+            last: None,
+        });
+        m.apply();
+        assert!(rx.borrow().is_empty());
+        let fe = L4Addr::new("10.96.0.10".parse().unwrap(), 80, IPPROTO_TCP);
+        assert_eq!(m.sync().rev_nat_index(&fe), Some(2));
+        m.on_service(Event::Synced);
+        m.apply();
+        assert_eq!(
+            m.sync().rev_nat_index(&fe),
+            Some(2),
+            "slices not synced yet"
+        );
+        m.on_slice(Event::Synced);
+        m.apply();
+        assert_eq!(m.sync().rev_nat_index(&fe), None);
+        assert!(m.sync().tables().services.is_empty());
+        assert!(m.sync().tables().backends.is_empty());
+    }
+
+    #[test]
+    fn an_object_that_turns_bad_is_dropped() {
+        let (mut m, rx) = manager();
+        m.on_service(Event::Upsert(svc(WEB)));
+        m.apply();
+        assert_eq!(rx.borrow().len(), 2);
+        m.on_service(Event::Upsert(svc(&WEB.replace("30080", "80"))));
+        m.on_service(Event::Synced);
+        m.on_slice(Event::Synced);
+        m.apply();
+        assert!(rx.borrow().is_empty());
+        assert!(m.sync().tables().services.is_empty());
+    }
+}
