@@ -7,11 +7,15 @@
 //!
 //! The manager keeps the last usable form of every Service and EndpointSlice,
 //! recomputes the desired frontends after each batch of events and lets
-//! [`lbmap::LbSync`] write the difference. What an earlier run wrote is kept
-//! (ids included) and removed only once both kinds have been listed
-//! completely (`Synced`), never while the store is away. An object that cannot
-//! be used is logged with the field at fault and skipped; if it was usable
-//! before, what it said is dropped.
+//! [`lbmap::LbSync`] write the difference. Nothing is written before both
+//! kinds have been listed completely (`Synced`): a Service seen before its
+//! EndpointSlices would otherwise be written without backends, and what an
+//! earlier run wrote (ids included) keeps traffic flowing meanwhile, however
+//! long the store is away. From then on the view is complete (the store
+//! reports what changed during an outage, deletes included), so what is no
+//! longer wanted is removed as it goes. An object that cannot be used is
+//! logged with the field at fault and skipped; if it was usable before, what
+//! it said is dropped.
 
 pub mod gc;
 pub mod lbmap;
@@ -48,8 +52,8 @@ pub struct ServiceManager<T: LbTables> {
     sync: LbSync<T>,
     services_synced: bool,
     slices_synced: bool,
-    /// A `Synced` arrived since the last prune.
-    prune_pending: bool,
+    /// A `Synced` arrived since the last write (logged once written).
+    sync_pending: bool,
     dirty: bool,
     conflicts: Vec<Conflict>,
     published: watch::Sender<Vec<ServiceEntry>>,
@@ -68,7 +72,7 @@ impl<T: LbTables> ServiceManager<T> {
             sync,
             services_synced: false,
             slices_synced: false,
-            prune_pending: false,
+            sync_pending: false,
             dirty: true,
             conflicts: Vec::new(),
             published,
@@ -115,7 +119,7 @@ impl<T: LbTables> ServiceManager<T> {
             }
             Event::Synced => {
                 self.services_synced = true;
-                self.prune_pending = true;
+                self.sync_pending = true;
                 self.dirty = true;
             }
         }
@@ -157,7 +161,7 @@ impl<T: LbTables> ServiceManager<T> {
             }
             Event::Synced => {
                 self.slices_synced = true;
-                self.prune_pending = true;
+                self.sync_pending = true;
                 self.dirty = true;
             }
         }
@@ -168,9 +172,10 @@ impl<T: LbTables> ServiceManager<T> {
         self.services_synced && self.slices_synced
     }
 
-    /// Writes what changed since the last call into the maps.
+    /// Writes what changed since the last call into the maps, once both
+    /// kinds are listed.
     pub fn apply(&mut self) {
-        if !self.dirty {
+        if !self.dirty || !self.synced() {
             return;
         }
         self.dirty = false;
@@ -181,10 +186,9 @@ impl<T: LbTables> ServiceManager<T> {
             }
         }
         self.conflicts = conflicts;
-        let prune = self.prune_pending && self.synced();
-        let changes = self.sync.apply(&want, prune);
-        if prune {
-            self.prune_pending = false;
+        let changes = self.sync.apply(&want, true);
+        if self.sync_pending {
+            self.sync_pending = false;
             info!(
                 services = self.services.len(),
                 frontends = want.len(),
@@ -291,11 +295,25 @@ mod tests {
     const WEB: &str = "metadata: {name: web, namespace: d}\nspec: {type: NodePort, clusterIP: 10.96.0.10, ports: [{name: http, port: 80, nodePort: 30080}]}\n";
     const SLICE: &str = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: d, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [172.20.0.5], nodeName: node0}, {addresses: [172.20.1.5], conditions: {ready: false, serving: true, terminating: true}, nodeName: node1}]\n";
 
+    fn synced(m: &mut ServiceManager<FakeTables>) {
+        m.on_service(Event::Synced);
+        m.on_slice(Event::Synced);
+    }
+
     #[test]
-    fn events_become_entries_and_deletes_wait_for_synced() {
+    fn nothing_is_written_before_both_lists_are_complete() {
         let (mut m, rx) = manager();
         m.on_service(Event::Upsert(svc(WEB)));
+        m.apply();
+        assert!(m.sync().tables().ops.is_empty());
         m.on_slice(Event::Upsert(serde_yaml::from_str(SLICE).unwrap()));
+        m.on_service(Event::Synced);
+        m.apply();
+        assert!(
+            m.sync().tables().ops.is_empty(),
+            "slices are not listed yet"
+        );
+        m.on_slice(Event::Synced);
         m.apply();
         let entries = rx.borrow().clone();
         assert_eq!(entries.len(), 2);
@@ -316,7 +334,7 @@ mod tests {
             ]
         );
 
-        // Deleted before the list is complete: kept in the maps for now.
+        // Once listed, a delete removes at once.
         m.on_service(Event::Delete {
             namespace: Some("d".into()),
             name: "web".into(),
@@ -325,30 +343,45 @@ mod tests {
         m.apply();
         assert!(rx.borrow().is_empty());
         let fe = L4Addr::new("10.96.0.10".parse().unwrap(), 80, IPPROTO_TCP);
-        assert_eq!(m.sync().rev_nat_index(&fe), Some(2));
-        m.on_service(Event::Synced);
-        m.apply();
-        assert_eq!(
-            m.sync().rev_nat_index(&fe),
-            Some(2),
-            "slices not synced yet"
-        );
-        m.on_slice(Event::Synced);
-        m.apply();
         assert_eq!(m.sync().rev_nat_index(&fe), None);
         assert!(m.sync().tables().services.is_empty());
         assert!(m.sync().tables().backends.is_empty());
     }
 
     #[test]
+    fn an_earlier_runs_frontends_stay_until_the_lists_are_complete() {
+        let (mut first, _) = manager();
+        first.on_service(Event::Upsert(svc(WEB)));
+        synced(&mut first);
+        first.apply();
+        let tables = first.sync().tables().clone();
+        assert_eq!(tables.rev.len(), 2);
+
+        let (tx, _rx) = watch::channel(Vec::new());
+        let settings = first.settings.clone();
+        let sync = LbSync::adopt(FakeTables {
+            ops: Vec::new(),
+            ..tables
+        })
+        .unwrap();
+        let mut m = ServiceManager::new(settings, sync, tx);
+        m.on_service(Event::Synced);
+        m.apply();
+        assert!(m.sync().tables().ops.is_empty());
+        m.on_slice(Event::Synced);
+        m.apply();
+        assert!(m.sync().tables().services.is_empty());
+        assert!(m.sync().tables().rev.is_empty());
+    }
+
+    #[test]
     fn an_object_that_turns_bad_is_dropped() {
         let (mut m, rx) = manager();
         m.on_service(Event::Upsert(svc(WEB)));
+        synced(&mut m);
         m.apply();
         assert_eq!(rx.borrow().len(), 2);
         m.on_service(Event::Upsert(svc(&WEB.replace("30080", "80"))));
-        m.on_service(Event::Synced);
-        m.on_slice(Event::Synced);
         m.apply();
         assert!(rx.borrow().is_empty());
         assert!(m.sync().tables().services.is_empty());
