@@ -7,6 +7,7 @@
 mod cluster;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use ciliate_api::ServiceEntry;
@@ -80,9 +81,10 @@ fn web_slice(node: &str, endpoints: &[(&str, &str, &str)]) -> String {
     );
     for (ip, where_, conditions) in endpoints {
         let node = if *where_ == "local" { node } else { "node1" };
-        yaml.push_str(&format!(
-            "- {{addresses: [{ip}], nodeName: {node}, conditions: {conditions}}}\n"
-        ));
+        let _ = writeln!(
+            yaml,
+            "- {{addresses: [{ip}], nodeName: {node}, conditions: {conditions}}}"
+        );
     }
     yaml
 }
