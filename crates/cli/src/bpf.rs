@@ -278,19 +278,27 @@ fn proto_name(proto: u8) -> String {
     }
 }
 
+/// The names of the bits set in `flags`, in table order.
+fn flag_names(flags: u16, table: &[(u16, &str)]) -> Vec<String> {
+    table
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| (*name).to_string())
+        .collect()
+}
+
 fn svc_flag_names(flags: u16) -> Vec<String> {
-    [
-        (SVC_F_CLUSTER_IP, "ClusterIP"),
-        (SVC_F_NODEPORT, "NodePort"),
-        (SVC_F_EXTERNAL_IP, "ExternalIPs"),
-        (SVC_F_LOADBALANCER, "LoadBalancer"),
-        (SVC_F_AFFINITY, "sessionAffinity"),
-        (SVC_F_TWO_SCOPES, "two-scopes"),
-    ]
-    .iter()
-    .filter(|(bit, _)| flags & bit != 0)
-    .map(|(_, name)| (*name).to_string())
-    .collect()
+    flag_names(
+        flags,
+        &[
+            (SVC_F_CLUSTER_IP, "ClusterIP"),
+            (SVC_F_NODEPORT, "NodePort"),
+            (SVC_F_EXTERNAL_IP, "ExternalIPs"),
+            (SVC_F_LOADBALANCER, "LoadBalancer"),
+            (SVC_F_AFFINITY, "sessionAffinity"),
+            (SVC_F_TWO_SCOPES, "two-scopes"),
+        ],
+    )
 }
 
 #[derive(Serialize)]
@@ -417,18 +425,17 @@ fn lb_list(maps: &Maps, output: &OutputArgs) -> anyhow::Result<()> {
 }
 
 fn ct_flag_names(flags: u16) -> Vec<String> {
-    [
-        (CT_F_TX_CLOSING, "tx-closing"),
-        (CT_F_RX_CLOSING, "rx-closing"),
-        (CT_F_SEEN_REPLY, "seen-reply"),
-        (CT_F_NODEPORT, "nodeport"),
-        (CT_F_LOOPBACK, "loopback"),
-        (CT_F_SNAT, "snat"),
-    ]
-    .iter()
-    .filter(|(bit, _)| flags & bit != 0)
-    .map(|(_, name)| (*name).to_string())
-    .collect()
+    flag_names(
+        flags,
+        &[
+            (CT_F_TX_CLOSING, "tx-closing"),
+            (CT_F_RX_CLOSING, "rx-closing"),
+            (CT_F_SEEN_REPLY, "seen-reply"),
+            (CT_F_NODEPORT, "nodeport"),
+            (CT_F_LOOPBACK, "loopback"),
+            (CT_F_SNAT, "snat"),
+        ],
+    )
 }
 
 #[derive(Serialize)]
@@ -593,13 +600,13 @@ fn nat_list(maps: &Maps, output: &OutputArgs) -> anyhow::Result<()> {
             let (sip, sport) = k.src();
             let (dip, dport) = k.dst();
             let (tip, tport) = v.to();
-            let mut flags = Vec::new();
-            if v.flags & NAT_F_NODEPORT != 0 {
-                flags.push("nodeport".to_string());
-            }
-            if v.flags & NAT_F_MASQUERADE != 0 {
-                flags.push("masquerade".to_string());
-            }
+            let flags = flag_names(
+                v.flags,
+                &[
+                    (NAT_F_NODEPORT, "nodeport"),
+                    (NAT_F_MASQUERADE, "masquerade"),
+                ],
+            );
             NatEntry {
                 proto: proto_name(k.proto),
                 direction: if k.flags == NAT_DIR_INGRESS {

@@ -12,7 +12,7 @@ use ciliate_datapath::maps::{Ct4Entry, Ct4Key, Nat4Entry};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use super::lbmap::is_not_found;
+use crate::error::is_not_found;
 
 /// Entries deleted by one sweep, per map.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -25,6 +25,7 @@ use ciliate_datapath::maps::{
 use tracing::{debug, warn};
 
 use super::model::{BackendState, Frontend, L4Addr};
+use crate::error::is_not_found;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{action} {map} entry {entry}")]
@@ -65,14 +66,6 @@ impl PinnedTables {
             backends: maps.lb4_backends,
             reverse_nat: maps.lb4_reverse_nat,
         }
-    }
-}
-
-pub fn is_not_found(e: &MapError) -> bool {
-    match e {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
     }
 }
 

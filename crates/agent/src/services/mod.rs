@@ -87,35 +87,16 @@ impl<T: LbTables> ServiceManager<T> {
         match event {
             Event::Upsert(svc) => {
                 let id = model::object_id(&svc.metadata);
-                match model::parse_service(&svc, &self.settings) {
-                    Ok(Some(parsed)) => {
-                        if self.services.get(&id) != Some(&parsed) {
-                            self.services.insert(id, parsed);
-                            self.dirty = true;
-                        }
-                    }
-                    Ok(None) => {
-                        if self.services.remove(&id).is_some() {
-                            self.dirty = true;
-                        }
-                    }
-                    Err(e) => {
-                        if self.services.remove(&id).is_some() {
-                            warn!(service = %id, "the Service cannot be used any more: {e}; removing its frontends");
-                            self.dirty = true;
-                        } else {
-                            warn!(service = %id, "skipping the Service: {e}");
-                        }
-                    }
-                }
+                let parsed = model::parse_service(&svc, &self.settings);
+                self.dirty |= remember(&mut self.services, id, parsed, "Service");
             }
             Event::Delete {
                 namespace, name, ..
             } => {
-                let id = format!("{}/{name}", namespace.as_deref().unwrap_or("default"));
-                if self.services.remove(&id).is_some() {
-                    self.dirty = true;
-                }
+                self.dirty |= self
+                    .services
+                    .remove(&delete_id(namespace.as_deref(), &name))
+                    .is_some();
             }
             Event::Synced => {
                 self.services_synced = true;
@@ -129,35 +110,16 @@ impl<T: LbTables> ServiceManager<T> {
         match event {
             Event::Upsert(slice) => {
                 let id = model::object_id(&slice.metadata);
-                match model::parse_slice(&slice) {
-                    Ok(Some(parsed)) => {
-                        if self.slices.get(&id) != Some(&parsed) {
-                            self.slices.insert(id, parsed);
-                            self.dirty = true;
-                        }
-                    }
-                    Ok(None) => {
-                        if self.slices.remove(&id).is_some() {
-                            self.dirty = true;
-                        }
-                    }
-                    Err(e) => {
-                        if self.slices.remove(&id).is_some() {
-                            warn!(endpointslice = %id, "the EndpointSlice cannot be used any more: {e}; removing its backends");
-                            self.dirty = true;
-                        } else {
-                            warn!(endpointslice = %id, "skipping the EndpointSlice: {e}");
-                        }
-                    }
-                }
+                let parsed = model::parse_slice(&slice);
+                self.dirty |= remember(&mut self.slices, id, parsed, "EndpointSlice");
             }
             Event::Delete {
                 namespace, name, ..
             } => {
-                let id = format!("{}/{name}", namespace.as_deref().unwrap_or("default"));
-                if self.slices.remove(&id).is_some() {
-                    self.dirty = true;
-                }
+                self.dirty |= self
+                    .slices
+                    .remove(&delete_id(namespace.as_deref(), &name))
+                    .is_some();
             }
             Event::Synced => {
                 self.slices_synced = true;
@@ -214,6 +176,40 @@ impl<T: LbTables> ServiceManager<T> {
                 true
             }
         });
+    }
+}
+
+/// `namespace/name` of a deleted object.
+fn delete_id(namespace: Option<&str>, name: &str) -> String {
+    format!("{}/{name}", namespace.unwrap_or("default"))
+}
+
+/// Keeps the usable form of an upserted object (or forgets it when it asks
+/// for nothing or cannot be used, saying why); true if that changed anything.
+fn remember<P: PartialEq>(
+    known: &mut BTreeMap<String, P>,
+    id: String,
+    parsed: Result<Option<P>, model::FieldError>,
+    kind: &str,
+) -> bool {
+    match parsed {
+        Ok(Some(parsed)) => {
+            if known.get(&id) == Some(&parsed) {
+                return false;
+            }
+            known.insert(id, parsed);
+            true
+        }
+        Ok(None) => known.remove(&id).is_some(),
+        Err(e) => {
+            let was_known = known.remove(&id).is_some();
+            if was_known {
+                warn!(object = %id, "the {kind} cannot be used any more: {e}; dropping what it said");
+            } else {
+                warn!(object = %id, "skipping the {kind}: {e}");
+            }
+            was_known
+        }
     }
 }
 
