@@ -24,7 +24,8 @@ use tracing::{error, info, warn};
 struct Args {
     /// YAML configuration file (Cilium's Helm-style keys: nodeName, ipam.mode,
     /// ipv4Range, etcd.endpoints, bpf.root, routingMode, devices, mtu, stateDir,
-    /// socketPath, healthNetns, ...).
+    /// socketPath, healthNetns, kubeProxyReplacement, nodePort.range,
+    /// bpfCTTimeoutRegular*, conntrackGCInterval, ...).
     #[arg(long, short)]
     config: Option<PathBuf>,
     #[command(flatten)]
