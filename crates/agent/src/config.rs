@@ -99,6 +99,14 @@ impl Default for BpfConfig {
     }
 }
 
+/// `nodePort.*`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodePortFileConfig {
+    /// `MIN,MAX` (Cilium's `node-port-range`), e.g. `30000,32767`.
+    pub range: Option<String>,
+}
+
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EtcdFileConfig {
@@ -136,6 +144,21 @@ pub struct FileConfig {
     pub ipv4_native_routing_cidr: Option<String>,
     pub auto_direct_node_routes: Option<bool>,
     pub cluster_health_port: Option<u16>,
+    /// Services, NodePort and conntrack in the datapath instead of kube-proxy.
+    pub kube_proxy_replacement: Option<bool>,
+    pub node_port: Option<NodePortFileConfig>,
+    /// Conntrack lifetimes in seconds (Cilium's `bpf-ct-timeout-regular-*`).
+    #[serde(rename = "bpfCTTimeoutRegularTCP")]
+    pub bpf_ct_timeout_regular_tcp: Option<u32>,
+    #[serde(rename = "bpfCTTimeoutRegularTCPSyn")]
+    pub bpf_ct_timeout_regular_tcp_syn: Option<u32>,
+    #[serde(rename = "bpfCTTimeoutRegularTCPFin")]
+    pub bpf_ct_timeout_regular_tcp_fin: Option<u32>,
+    #[serde(rename = "bpfCTTimeoutRegularAny")]
+    pub bpf_ct_timeout_regular_any: Option<u32>,
+    /// Seconds between sweeps of expired conntrack and NAT entries.
+    #[serde(rename = "conntrackGCInterval")]
+    pub conntrack_gc_interval: Option<u64>,
 }
 
 /// Flags that override the file (all optional).
@@ -162,12 +185,44 @@ pub struct Overrides {
     /// Pod interface MTU.
     #[arg(long)]
     pub mtu: Option<u32>,
+    /// Replace kube-proxy: program Services into the datapath (`kubeProxyReplacement`).
+    #[arg(long)]
+    pub kube_proxy_replacement: Option<bool>,
 }
 
 /// The node registration lease unless `kvstoreLeaseTTL` says otherwise.
 pub const DEFAULT_LEASE_TTL_SECS: u64 = 15;
 /// Cilium's health port.
 pub const DEFAULT_CLUSTER_HEALTH_PORT: u16 = 4240;
+/// Kubernetes' default NodePort range (`--service-node-port-range`).
+pub const DEFAULT_NODE_PORT_RANGE: (u16, u16) = (30000, 32767);
+/// Seconds between conntrack garbage collections unless `conntrackGCInterval` says otherwise.
+pub const DEFAULT_CONNTRACK_GC_INTERVAL_SECS: u64 = 60;
+/// Bounds of every `bpfCTTimeoutRegular*` key: a second to a week.
+pub const CT_TIMEOUT_SECS: std::ops::RangeInclusive<u32> = 1..=604_800;
+
+/// Conntrack lifetimes in seconds, as the datapath config carries them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    pub tcp: u32,
+    pub tcp_syn: u32,
+    pub tcp_fin: u32,
+    pub any: u32,
+}
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        use ciliate_datapath::maps::{
+            CT_TIMEOUT_ANY, CT_TIMEOUT_TCP, CT_TIMEOUT_TCP_FIN, CT_TIMEOUT_TCP_SYN,
+        };
+        Self {
+            tcp: CT_TIMEOUT_TCP,
+            tcp_syn: CT_TIMEOUT_TCP_SYN,
+            tcp_fin: CT_TIMEOUT_TCP_FIN,
+            any: CT_TIMEOUT_ANY,
+        }
+    }
+}
 
 /// The validated configuration the agent runs with.
 ///
@@ -199,6 +254,13 @@ pub struct Config {
     pub auto_direct_node_routes: bool,
     /// TCP port of the health responder (`clusterHealthPort`).
     pub cluster_health_port: u16,
+    /// `kubeProxyReplacement`: the agent programs Services into the datapath.
+    pub kube_proxy_replacement: bool,
+    /// `nodePort.range`: the NodePorts the agent accepts, both ends included.
+    pub node_port_range: (u16, u16),
+    pub ct_timeouts: CtTimeouts,
+    /// `conntrackGCInterval`.
+    pub conntrack_gc_interval: std::time::Duration,
 }
 
 impl Config {
@@ -330,6 +392,43 @@ impl Config {
                 allowed: "a TCP port from 1 to 65535".into(),
             });
         }
+        let node_port_range = match file.node_port.and_then(|n| n.range) {
+            Some(text) => parse_node_port_range(&text)?,
+            None => DEFAULT_NODE_PORT_RANGE,
+        };
+        let defaults = CtTimeouts::default();
+        let ct_timeouts = CtTimeouts {
+            tcp: ct_timeout(
+                "bpfCTTimeoutRegularTCP",
+                file.bpf_ct_timeout_regular_tcp,
+                defaults.tcp,
+            )?,
+            tcp_syn: ct_timeout(
+                "bpfCTTimeoutRegularTCPSyn",
+                file.bpf_ct_timeout_regular_tcp_syn,
+                defaults.tcp_syn,
+            )?,
+            tcp_fin: ct_timeout(
+                "bpfCTTimeoutRegularTCPFin",
+                file.bpf_ct_timeout_regular_tcp_fin,
+                defaults.tcp_fin,
+            )?,
+            any: ct_timeout(
+                "bpfCTTimeoutRegularAny",
+                file.bpf_ct_timeout_regular_any,
+                defaults.any,
+            )?,
+        };
+        let gc_secs = file
+            .conntrack_gc_interval
+            .unwrap_or(DEFAULT_CONNTRACK_GC_INTERVAL_SECS);
+        if !(1..=86_400).contains(&gc_secs) {
+            return Err(ConfigError::Invalid {
+                key: "conntrackGCInterval",
+                value: gc_secs.to_string(),
+                allowed: "seconds from 1 to 86400".into(),
+            });
+        }
         let devices = file.devices.unwrap_or_default();
         for device in &devices {
             if device.is_empty()
@@ -402,6 +501,50 @@ impl Config {
             native_routing_cidr,
             auto_direct_node_routes,
             cluster_health_port,
+            kube_proxy_replacement: o
+                .kube_proxy_replacement
+                .or(file.kube_proxy_replacement)
+                .unwrap_or(false),
+            node_port_range,
+            ct_timeouts,
+            conntrack_gc_interval: std::time::Duration::from_secs(gc_secs),
+        })
+    }
+}
+
+/// `nodePort.range`: `MIN,MAX` as Cilium writes it (`MIN-MAX` as Kubernetes
+/// writes it is accepted too), 1 <= MIN <= MAX <= 65535.
+fn parse_node_port_range(text: &str) -> Result<(u16, u16), ConfigError> {
+    let parsed = text
+        .split_once(',')
+        .or_else(|| text.split_once('-'))
+        .and_then(|(min, max)| {
+            Some((
+                min.trim().parse::<u16>().ok()?,
+                max.trim().parse::<u16>().ok()?,
+            ))
+        })
+        .filter(|(min, max)| *min >= 1 && min <= max);
+    parsed.ok_or_else(|| ConfigError::Invalid {
+        key: "nodePort.range",
+        value: text.to_string(),
+        allowed: "MIN,MAX with 1 <= MIN <= MAX <= 65535, e.g. 30000,32767".into(),
+    })
+}
+
+fn ct_timeout(key: &'static str, value: Option<u32>, default: u32) -> Result<u32, ConfigError> {
+    let secs = value.unwrap_or(default);
+    if CT_TIMEOUT_SECS.contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            value: secs.to_string(),
+            allowed: format!(
+                "seconds from {} to {}",
+                CT_TIMEOUT_SECS.start(),
+                CT_TIMEOUT_SECS.end()
+            ),
         })
     }
 }
@@ -763,6 +906,102 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("etcd") && err.contains("prefix"), "{err}");
+    }
+
+    #[test]
+    fn service_keys_are_read() {
+        let c = load("ipv4Range: 10.0.0.0/24\nkubeProxyReplacement: true\nnodePort:\n  range: \"20000,20999\"\nbpfCTTimeoutRegularTCP: 3600\nbpfCTTimeoutRegularTCPSyn: 30\nbpfCTTimeoutRegularTCPFin: 5\nbpfCTTimeoutRegularAny: 90\nconntrackGCInterval: 10\n").unwrap();
+        assert!(c.kube_proxy_replacement);
+        assert_eq!(c.node_port_range, (20000, 20999));
+        assert_eq!(
+            c.ct_timeouts,
+            CtTimeouts {
+                tcp: 3600,
+                tcp_syn: 30,
+                tcp_fin: 5,
+                any: 90
+            }
+        );
+        assert_eq!(c.conntrack_gc_interval, std::time::Duration::from_secs(10));
+        let c = load("ipv4Range: 10.0.0.0/24\nnodePort: {range: 30000-30010}\n").unwrap();
+        assert_eq!(c.node_port_range, (30000, 30010));
+    }
+
+    #[test]
+    fn service_defaults_and_flag() {
+        let c = load("ipv4Range: 10.0.0.0/24\n").unwrap();
+        assert!(!c.kube_proxy_replacement);
+        assert_eq!(c.node_port_range, (30000, 32767));
+        assert_eq!(c.ct_timeouts.tcp, 21_600);
+        assert_eq!(c.ct_timeouts.tcp_syn, 60);
+        assert_eq!(c.ct_timeouts.tcp_fin, 10);
+        assert_eq!(c.ct_timeouts.any, 60);
+        assert_eq!(c.conntrack_gc_interval, std::time::Duration::from_mins(1));
+        let file = parse_file("ipv4Range: 10.0.0.0/24\nkubeProxyReplacement: false\n").unwrap();
+        let o = Overrides {
+            kube_proxy_replacement: Some(true),
+            ..Overrides::default()
+        };
+        assert!(Config::resolve(file, &o).unwrap().kube_proxy_replacement);
+    }
+
+    #[test]
+    fn bad_service_values_are_named() {
+        let cases = [
+            (
+                "nodePort: {range: \"32767,30000\"}\n",
+                "nodePort.range",
+                "32767,30000",
+            ),
+            (
+                "nodePort: {range: \"0,100\"}\n",
+                "nodePort.range",
+                "30000,32767",
+            ),
+            ("nodePort: {range: banana}\n", "nodePort.range", "MIN,MAX"),
+            (
+                "nodePort: {range: \"30000,70000\"}\n",
+                "nodePort.range",
+                "65535",
+            ),
+            ("nodePort: {ranges: x}\n", "nodePort", "ranges"),
+            (
+                "bpfCTTimeoutRegularTCP: 0\n",
+                "bpfCTTimeoutRegularTCP",
+                "1 to 604800",
+            ),
+            (
+                "bpfCTTimeoutRegularTCPSyn: 0\n",
+                "bpfCTTimeoutRegularTCPSyn",
+                "seconds",
+            ),
+            (
+                "bpfCTTimeoutRegularTCPFin: 999999999\n",
+                "bpfCTTimeoutRegularTCPFin",
+                "999999999",
+            ),
+            (
+                "bpfCTTimeoutRegularAny: 0\n",
+                "bpfCTTimeoutRegularAny",
+                "seconds",
+            ),
+            (
+                "conntrackGCInterval: 0\n",
+                "conntrackGCInterval",
+                "1 to 86400",
+            ),
+            (
+                "kubeProxyReplacement: strict\n",
+                "kubeProxyReplacement",
+                "strict",
+            ),
+        ];
+        for (extra, key, hint) in cases {
+            let err = load(&format!("ipv4Range: 10.0.0.0/24\n{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(hint), "{extra}: {err}");
+        }
     }
 
     #[test]

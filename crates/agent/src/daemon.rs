@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use ciliate_api::{
     DatapathStatus, Endpoint, EndpointCreateRequest, EndpointState, IpamAllocateRequest,
-    IpamAllocation, IpamOwner, IpamStatus, Node, ProgramStatus, Status,
+    IpamAllocation, IpamOwner, IpamStatus, KprDevice, KubeProxyReplacementStatus, Node,
+    ProgramStatus, ServiceEntry, Status,
 };
 use ciliate_datapath::loader::{Datapath, Maps, HOST_ATTACH, NETDEV_ATTACH, OVERLAY_ATTACH};
 use ciliate_datapath::maps::{DatapathConfig, EndpointKey};
@@ -33,6 +34,8 @@ pub struct Daemon {
     /// ifindex of `ciliate_host`.
     host_ifindex: u32,
     cluster: Cluster,
+    /// The frontends the service manager programmed (`GET /v1/service`).
+    services: watch::Sender<Vec<ServiceEntry>>,
     started: Instant,
     inner: Mutex<Inner>,
 }
@@ -111,6 +114,7 @@ impl Daemon {
             tunnel_ifindex,
             host_ifindex,
             cluster,
+            services: watch::Sender::new(Vec::new()),
             started: Instant::now(),
             inner: Mutex::new(Inner {
                 ipam,
@@ -152,6 +156,16 @@ impl Daemon {
     /// The node IP (InternalIP): the first IPv4 address of the native device.
     pub fn node_ip(&self) -> Option<std::net::Ipv4Addr> {
         self.addressing.node_ip()
+    }
+
+    /// Where the service manager publishes what it programmed.
+    pub fn services_publisher(&self) -> watch::Sender<Vec<ServiceEntry>> {
+        self.services.clone()
+    }
+
+    /// Every programmed frontend, by id (`GET /v1/service`).
+    pub fn services(&self) -> Vec<ServiceEntry> {
+        self.services.borrow().clone()
     }
 
     /// ifindex of `ciliate_host`.
@@ -507,6 +521,21 @@ impl Daemon {
             kvstore: self.cluster.kvstore_status(),
             // Filled by the API from the health prober's state.
             cluster_health: None,
+            kube_proxy_replacement: KubeProxyReplacementStatus {
+                enabled: self.config.kube_proxy_replacement,
+                devices: if self.config.kube_proxy_replacement {
+                    self.addressing
+                        .native
+                        .iter()
+                        .map(|n| KprDevice {
+                            name: n.name.clone(),
+                            ip: n.ip,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+            },
         }
     }
 
@@ -535,6 +564,13 @@ fn datapath_config(
         },
         identity: crate::nodes::POD_IDENTITY,
         native_ifindex: addressing.native.as_ref().map_or(0, |n| n.ifindex),
+        node_ip: addressing
+            .node_ip()
+            .map_or(0, ciliate_datapath::maps::be_addr),
+        ct_timeout_tcp: config.ct_timeouts.tcp,
+        ct_timeout_tcp_syn: config.ct_timeouts.tcp_syn,
+        ct_timeout_tcp_fin: config.ct_timeouts.tcp_fin,
+        ct_timeout_any: config.ct_timeouts.any,
         ..DatapathConfig::new(addressing.pod.router, trace)
     }
 }

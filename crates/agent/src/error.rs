@@ -68,3 +68,13 @@ impl IntoResponse for AgentError {
         (self.status(), Json(body)).into_response()
     }
 }
+
+/// Whether a map operation failed only because the key is not there (a
+/// remove of what is already gone, an entry the datapath deleted meanwhile).
+pub fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}

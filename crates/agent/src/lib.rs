@@ -16,4 +16,5 @@ pub mod monitor;
 pub mod nodes;
 pub mod prober;
 pub mod server;
+pub mod services;
 pub mod state;

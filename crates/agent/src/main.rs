@@ -10,7 +10,7 @@ use ciliate_agent::config::{Config, IpamMode, Overrides};
 use ciliate_agent::daemon::Daemon;
 use ciliate_agent::kvstore::{self, Cluster};
 use ciliate_agent::server::{self, Api};
-use ciliate_agent::{devices, monitor, nodes, state};
+use ciliate_agent::{devices, monitor, nodes, services, state};
 use ciliate_api::Node;
 use ciliate_datapath::loader::Maps;
 use ciliate_datapath::netlink::Netlink;
@@ -24,7 +24,8 @@ use tracing::{error, info, warn};
 struct Args {
     /// YAML configuration file (Cilium's Helm-style keys: nodeName, ipam.mode,
     /// ipv4Range, etcd.endpoints, bpf.root, routingMode, devices, mtu, stateDir,
-    /// socketPath, healthNetns, ...).
+    /// socketPath, healthNetns, kubeProxyReplacement, nodePort.range,
+    /// bpfCTTimeoutRegular*, conntrackGCInterval, ...).
     #[arg(long, short)]
     config: Option<PathBuf>,
     #[command(flatten)]
@@ -212,6 +213,47 @@ async fn serve(
     let ring = Maps::open_events(&config.bpf_root).context("opening the event ring buffer")?;
     let monitor_task = tokio::spawn(monitor::run(ring, events.clone()));
 
+    // Expired conntrack and NAT entries go whatever else runs.
+    let gc_maps = services::gc::GcMaps::from_maps(
+        Maps::open(&config.bpf_root).context("opening the conntrack maps")?,
+    );
+    tokio::spawn(services::gc::run(
+        gc_maps,
+        config.conntrack_gc_interval,
+        stop_rx.clone(),
+    ));
+    let tables = services::lbmap::PinnedTables::from_maps(
+        Maps::open(&config.bpf_root).context("opening the service maps")?,
+    );
+    let mut sync = tokio::task::block_in_place(|| services::lbmap::LbSync::adopt(tables))
+        .context("reading back the service maps")?;
+    if !config.kube_proxy_replacement {
+        // Frontends an earlier run with kubeProxyReplacement wrote would
+        // go on translating: nothing is wanted now.
+        let removed =
+            tokio::task::block_in_place(|| sync.apply(&std::collections::BTreeMap::new(), true));
+        if removed.frontends_removed > 0 {
+            info!(
+                frontends = removed.frontends_removed,
+                "kubeProxyReplacement is off: removed the frontends of an earlier run"
+            );
+        }
+    } else if let Some(store) = &store {
+        let settings = services::model::Settings {
+            node_name: config.node_name.clone(),
+            node_port_range: config.node_port_range,
+        };
+        let manager = services::ServiceManager::new(settings, sync, daemon.services_publisher());
+        tokio::spawn(services::run(
+            store.clone(),
+            manager,
+            daemon.cluster().clone(),
+            config.etcd_endpoints.clone(),
+            stop_rx.clone(),
+        ));
+    } else {
+        warn!("kubeProxyReplacement is on but no cluster store is configured (etcd.endpoints): no Services will be programmed");
+    }
     if let Some(store) = store {
         let settings = nodes::Settings {
             local_name: config.node_name.clone(),

@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::addressing::{NativeDevice, PodNetwork};
 use crate::config::RoutingMode;
+use crate::error::is_not_found;
 use crate::kvstore::Cluster;
 
 /// Cilium's reserved identity of other nodes.
@@ -480,14 +481,6 @@ impl NodeManager {
             }
         }
         self.save_routes();
-    }
-}
-
-fn is_not_found(e: &aya::maps::MapError) -> bool {
-    match e {
-        aya::maps::MapError::KeyNotFound => true,
-        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
     }
 }
 

@@ -10,7 +10,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ciliate_api::{
     ClusterHealth, Endpoint, EndpointCreateRequest, IpamAllocateRequest, IpamAllocation,
-    MonitorEvent, Node, Status,
+    MonitorEvent, Node, ServiceEntry, Status,
 };
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
@@ -44,6 +44,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/monitor", get(monitor))
         .route("/v1/health", get(health))
         .route("/v1/node", get(list_nodes))
+        .route("/v1/service", get(list_services))
         .with_state(api)
 }
 
@@ -146,6 +147,11 @@ async fn delete_endpoint(
 /// This node first, then the others by name.
 async fn list_nodes(State(api): State<Api>) -> Json<Vec<Node>> {
     Json(api.daemon.nodes())
+}
+
+/// Every frontend the agent programmed, by id (empty without kubeProxyReplacement).
+async fn list_services(State(api): State<Api>) -> Json<Vec<ServiceEntry>> {
+    Json(api.daemon.services())
 }
 
 #[derive(Deserialize)]

@@ -174,6 +174,26 @@ pub struct Status {
     /// Summary of the last health probe round; `None` when health checking is off.
     #[serde(default)]
     pub cluster_health: Option<HealthSummary>,
+    /// Whether the agent programs Services (`kubeProxyReplacement`).
+    #[serde(default)]
+    pub kube_proxy_replacement: KubeProxyReplacementStatus,
+}
+
+/// `KubeProxyReplacement: True [eth0 192.168.10.100]`, as `cilium status` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeProxyReplacementStatus {
+    pub enabled: bool,
+    /// The native devices NodePort is served on, with their address.
+    #[serde(default)]
+    pub devices: Vec<KprDevice>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KprDevice {
+    pub name: String,
+    pub ip: Ipv4Addr,
 }
 
 /// The agent's connection to the cluster store, as `cilium status` shows "KVStore".

@@ -7,6 +7,7 @@ mod endpoint;
 mod monitor;
 mod node;
 mod output;
+mod service;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,9 @@ enum Command {
     /// The cluster's nodes as this node's agent knows them.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// The services the agent programmed (like `cilium-dbg service list`).
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// Inspect the datapath's BPF maps.
     #[command(subcommand)]
     Bpf(bpf::BpfCommand),
@@ -61,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => status::run(&client(), &args).map(|()| 0),
         Command::Endpoint(cmd) => endpoint::run(&client(), cmd).map(|()| 0),
         Command::Node(cmd) => node::run(&client(), cmd).map(|()| 0),
+        Command::Service(cmd) => service::run(&client(), cmd).map(|()| 0),
         Command::Bpf(cmd) => bpf::run(&client(), cmd).map(|()| 0),
         Command::Metrics(cmd) => bpf::run_metrics(&client(), cmd).map(|()| 0),
         Command::Monitor(args) => monitor::run(&client(), &args).map(|()| 0),

@@ -1,7 +1,8 @@
 use std::time::{Duration, SystemTime};
 
 use ciliate_api::{
-    Client, ClusterHealth, HealthSummary, NodeHealth, PathHealth, ProbeResult, Status,
+    Client, ClusterHealth, HealthSummary, KubeProxyReplacementStatus, NodeHealth, PathHealth,
+    ProbeResult, Status,
 };
 
 use crate::output::{print_json, Format, OutputArgs};
@@ -41,6 +42,10 @@ pub fn run(client: &Client, args: &StatusArgs) -> anyhow::Result<()> {
         ),
     );
     row("Kubernetes", "Disabled".into());
+    row(
+        "KubeProxyReplacement",
+        kube_proxy_replacement_line(&status.kube_proxy_replacement),
+    );
     row(
         "Host device",
         format!(
@@ -102,6 +107,19 @@ pub fn run(client: &Client, args: &StatusArgs) -> anyhow::Result<()> {
         Err(e) => println!("  probes unavailable: {e}"),
     }
     Ok(())
+}
+
+/// `True [eth0 192.168.10.100]` or `False`, as `cilium status` shows it.
+fn kube_proxy_replacement_line(kpr: &KubeProxyReplacementStatus) -> String {
+    if !kpr.enabled {
+        return "False".into();
+    }
+    let devices: Vec<String> = kpr
+        .devices
+        .iter()
+        .map(|d| format!("{} {}", d.name, d.ip))
+        .collect();
+    format!("True [{}]", devices.join(", "))
 }
 
 fn unix_now() -> u64 {
@@ -230,6 +248,21 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+
+    #[test]
+    fn kube_proxy_replacement_line_like_cilium() {
+        let mut kpr = KubeProxyReplacementStatus::default();
+        assert_eq!(kube_proxy_replacement_line(&kpr), "False");
+        kpr.enabled = true;
+        kpr.devices.push(ciliate_api::KprDevice {
+            name: "eth0".into(),
+            ip: "192.168.10.100".parse().unwrap(),
+        });
+        assert_eq!(
+            kube_proxy_replacement_line(&kpr),
+            "True [eth0 192.168.10.100]"
+        );
+    }
 
     fn ok(us: u64) -> ProbeResult {
         ProbeResult {
