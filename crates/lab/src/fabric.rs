@@ -122,7 +122,12 @@ pub fn plug_node(fabric: &str, port: &str, node_netns: &Path, address: Ipv4Net) 
 /// the cluster does.
 pub fn create_router(fabric: &str, router: &crate::state::RouterInfo) -> Result<()> {
     create_netns(&router.netns, &[("net.ipv4.ip_forward", "0")])?;
-    plug_node(fabric, crate::names::ROUTER, &router.netns_path, router.address)
+    plug_node(
+        fabric,
+        crate::names::ROUTER,
+        &router.netns_path,
+        router.address,
+    )
 }
 
 /// The address of a device, for checks.

@@ -30,11 +30,11 @@ use serde::Serialize;
 use crate::error::{io_err, LabError, Result};
 use crate::manifest::{self, Manifest, PodManifest};
 use crate::names;
+use crate::services::{self, Change};
 use crate::state::{
     ContainerInfo, EtcdInfo, IpamMode, LabLock, LabState, NodeInfo, OperatorInfo, PodCondition,
     PodInfo, ProcessRecord, RouterInfo, RoutingMode, STATE_VERSION,
 };
-use crate::services::{self, Change};
 use crate::sys;
 use crate::{cni, fabric};
 
@@ -1222,7 +1222,11 @@ impl Lab {
                 }
                 manifest::Object::EndpointSlice(slice) => {
                     let key = services::key_of(&slice.metadata);
-                    ("endpointslice", key.clone(), self.delete_endpoint_slice(&key)?)
+                    (
+                        "endpointslice",
+                        key.clone(),
+                        self.delete_endpoint_slice(&key)?,
+                    )
                 }
                 manifest::Object::Skipped { .. } => continue,
             };
@@ -1320,7 +1324,9 @@ impl Lab {
         let node_ip = self.node(&info.node)?.ip();
         let (namespace, pod_name) = (info.namespace.clone(), info.name.clone());
         let stored = self.with_store(move |store| async move {
-            store.get::<ciliate_store::Pod>(Some(&namespace), &pod_name).await
+            store
+                .get::<ciliate_store::Pod>(Some(&namespace), &pod_name)
+                .await
         })?;
         let Some(stored) = stored else {
             return Err(LabError::Invalid {
@@ -1332,7 +1338,7 @@ impl Lab {
         let mut object = stored;
         object.metadata.resource_version = None;
         if object.status.is_none() {
-            object.status = pod_object_status(&info, node_ip);
+            object.status = Some(pod_object_status(&info, node_ip));
         }
         set_condition(&mut object, condition);
         self.with_store(move |store| async move { store.put(&object).await.map(drop) })?;
@@ -1767,19 +1773,16 @@ pub fn pod_object(pod: &PodManifest, info: &PodInfo, node_ip: Ipv4Addr) -> cilia
     object.metadata.resource_version = None;
     let spec = object.spec.get_or_insert_with(PodSpec::default);
     spec.node_name = Some(info.node.clone());
-    object.status = pod_object_status(info, node_ip);
+    object.status = Some(pod_object_status(info, node_ip));
     set_condition(&mut object, info.condition);
     object
 }
 
 /// A running pod's status: phase, pod IP (the node's for host-network pods), host IP.
-fn pod_object_status(
-    info: &PodInfo,
-    node_ip: Ipv4Addr,
-) -> Option<k8s_openapi::api::core::v1::PodStatus> {
+fn pod_object_status(info: &PodInfo, node_ip: Ipv4Addr) -> k8s_openapi::api::core::v1::PodStatus {
     use k8s_openapi::api::core::v1::{HostIP, PodIP, PodStatus};
     let pod_ip = if info.host_network { node_ip } else { info.ip }.to_string();
-    Some(PodStatus {
+    PodStatus {
         phase: Some("Running".into()),
         host_ip: Some(node_ip.to_string()),
         host_ips: Some(vec![HostIP {
@@ -1788,7 +1791,7 @@ fn pod_object_status(
         pod_ip: Some(pod_ip.clone()),
         pod_ips: Some(vec![PodIP { ip: pod_ip }]),
         ..PodStatus::default()
-    })
+    }
 }
 
 /// Shows a pod's lifecycle the way the endpointslice controller reads it: a
@@ -1802,17 +1805,21 @@ pub fn set_condition(object: &mut ciliate_store::Pod, condition: PodCondition) {
     conditions.retain(|c| c.type_ != "Ready");
     conditions.push(StatusCondition {
         type_: "Ready".into(),
-        status: if condition == PodCondition::NotReady { "False" } else { "True" }.into(),
+        status: if condition == PodCondition::NotReady {
+            "False"
+        } else {
+            "True"
+        }
+        .into(),
         ..StatusCondition::default()
     });
-    object.metadata.deletion_timestamp = (condition == PodCondition::Terminating)
-        .then(|| {
-            // jiff's `now` needs its std feature; the system clock is enough.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
-            Time(k8s_openapi::jiff::Timestamp::from_second(now).unwrap_or_default())
-        });
+    object.metadata.deletion_timestamp = (condition == PodCondition::Terminating).then(|| {
+        // jiff's `now` needs its std feature; the system clock is enough.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        Time(k8s_openapi::jiff::Timestamp::from_second(now).unwrap_or_default())
+    });
 }
 
 /// Sets `key` at the top of a config unless the spec's extra keys set it.
@@ -1843,7 +1850,11 @@ fn agent_knows_key(state: &LabState, bin_dir: &Path, line: &str) -> Result<bool>
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let argv = vec![agent.clone(), "--config".into(), probe.display().to_string()];
+    let argv = vec![
+        agent.clone(),
+        "--config".into(),
+        probe.display().to_string(),
+    ];
     let mut child = cmd.spawn().map_err(|source| LabError::Spawn {
         what: "the agent, to check its config keys".into(),
         argv: argv.clone(),

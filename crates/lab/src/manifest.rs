@@ -188,9 +188,8 @@ fn parse_object(doc: usize, value: serde_yaml::Value, manifest: &mut Manifest) -
                     "apiVersion: {api_version:?} is not valid for kind EndpointSlice; allowed: discovery.k8s.io/v1"
                 )));
             }
-            let mut slice: EndpointSlice = serde_path_to_error::deserialize(value).map_err(|e| {
-                bad(format!("EndpointSlice {name}: {}: {}", e.path(), e.inner()))
-            })?;
+            let mut slice: EndpointSlice = serde_path_to_error::deserialize(value)
+                .map_err(|e| bad(format!("EndpointSlice {name}: {}: {}", e.path(), e.inner())))?;
             named(&mut slice.metadata)
                 .and_then(|()| services::validate_endpoint_slice(&slice))
                 .map_err(|e| in_object(&bad, "EndpointSlice", &name, e))?;
@@ -232,18 +231,15 @@ fn named(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) 
 }
 
 /// An invalid field, told as part of its object.
-fn in_object(
-    bad: &dyn Fn(String) -> LabError,
-    kind: &str,
-    name: &str,
-    e: LabError,
-) -> LabError {
+fn in_object(bad: &dyn Fn(String) -> LabError, kind: &str, name: &str, e: LabError) -> LabError {
     match e {
         LabError::Invalid {
             field,
             value,
             allowed,
-        } => bad(format!("{kind} {name}: {field} {value:?} is not valid: {allowed}")),
+        } => bad(format!(
+            "{kind} {name}: {field} {value:?} is not valid: {allowed}"
+        )),
         other => other,
     }
 }

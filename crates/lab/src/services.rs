@@ -40,7 +40,11 @@ pub fn service_cidr() -> Ipv4Net {
     SERVICE_CIDR.parse().expect("a valid CIDR")
 }
 
-fn invalid(field: impl Into<String>, value: impl ToString, allowed: impl Into<String>) -> LabError {
+fn invalid(
+    field: impl Into<String>,
+    value: impl std::fmt::Display,
+    allowed: impl Into<String>,
+) -> LabError {
     LabError::Invalid {
         field: field.into(),
         value: value.to_string(),
@@ -218,9 +222,9 @@ pub fn assign(svc: &Service, previous: Option<&Service>, others: &[Service]) -> 
     match spec.cluster_ip.as_deref() {
         Some("None") => spec.cluster_ips = Some(vec!["None".into()]),
         Some(ip) if !ip.is_empty() => {
-            let parsed: Ipv4Addr = ip.parse().map_err(|_| {
-                invalid("spec.clusterIP", ip, "an IPv4 address, \"None\" or unset")
-            })?;
+            let parsed: Ipv4Addr = ip
+                .parse()
+                .map_err(|_| invalid("spec.clusterIP", ip, "an IPv4 address, \"None\" or unset"))?;
             if let Some(owner) = taken_ips.get(&parsed) {
                 return Err(invalid(
                     format!("spec.clusterIP of service {key}"),
@@ -300,7 +304,13 @@ fn free_cluster_ip(key: &str, taken: &BTreeMap<Ipv4Addr, String>) -> Result<Ipv4
     (0..span)
         .map(|i| Ipv4Addr::from(base + 2 + (start + i) % span))
         .find(|ip| !taken.contains_key(ip))
-        .ok_or_else(|| invalid("spec.clusterIP", "", format!("a free address: {SERVICE_CIDR} is full")))
+        .ok_or_else(|| {
+            invalid(
+                "spec.clusterIP",
+                "",
+                format!("a free address: {SERVICE_CIDR} is full"),
+            )
+        })
 }
 
 fn free_node_port(seed: &str, taken: &BTreeMap<i32, String>) -> Result<i32> {
@@ -337,7 +347,11 @@ pub fn validate_endpoint_slice(slice: &EndpointSlice) -> Result<()> {
         }
         for (j, a) in e.addresses.iter().enumerate() {
             a.parse::<Ipv4Addr>().map_err(|_| {
-                invalid(format!("endpoints[{i}].addresses[{j}]"), a, "an IPv4 address")
+                invalid(
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    a,
+                    "an IPv4 address",
+                )
             })?;
         }
     }
@@ -394,6 +408,9 @@ fn target_port(pod: &Pod, port: &ServicePort) -> Option<i32> {
     }
 }
 
+/// A service port resolved for one pod: (name, protocol, the pod's port).
+type ResolvedPort = (Option<String>, String, i32);
+
 /// What the endpointslice controller would write for `svc` from `pods` (the
 /// store's): one slice per distinct set of resolved ports, endpoints sorted
 /// by pod name, with `ready` (pod ready and not terminating), `serving` (pod
@@ -408,7 +425,11 @@ pub fn endpoint_slices(svc: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
     if selector.is_empty() {
         return Vec::new();
     }
-    let namespace = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = svc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = svc.metadata.name.clone().unwrap_or_default();
     let ports = spec.ports.clone().unwrap_or_default();
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
@@ -418,12 +439,12 @@ pub fn endpoint_slices(svc: &Service, pods: &[Pod]) -> Vec<EndpointSlice> {
         .filter(|p| matches_selector(p, &selector))
         .collect();
     pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    let mut groups: BTreeMap<Vec<(Option<String>, String, i32)>, Vec<Endpoint>> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<ResolvedPort>, Vec<Endpoint>> = BTreeMap::new();
     for pod in pods {
         let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
             continue;
         };
-        let resolved: Vec<(Option<String>, String, i32)> = ports
+        let resolved: Vec<ResolvedPort> = ports
             .iter()
             .filter_map(|p| {
                 target_port(pod, p).map(|t| (p.name.clone(), protocol(p).to_string(), t))
@@ -617,7 +638,11 @@ impl Lab {
     pub fn apply_endpoint_slice(&mut self, slice: &EndpointSlice) -> Result<Change> {
         let _lock = LabLock::acquire(self.dir())?;
         let (ns, name) = (
-            slice.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            slice
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
             slice.metadata.name.clone().unwrap_or_default(),
         );
         let mut object = slice.clone();
@@ -653,7 +678,9 @@ impl Lab {
                         == Some(&name);
                 if ours {
                     let slice_name = slice.metadata.name.clone().unwrap_or_default();
-                    store.delete::<EndpointSlice>(Some(&ns), &slice_name).await?;
+                    store
+                        .delete::<EndpointSlice>(Some(&ns), &slice_name)
+                        .await?;
                 }
             }
             Ok(existed)
@@ -744,7 +771,11 @@ pub fn expected_frontends(svc: &Service, slices: &[EndpointSlice]) -> Vec<Expect
     };
     let key = key_of(&svc.metadata);
     let name = svc.metadata.name.clone().unwrap_or_default();
-    let namespace = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = svc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let mine: Vec<&EndpointSlice> = slices
         .iter()
         .filter(|s| s.metadata.namespace.as_deref() == Some(namespace.as_str()))
