@@ -35,7 +35,7 @@ run() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
 say "Remove whatever an earlier run left (idempotent)"
 run "$CILIATE" lab down
 
-say "Create the lab: bridge + etcd + operator at 192.168.10.1, $NODES nodes from 192.168.10.100, routing $ROUTING"
+say "Create the lab: bridge + etcd + operator at 192.168.10.1, $NODES nodes from 192.168.10.100, the outside host router at .200, routing $ROUTING"
 run "$CILIATE" lab up --nodes "$NODES" --routing "$ROUTING"
 
 say "Create two pods through ciliate-cni, as a container runtime would"
@@ -58,7 +58,36 @@ done
 run "$CILIATE" lab exec client -- curl -sS --max-time 3 -o /dev/null -w 'HTTP %{http_code} from %{remote_ip}:%{remote_port}\n' "http://$SERVER:8080/"
 run "$CILIATE" lab exec client -- sh -c "echo hello over UDP | socat -T 2 - UDP4:$SERVER:9000"
 
-say "The connectivity test: pods on the same and on other nodes, hosts, the outside host, health, drops"
+say "A NodePort Service selecting the server pod: the lab gives it a clusterIP and a nodePort, and its EndpointSlice"
+cat > "${TMPDIR:-/tmp}/ciliate-demo-svc.yaml" <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: server}
+spec:
+  type: NodePort
+  selector: {app: server}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+YAML
+run "$CILIATE" lab apply -f "${TMPDIR:-/tmp}/ciliate-demo-svc.yaml"
+rm -f "${TMPDIR:-/tmp}/ciliate-demo-svc.yaml"
+if "$CILIATE" lab exec node0 -- ciliate service list >/dev/null 2>&1; then
+    # The agent programs it asynchronously: give it a moment.
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        if "$CILIATE" lab exec node0 -- ciliate service list 2>/dev/null | grep -q ':80/TCP'; then break; fi
+        sleep 0.5
+    done
+    run "$CILIATE" lab exec node0 -- ciliate service list
+    NODEPORT=$("$CILIATE" lab exec node0 -- ciliate service list 2>/dev/null | awk '/0\.0\.0\.0:[0-9]+\/TCP/ {split($2, a, "[:/]"); print a[2]; exit}')
+    if [ -n "$NODEPORT" ]; then
+        say "From outside the cluster: the router (192.168.10.200, no PodCIDR routes) to node1's NodePort $NODEPORT"
+        run "$CILIATE" lab exec router -- curl -sS --max-time 3 -o /dev/null -w 'HTTP %{http_code} from %{remote_ip}:%{remote_port}\n' "http://192.168.10.101:$NODEPORT/"
+    fi
+else
+    echo "(this ciliate has no \`service list\` yet: the service is in the store, not served)"
+fi
+
+say "The connectivity test: pods on the same and on other nodes, hosts, the outside host, services and NodePorts, health, drops"
 status=0
 run "$CILIATE" connectivity test || status=$?
 

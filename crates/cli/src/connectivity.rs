@@ -8,9 +8,12 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum ConnectivityCommand {
-    /// Create test pods in namespace ciliate-test and check pod-to-pod (same
-    /// and other node: ICMP, TCP, UDP, a full-size transfer), pod-to-host,
-    /// host-to-pod, pod-to-remote-host, cluster health and drop counters.
+    /// Create test pods and services in namespace ciliate-test and check
+    /// pod-to-pod (same and other node: ICMP, TCP, UDP, a full-size transfer),
+    /// pod-to-host, host-to-pod, pod-to-remote-host, pod-to-service,
+    /// pod-to-local-nodeport, pod-to-remote-nodeport, outside-to-nodeport (from
+    /// the router through every node), pod-to-itself-via-service, cluster
+    /// health and drop counters.
     /// Exit code 1 when a test fails; a test asked for with --test that
     /// cannot run fails too.
     Test(TestArgs),
@@ -25,7 +28,7 @@ pub struct TestArgs {
     /// for this way that cannot run (pod-to-pod-other-node on one node) fails.
     #[arg(long = "test", value_name = "NAME", long_help = test_help())]
     tests: Vec<String>,
-    /// Delete the test pods afterwards (by default they stay and a rerun reuses them).
+    /// Delete the test pods and services afterwards (by default they stay and a rerun reuses them).
     #[arg(long)]
     cleanup: bool,
     /// MiB sent (and echoed back) by the full-size TCP transfer (1 to 1024).

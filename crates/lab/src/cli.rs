@@ -45,24 +45,29 @@ pub enum LabCommand {
     },
     /// Remove everything the lab made, even after a crash. Idempotent.
     Down,
-    /// Create the Pods of a Kubernetes YAML file ("-" for stdin).
+    /// Create the Pods, Services and EndpointSlices of a Kubernetes YAML file
+    /// ("-" for stdin). Services get a clusterIP (10.96.0.0/16) and nodePorts
+    /// (30000-32767) when they have none; a Service with a selector gets its
+    /// EndpointSlices from the matching pods, kept up to date as pods come and go.
     Apply {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// Delete the Pods of a file, or `delete pod NAME...`.
+    /// Delete the Pods, Services and EndpointSlices of a file, or
+    /// `delete pod|service|endpointslice NAME...`.
     Delete {
         #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "pods"])]
         file: Option<PathBuf>,
-        /// `pod` (or `pods`, `po`).
+        /// `pod` (`pods`, `po`), `service` (`services`, `svc`) or `endpointslice`.
         #[arg(required_unless_present = "file")]
         kind: Option<String>,
-        /// Pod names: `name` or `namespace/name`.
+        /// Names: `name` or `namespace/name`.
         pods: Vec<String>,
     },
-    /// Run a command in a node's or pod's network namespace.
+    /// Run a command in a node's, pod's or the outside host's network namespace.
     Exec {
-        /// A node (`node0`), a pod (`client`) or `namespace/pod`.
+        /// A node (`node0`), a pod (`client`), `namespace/pod`, or `router`
+        /// (the outside host at 192.168.10.200, which knows no PodCIDR).
         target: String,
         /// The command and its arguments, after `--`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
@@ -112,6 +117,11 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
                     lab.dir().display()
                 );
             }
+            if !lab.state().kube_proxy_replacement {
+                println!(
+                    "note: the agents run without kubeProxyReplacement (this ciliate-agent does not know the key): Services are stored but not served"
+                );
+            }
             print_status(&lab.status());
             Ok(0)
         }
@@ -151,6 +161,20 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
                             warn_exited(&lab, &pod.key());
                         }
                     }
+                    manifest::Object::Service(svc) => {
+                        let key = crate::services::key_of(&svc.metadata);
+                        let (stored, change) = lab
+                            .apply_service(svc)
+                            .with_context(|| format!("applying service {key}"))?;
+                        println!("{}", ApplyOutcome::for_service(&stored, change));
+                    }
+                    manifest::Object::EndpointSlice(slice) => {
+                        let key = crate::services::key_of(&slice.metadata);
+                        let change = lab
+                            .apply_endpoint_slice(slice)
+                            .with_context(|| format!("applying endpointslice {key}"))?;
+                        println!("endpointslice/{key} {change}");
+                    }
                     manifest::Object::Skipped { .. } => {}
                 }
             }
@@ -158,30 +182,49 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
         }
         LabCommand::Delete { file, kind, pods } => {
             let mut lab = Lab::open(&name)?;
-            let targets: Vec<String> = if let Some(file) = file {
+            let targets: Vec<(&str, String)> = if let Some(file) = file {
                 let text = read_input(&file)?;
                 let manifest = manifest::parse(&text)
                     .with_context(|| format!("reading {}", file.display()))?;
-                manifest.pods().map(manifest::PodManifest::key).collect()
+                manifest
+                    .objects
+                    .iter()
+                    .filter_map(|o| match o {
+                        manifest::Object::Pod(p) => Some(("pod", p.key())),
+                        manifest::Object::Service(s) => {
+                            Some(("service", crate::services::key_of(&s.metadata)))
+                        }
+                        manifest::Object::EndpointSlice(s) => {
+                            Some(("endpointslice", crate::services::key_of(&s.metadata)))
+                        }
+                        manifest::Object::Skipped { .. } => None,
+                    })
+                    .collect()
             } else {
                 let kind = kind.unwrap_or_default();
-                if !matches!(kind.as_str(), "pod" | "pods" | "po") {
-                    bail!("resource type {kind:?} is not supported: the lab deletes pods (`ciliate lab delete pod NAME`)");
-                }
+                let kind = match kind.as_str() {
+                    "pod" | "pods" | "po" => "pod",
+                    "service" | "services" | "svc" => "service",
+                    "endpointslice" | "endpointslices" => "endpointslice",
+                    _ => bail!("resource type {kind:?} is not supported: the lab deletes pod, service and endpointslice (`ciliate lab delete pod NAME`)"),
+                };
                 if pods.is_empty() {
-                    bail!("no pod named: `ciliate lab delete pod NAME...`");
+                    bail!("no {kind} named: `ciliate lab delete {kind} NAME...`");
                 }
-                pods
+                pods.into_iter().map(|p| (kind, p)).collect()
             };
             let mut missing = 0;
-            for pod in targets {
-                if lab
-                    .delete_pod(&pod)
-                    .with_context(|| format!("deleting pod {pod}"))?
-                {
-                    println!("pod/{pod} deleted");
+            for (kind, target) in targets {
+                let existed = match kind {
+                    "pod" => lab.delete_pod(&target),
+                    "service" => lab.delete_service(&target),
+                    _ => lab.delete_endpoint_slice(&target),
+                }
+                .with_context(|| format!("deleting {kind} {target}"))?;
+                if existed {
+                    println!("{kind}/{target} deleted");
                 } else {
-                    println!("pod/{pod} not found");
+                    println!("{kind}/{target} not found");
                     missing += 1;
                 }
             }
@@ -268,6 +311,12 @@ pub fn print_status(status: &LabStatus) {
         ]);
     }
     print_table(&rows);
+    if let Some(router) = &status.router {
+        println!(
+            "outside host: router at {} (namespace {}; `ciliate lab exec router -- CMD`)",
+            router.ip, router.netns
+        );
+    }
     let mut rows = vec![vec![
         "NODE".to_string(),
         "IP".into(),

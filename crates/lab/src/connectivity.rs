@@ -34,6 +34,7 @@ use serde::Serialize;
 
 use crate::error::{LabError, Result};
 use crate::lab::{ApplyOutcome, Lab};
+use crate::names;
 use crate::state::PodInfo;
 
 /// The namespace of the test pods.
@@ -44,19 +45,45 @@ pub const HTTP_PORT: u16 = 8080;
 pub const ECHO_PORT: u16 = 9000;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 12] = [
     "pod-to-pod-same-node",
     "pod-to-pod-other-node",
     "pod-to-host",
     "host-to-pod",
     "pod-to-remote-host",
+    "pod-to-service",
+    "pod-to-local-nodeport",
+    "pod-to-remote-nodeport",
+    "outside-to-nodeport",
+    "pod-to-itself-via-service",
     "health",
     "no-unexpected-drops",
 ];
 
-const CLIENT: &str = "client";
-const ECHO_SAME: &str = "echo-same-node";
-const ECHO_OTHER: &str = "echo-other-node";
+/// The test pods.
+pub const CLIENT: &str = "client";
+pub const ECHO_SAME: &str = "echo-same-node";
+pub const ECHO_OTHER: &str = "echo-other-node";
+/// The test services: `echo` selects both echo pods, `echo-same-node` and
+/// `echo-other-node` one each (their names), `client` the client pod.
+pub const SVC_ECHO: &str = "echo";
+/// Service ports: HTTP on 80 (to 8080), TCP echo on 9000, UDP echo on 5000 (to 9000).
+pub const SVC_HTTP_PORT: u16 = 80;
+pub const SVC_UDP_PORT: u16 = 5000;
+/// The label every echo pod has, which the `echo` service selects.
+pub const ECHO_LABEL: &str = "app.kubernetes.io/component";
+
+/// An HTTP server answering every GET with its `$HOSTNAME` (the pod's name)
+/// and a newline, so a client sees which backend a service picked. One line
+/// of Python, no quotes or backslashes (it sits in a YAML flow sequence).
+pub fn name_server(port: u16) -> String {
+    format!(
+        "import http.server as h,os;n=(os.environ.get('HOSTNAME','?')+chr(10)).encode();\
+         H=type('H',(h.BaseHTTPRequestHandler,),{{'do_GET':lambda s:(s.send_response(200),\
+         s.send_header('Content-Length',str(len(n))),s.end_headers(),s.wfile.write(n)),\
+         'log_message':lambda s,*a:None}});h.ThreadingHTTPServer(('0.0.0.0',{port}),H).serve_forever()"
+    )
+}
 
 /// How to run the test.
 #[derive(Clone, Debug)]
@@ -198,13 +225,22 @@ impl Report {
 }
 
 /// The test pods' manifest for a lab whose nodes are `nodes` (node0 first).
+/// The client serves HTTP too (its name), for pod-to-itself-via-service.
 pub fn manifest(nodes: &[String]) -> String {
-    let mut docs = vec![pod_yaml(CLIENT, &nodes[0], &[])];
+    let http = (
+        "http",
+        format!(r#"["python3", "-c", "{}"]"#, name_server(HTTP_PORT)),
+    );
+    let mut docs = vec![pod_yaml(
+        CLIENT,
+        &nodes[0],
+        &[
+            ("client", r#"["sleep", "infinity"]"#.to_string()),
+            http.clone(),
+        ],
+    )];
     let echo = [
-        (
-            "http",
-            format!(r#"["python3", "-m", "http.server", "{HTTP_PORT}", "--bind", "0.0.0.0"]"#),
-        ),
+        http,
         (
             "tcp-echo",
             format!(r#"["socat", "TCP4-LISTEN:{ECHO_PORT},fork,reuseaddr", "EXEC:cat"]"#),
@@ -221,15 +257,53 @@ pub fn manifest(nodes: &[String]) -> String {
     docs.join("---\n")
 }
 
+/// The test services (every one NodePort but `client`, which is ClusterIP).
+pub fn services_manifest() -> String {
+    let svc = |name: &str, ty: &str, selector: &str, ports: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {TEST_NAMESPACE}\n\
+             spec:\n  type: {ty}\n  selector: {{{selector}}}\n  ports:\n{ports}"
+        )
+    };
+    let http = format!(
+        "    - {{name: http, port: {SVC_HTTP_PORT}, targetPort: {HTTP_PORT}, protocol: TCP}}\n"
+    );
+    let all = format!(
+        "{http}    - {{name: tcp-echo, port: {ECHO_PORT}, protocol: TCP}}\n\
+         \x20   - {{name: udp-echo, port: {SVC_UDP_PORT}, targetPort: {ECHO_PORT}, protocol: UDP}}\n"
+    );
+    [
+        svc(SVC_ECHO, "NodePort", &format!("{ECHO_LABEL}: echo"), &all),
+        svc(
+            ECHO_SAME,
+            "NodePort",
+            &format!("app.kubernetes.io/name: {ECHO_SAME}"),
+            &http,
+        ),
+        svc(
+            ECHO_OTHER,
+            "NodePort",
+            &format!("app.kubernetes.io/name: {ECHO_OTHER}"),
+            &http,
+        ),
+        svc(
+            CLIENT,
+            "ClusterIP",
+            &format!("app.kubernetes.io/name: {CLIENT}"),
+            &http,
+        ),
+    ]
+    .join("---\n")
+}
+
 fn pod_yaml(name: &str, node: &str, containers: &[(&str, String)]) -> String {
+    let component = if name == CLIENT { "client" } else { "echo" };
     let mut text = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {TEST_NAMESPACE}\n  \
-         labels: {{app.kubernetes.io/name: {name}, app.kubernetes.io/part-of: ciliate-connectivity-test}}\n\
+         labels: {{app.kubernetes.io/name: {name}, app.kubernetes.io/part-of: ciliate-connectivity-test, \
+         {ECHO_LABEL}: {component}}}\n\
          spec:\n  nodeName: {node}\n  containers:\n"
     );
-    if containers.is_empty() {
-        text.push_str("    - {name: client, image: busybox, command: [sleep, infinity]}\n");
-    }
     for (container, command) in containers {
         let _ = writeln!(
             text,
@@ -292,7 +366,19 @@ pub fn run(lab: &mut Lab, options: &Options, out: &mut dyn Write) -> Result<Repo
             ),
         );
     }
-    let env = Env::new(lab, pods, options.transfer_bytes)?;
+    let services = deploy_services(lab)?;
+    match &services {
+        Services::Ready(info) => {
+            for (name, svc) in &info.services {
+                p(out, format!("ℹ️  service {TEST_NAMESPACE}/{name}: {svc}"));
+            }
+        }
+        Services::NotServed(reason) | Services::Broken(reason) => {
+            p(out, format!("⚠️  services: {reason}"));
+        }
+    }
+    let mut env = Env::new(lab, pods, options.transfer_bytes)?;
+    env.services = services;
     let baseline = if selected.contains(&"no-unexpected-drops") {
         Some(drop_counters(lab))
     } else {
@@ -320,6 +406,17 @@ pub fn run(lab: &mut Lab, options: &Options, out: &mut dyn Write) -> Result<Repo
             "pod-to-host" => Ok(pod_to_host(&env)),
             "host-to-pod" => Ok(host_to_pod(&env)),
             "pod-to-remote-host" => Ok(pod_to_remote_host(&env)),
+            "pod-to-service" => env.with_services(pod_to_service),
+            "pod-to-local-nodeport" => env.with_services(|env, s| nodeport_from_client(env, s, 0)),
+            "pod-to-remote-nodeport" => {
+                if env.lab.nodes().len() < 2 {
+                    Err("the lab has one node; it needs two".to_string())
+                } else {
+                    env.with_services(|env, s| nodeport_from_client(env, s, 1))
+                }
+            }
+            "outside-to-nodeport" => env.with_services(outside_to_nodeport),
+            "pod-to-itself-via-service" => env.with_services(pod_to_itself),
             "health" => health(&env, options),
             "no-unexpected-drops" => Ok(no_unexpected_drops(
                 lab,
@@ -349,10 +446,16 @@ pub fn run(lab: &mut Lab, options: &Options, out: &mut dyn Write) -> Result<Repo
     let report = Report { results, kvstore };
     p(out, report.summary());
     if options.cleanup {
+        for name in [SVC_ECHO, ECHO_SAME, ECHO_OTHER, CLIENT] {
+            lab.delete_service(&format!("{TEST_NAMESPACE}/{name}"))?;
+        }
         for name in [CLIENT, ECHO_SAME, ECHO_OTHER] {
             lab.delete_pod(&format!("{TEST_NAMESPACE}/{name}"))?;
         }
-        p(out, format!("🧹 deleted the test pods in {TEST_NAMESPACE}"));
+        p(
+            out,
+            format!("🧹 deleted the test pods and services in {TEST_NAMESPACE}"),
+        );
     } else {
         p(
             out,
@@ -490,7 +593,89 @@ fn deploy(lab: &mut Lab, nodes: &[String]) -> Result<BTreeMap<String, PodInfo>> 
             }
         }
     }
+    if let Some(client) = pods.get(CLIENT) {
+        wait_listening(client, HTTP_PORT)?;
+    }
     Ok(pods)
+}
+
+/// The test services as the store has them (addresses assigned).
+#[derive(Clone, Debug, Default)]
+pub struct ServicesInfo {
+    pub services: BTreeMap<String, ServiceAddresses>,
+}
+
+/// A service's clusterIP and nodePorts by port name.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceAddresses {
+    pub cluster_ip: Option<Ipv4Addr>,
+    pub node_ports: BTreeMap<String, u16>,
+}
+
+impl std::fmt::Display for ServiceAddresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.cluster_ip {
+            Some(ip) => write!(f, "clusterIP {ip}")?,
+            None => write!(f, "no clusterIP")?,
+        }
+        for (name, port) in &self.node_ports {
+            write!(f, ", {name} nodePort {port}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ServiceAddresses {
+    pub fn of(svc: &k8s_openapi::api::core::v1::Service) -> Self {
+        let node_ports = svc
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .filter_map(|p| {
+                let np = u16::try_from(p.node_port?).ok()?;
+                Some((p.name.clone().unwrap_or_default(), np))
+            })
+            .collect();
+        Self {
+            cluster_ip: crate::services::cluster_ip(svc),
+            node_ports,
+        }
+    }
+}
+
+/// Whether the service scenarios can run.
+#[derive(Clone, Debug)]
+enum Services {
+    Ready(ServicesInfo),
+    /// The agents do not serve services (skip, with why).
+    NotServed(String),
+    /// They should, but did not program them (fail, with what is missing).
+    Broken(String),
+}
+
+/// Applies the test services and waits until every agent serves them.
+fn deploy_services(lab: &mut Lab) -> Result<Services> {
+    let mut info = ServicesInfo::default();
+    for outcome in lab.apply_yaml(&services_manifest())? {
+        if let ApplyOutcome::Service { service, .. } = outcome {
+            if let Some(svc) = lab.service(&service)? {
+                let name = service.rsplit('/').next().unwrap_or_default().to_string();
+                info.services.insert(name, ServiceAddresses::of(&svc));
+            }
+        }
+    }
+    if !lab.state().kube_proxy_replacement {
+        return Ok(Services::NotServed(
+            "the agents run without kubeProxyReplacement (this ciliate-agent does not know the key)"
+                .into(),
+        ));
+    }
+    Ok(
+        match lab.wait_services_programmed(Duration::from_secs(30)) {
+            Ok(()) => Services::Ready(info),
+            Err(e) => Services::Broken(e.to_string()),
+        },
+    )
 }
 
 /// Waits until something accepts on 127.0.0.1:`port` inside the pod (no
@@ -523,6 +708,7 @@ fn wait_listening(pod: &PodInfo, port: u16) -> Result<()> {
 struct Env<'a> {
     lab: &'a Lab,
     pods: BTreeMap<String, PodInfo>,
+    services: Services,
     /// Pod MTU of the client's node, for full-size packets.
     mtu: u32,
     transfer_bytes: usize,
@@ -543,6 +729,7 @@ impl<'a> Env<'a> {
         Ok(Self {
             lab,
             pods,
+            services: Services::NotServed("not deployed".into()),
             mtu: status.mtu,
             transfer_bytes,
         })
@@ -550,6 +737,43 @@ impl<'a> Env<'a> {
 
     fn pod(&self, name: &str) -> &PodInfo {
         &self.pods[name]
+    }
+
+    /// Runs a service scenario when the services are served; skipped (with
+    /// why) when the agents do not serve services, failed when they should
+    /// but did not program them.
+    fn with_services(
+        &self,
+        f: impl FnOnce(&Self, &ServicesInfo) -> std::result::Result<Vec<Action>, String>,
+    ) -> std::result::Result<Vec<Action>, String> {
+        match &self.services {
+            Services::Ready(info) => f(self, info),
+            Services::NotServed(reason) => Err(reason.clone()),
+            Services::Broken(problem) => Ok(vec![Action {
+                name: "the agents program the test services".into(),
+                error: Some(problem.clone()),
+            }]),
+        }
+    }
+
+    /// `curl URL` from a node, pod or the router; succeeds when it answers
+    /// and the body contains `expect` (a pod name: which backend answered).
+    fn http_get(&self, name: String, from: &str, url: &str, expect: &str) -> Action {
+        self.exec(name, from, &["curl", "-sS", "--max-time", "5", url], expect)
+    }
+
+    /// A UDP echo to `to:port`.
+    fn udp_to(&self, name: String, from: &str, to: Ipv4Addr, port: u16) -> Action {
+        self.exec(
+            name,
+            from,
+            &[
+                "sh",
+                "-c",
+                &format!("echo ciliate-udp-echo | socat -T 3 - UDP4:{to}:{port}"),
+            ],
+            "ciliate-udp-echo",
+        )
     }
 
     /// Runs a command in a node or pod; succeeds when it exits 0 and its
@@ -676,6 +900,158 @@ fn pod_to_pod(env: &Env<'_>, echo: &str) -> Vec<Action> {
             echo,
         ),
     ]
+}
+
+/// A test service's addresses, or why the scenario cannot run.
+fn service<'s>(
+    info: &'s ServicesInfo,
+    name: &str,
+) -> std::result::Result<&'s ServiceAddresses, String> {
+    info.services
+        .get(name)
+        .ok_or_else(|| format!("service {TEST_NAMESPACE}/{name} is not in the store"))
+}
+
+fn node_port(svc: &ServiceAddresses, port: &str) -> std::result::Result<u16, String> {
+    svc.node_ports
+        .get(port)
+        .copied()
+        .ok_or_else(|| format!("the service has no nodePort for port {port}"))
+}
+
+/// The client to the `echo` ClusterIP: HTTP, UDP and a full-size TCP echo
+/// with every byte checked.
+fn pod_to_service(env: &Env<'_>, info: &ServicesInfo) -> std::result::Result<Vec<Action>, String> {
+    let echo = service(info, SVC_ECHO)?;
+    let ip = echo.cluster_ip.ok_or("service echo has no clusterIP")?;
+    let client = env.pod(CLIENT);
+    let from = client.key();
+    Ok(vec![
+        env.http_get(
+            format!("TCP {CLIENT} -> service echo ({ip}:{SVC_HTTP_PORT}, HTTP)"),
+            &from,
+            &format!("http://{ip}:{SVC_HTTP_PORT}/"),
+            "echo-",
+        ),
+        env.udp_to(
+            format!("UDP {CLIENT} -> service echo ({ip}:{SVC_UDP_PORT}, echo)"),
+            &from,
+            ip,
+            SVC_UDP_PORT,
+        ),
+        tcp_transfer(
+            &client.netns_path,
+            SocketAddr::from((ip, ECHO_PORT)),
+            env.transfer_bytes,
+            "service echo",
+        ),
+    ])
+}
+
+/// The client to the `echo` NodePorts (HTTP and UDP) on node `index`: its
+/// own node (0) or another one (1); translated at the client, like
+/// Cilium's socket-LB.
+fn nodeport_from_client(
+    env: &Env<'_>,
+    info: &ServicesInfo,
+    index: usize,
+) -> std::result::Result<Vec<Action>, String> {
+    let echo = service(info, SVC_ECHO)?;
+    let node = env.lab.nodes().get(index).ok_or("no such node")?;
+    let (http, udp) = (node_port(echo, "http")?, node_port(echo, "udp-echo")?);
+    let from = env.pod(CLIENT).key();
+    let ip = node.ip();
+    Ok(vec![
+        env.http_get(
+            format!("TCP {CLIENT} -> {} NodePort ({ip}:{http}, HTTP)", node.name),
+            &from,
+            &format!("http://{ip}:{http}/"),
+            "echo-",
+        ),
+        env.udp_to(
+            format!("UDP {CLIENT} -> {} NodePort ({ip}:{udp}, echo)", node.name),
+            &from,
+            ip,
+            udp,
+        ),
+    ])
+}
+
+/// The outside host to every node's NodePorts, for a service whose backend
+/// is only on node0, one only on node1, and one on both: every node is an
+/// entry with a local backend, a remote one and both. The reply must name
+/// the backend the service has.
+fn outside_to_nodeport(
+    env: &Env<'_>,
+    info: &ServicesInfo,
+) -> std::result::Result<Vec<Action>, String> {
+    let Some(router) = &env.lab.state().router else {
+        return Err(
+            "the lab has no outside host (it was made before labs had one; make it again)".into(),
+        );
+    };
+    let mut actions = Vec::new();
+    for node in env.lab.nodes() {
+        for (svc_name, backend) in [
+            (ECHO_SAME, ECHO_SAME),
+            (ECHO_OTHER, ECHO_OTHER),
+            (SVC_ECHO, "echo-"),
+        ] {
+            let backends: Vec<&PodInfo> = env
+                .pods
+                .values()
+                .filter(|p| p.name.starts_with(backend) && p.name != CLIENT)
+                .collect();
+            if backends.is_empty() {
+                continue;
+            }
+            let svc = service(info, svc_name)?;
+            let port = node_port(svc, "http")?;
+            let place = if backends.iter().all(|b| b.node == node.name) {
+                "local backend"
+            } else if backends.iter().any(|b| b.node == node.name) {
+                "local and remote backends"
+            } else {
+                "remote backend"
+            };
+            let ip = node.ip();
+            actions.push(env.http_get(
+                format!(
+                    "TCP router ({}) -> {} NodePort {ip}:{port}, service {svc_name}, {place}",
+                    router.ip(),
+                    node.name
+                ),
+                names::ROUTER,
+                &format!("http://{ip}:{port}/"),
+                backend,
+            ));
+        }
+        let echo = service(info, SVC_ECHO)?;
+        let udp = node_port(echo, "udp-echo")?;
+        actions.push(env.udp_to(
+            format!(
+                "UDP router -> {} NodePort {}:{udp}, service echo",
+                node.name,
+                node.ip()
+            ),
+            names::ROUTER,
+            node.ip(),
+            udp,
+        ));
+    }
+    Ok(actions)
+}
+
+/// The client through its own service, answered by itself (hairpin).
+fn pod_to_itself(env: &Env<'_>, info: &ServicesInfo) -> std::result::Result<Vec<Action>, String> {
+    let svc = service(info, CLIENT)?;
+    let ip = svc.cluster_ip.ok_or("service client has no clusterIP")?;
+    Ok(vec![env.http_get(
+        format!("TCP {CLIENT} -> its own service client ({ip}:{SVC_HTTP_PORT}) -> itself"),
+        &env.pod(CLIENT).key(),
+        &format!("http://{ip}:{SVC_HTTP_PORT}/"),
+        CLIENT,
+    )])
 }
 
 fn pod_to_host(env: &Env<'_>) -> Vec<Action> {

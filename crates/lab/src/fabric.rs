@@ -115,6 +115,21 @@ pub fn plug_node(fabric: &str, port: &str, node_netns: &Path, address: Ipv4Net) 
     Ok(())
 }
 
+/// Creates the outside host: its own namespace (no forwarding), plugged into
+/// the fabric like a node (port `router` on `br0`, `eth0` inside) with only
+/// the fabric's connected route: it knows no PodCIDR, so it reaches the
+/// cluster only through node addresses (NodePorts), as a client outside
+/// the cluster does.
+pub fn create_router(fabric: &str, router: &crate::state::RouterInfo) -> Result<()> {
+    create_netns(&router.netns, &[("net.ipv4.ip_forward", "0")])?;
+    plug_node(
+        fabric,
+        crate::names::ROUTER,
+        &router.netns_path,
+        router.address,
+    )
+}
+
 /// The address of a device, for checks.
 pub fn addresses(netns_path: &Path, device: &str) -> Result<Vec<(Ipv4Addr, u8)>> {
     let nl = Netlink::new_in(netns_path)?;

@@ -30,9 +30,10 @@ use serde::Serialize;
 use crate::error::{io_err, LabError, Result};
 use crate::manifest::{self, Manifest, PodManifest};
 use crate::names;
+use crate::services::{self, Change};
 use crate::state::{
-    ContainerInfo, EtcdInfo, IpamMode, LabLock, LabState, NodeInfo, OperatorInfo, PodInfo,
-    ProcessRecord, RoutingMode, STATE_VERSION,
+    ContainerInfo, EtcdInfo, IpamMode, LabLock, LabState, NodeInfo, OperatorInfo, PodCondition,
+    PodInfo, ProcessRecord, RouterInfo, RoutingMode, STATE_VERSION,
 };
 use crate::sys;
 use crate::{cni, fabric};
@@ -54,6 +55,8 @@ pub const DEFAULT_NODES: usize = 3;
 pub const BIN_DIR_ENV: &str = "CILIATE_BIN_DIR";
 /// The CNI `type` of ciliate's plugin in the conflist.
 pub const CNI_TYPE: &str = "ciliate";
+/// The outside host's address on the fabric: 192.168.10.200.
+pub const ROUTER_HOST: u32 = 200;
 /// Most nodes a lab may have.
 pub const MAX_NODES: usize = 64;
 
@@ -73,6 +76,11 @@ pub struct LabSpec {
     /// The fabric subnet; node `i` gets host address `node_host_offset + i`.
     pub fabric_cidr: Ipv4Net,
     pub node_host_offset: u32,
+    /// The outside host (`router`) gets this host address of the fabric.
+    pub router_host: u32,
+    /// Write `kubeProxyReplacement: true` into the agents' config (when the
+    /// agent binary knows the key; see [`LabState::kube_proxy_replacement`]).
+    pub kube_proxy_replacement: bool,
     /// Node `i` gets the `i`-th subnet of this pool as its `PodCIDR`.
     pub pod_cidr_pool: Ipv4Net,
     pub pod_cidr_prefix: u8,
@@ -94,6 +102,8 @@ impl Default for LabSpec {
             bin_dir: None,
             fabric_cidr: "192.168.10.0/24".parse().expect("valid"),
             node_host_offset: 100,
+            router_host: ROUTER_HOST,
+            kube_proxy_replacement: true,
             pod_cidr_pool: "172.20.0.0/16".parse().expect("valid"),
             pod_cidr_prefix: 24,
             agent_config: serde_yaml::Mapping::new(),
@@ -115,6 +125,12 @@ impl LabSpec {
     /// The fabric address of the outside host (the bridge): the subnet's first address.
     pub fn fabric_gateway(&self) -> Ipv4Net {
         fabric::gateway(self.fabric_cidr)
+    }
+
+    /// The outside host's fabric address (`192.168.10.200/24` by default).
+    pub fn router_address(&self) -> Ipv4Net {
+        let ip = Ipv4Addr::from(u32::from(self.fabric_cidr.network()) + self.router_host);
+        Ipv4Net::new(ip, self.fabric_cidr.prefix_len()).expect("the prefix of an Ipv4Net is valid")
     }
 
     /// `http://<fabric gateway>:2379`.
@@ -149,6 +165,22 @@ impl LabSpec {
                 format!(
                     "a subnet with room for {} node addresses from host {}",
                     self.nodes, self.node_host_offset
+                ),
+            ));
+        }
+        let nodes_end = self.node_host_offset + self.nodes as u32;
+        if self.router_host < 2
+            || self.router_host > hosts
+            || (self.node_host_offset..nodes_end).contains(&self.router_host)
+        {
+            return Err(Self::invalid(
+                "router host",
+                &self.router_host,
+                format!(
+                    "a host number of {} from 2 to {hosts} that no node has (nodes use {} to {})",
+                    self.fabric_cidr,
+                    self.node_host_offset,
+                    nodes_end - 1
                 ),
             ));
         }
@@ -200,10 +232,50 @@ pub enum ApplyOutcome {
         pod: String,
         differs: bool,
     },
+    /// A Service written to the store with its addresses.
+    Service {
+        service: String,
+        change: Change,
+        #[serde(rename = "type")]
+        type_: String,
+        cluster_ip: Option<String>,
+        /// `port/protocol` -> nodePort.
+        node_ports: Vec<(String, i32)>,
+    },
+    EndpointSlice {
+        slice: String,
+        change: Change,
+    },
     Skipped {
         kind: String,
         name: String,
     },
+}
+
+impl ApplyOutcome {
+    /// The outcome of writing a Service that came back from the store as `svc`.
+    pub fn for_service(svc: &k8s_openapi::api::core::v1::Service, change: Change) -> Self {
+        let node_ports = svc
+            .spec
+            .iter()
+            .flat_map(|s| s.ports.iter().flatten())
+            .filter_map(|p| {
+                p.node_port.map(|np| {
+                    (
+                        format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")),
+                        np,
+                    )
+                })
+            })
+            .collect();
+        Self::Service {
+            service: services::key_of(&svc.metadata),
+            change,
+            type_: services::service_type(svc).to_string(),
+            cluster_ip: svc.spec.as_ref().and_then(|s| s.cluster_ip.clone()),
+            node_ports,
+        }
+    }
 }
 
 impl std::fmt::Display for ApplyOutcome {
@@ -230,9 +302,27 @@ impl std::fmt::Display for ApplyOutcome {
                 "pod/{pod} unchanged: it exists with a different spec; pods cannot be updated, \
                  delete it and apply again"
             ),
+            Self::Service {
+                service,
+                change,
+                type_,
+                cluster_ip,
+                node_ports,
+            } => {
+                write!(
+                    f,
+                    "service/{service} {change}: {type_}, clusterIP {}",
+                    cluster_ip.as_deref().unwrap_or("none")
+                )?;
+                for (port, node_port) in node_ports {
+                    write!(f, ", {port} on nodePort {node_port}")?;
+                }
+                Ok(())
+            }
+            Self::EndpointSlice { slice, change } => write!(f, "endpointslice/{slice} {change}"),
             Self::Skipped { kind, name } => write!(
                 f,
-                "{kind}/{name} skipped: the lab handles only Pods for now"
+                "{kind}/{name} skipped: the lab handles Pods, Services and EndpointSlices"
             ),
         }
     }
@@ -267,8 +357,20 @@ pub struct LabStatus {
     pub ipam: IpamMode,
     /// etcd and the operator, in the fabric namespace.
     pub processes: Vec<ServiceStatus>,
+    /// The outside host, if the lab has one.
+    pub router: Option<RouterStatus>,
+    /// Whether the agents replace kube-proxy (serve Services).
+    pub kube_proxy_replacement: bool,
     pub nodes: Vec<NodeStatus>,
     pub pods: Vec<PodStatus>,
+}
+
+/// The outside host.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterStatus {
+    pub ip: Ipv4Addr,
+    pub netns: String,
 }
 
 /// A cluster-wide process of the lab (etcd, the operator).
@@ -325,6 +427,8 @@ pub struct ContainerStatus {
 pub enum Target<'a> {
     Node(&'a NodeInfo),
     Pod(&'a PodInfo),
+    /// The outside host (`router`).
+    Router(&'a RouterInfo),
 }
 
 /// A lab that exists (made by [`Lab::up`] or found by [`Lab::open`]).
@@ -452,6 +556,8 @@ impl Lab {
             ipam: spec.ipam,
             etcd: None,
             operator: None,
+            router: None,
+            kube_proxy_replacement: false,
             nodes: Vec::new(),
             pods: Vec::new(),
             next_node: 0,
@@ -459,6 +565,17 @@ impl Lab {
         state.save(dir)?;
 
         fabric::create_fabric(&state.fabric_netns, spec.fabric_gateway())?;
+        let router = RouterInfo {
+            netns: names::router_netns(name),
+            netns_path: netns::named_path(&names::router_netns(name)),
+            address: spec.router_address(),
+        };
+        state.router = Some(router.clone());
+        state.save(dir)?;
+        fabric::create_router(&state.fabric_netns, &router)?;
+        state.kube_proxy_replacement = spec.kube_proxy_replacement
+            && agent_knows_key(&state, bin_dir, "kubeProxyReplacement: true")?;
+        state.save(dir)?;
         state.etcd = Some(start_etcd(&state, etcd_binary, spec.agent_timeout)?);
         state.save(dir)?;
         if spec.ipam == IpamMode::ClusterPool {
@@ -537,7 +654,10 @@ impl Lab {
         let text = serde_json::to_string_pretty(&conflist).expect("JSON values serialize");
         std::fs::write(&node.conflist, text).map_err(io_err("writing", &node.conflist))?;
         let etcd = state.etcd.as_ref().map(|e| e.endpoint.as_str());
-        let config = agent_config(node, spec, etcd);
+        let mut config = agent_config(node, spec, etcd);
+        if state.kube_proxy_replacement {
+            set_default(&mut config, "kubeProxyReplacement", true.into());
+        }
         let text = serde_yaml::to_string(&config).expect("YAML values serialize");
         std::fs::write(&node.config, text).map_err(io_err("writing", &node.config))
     }
@@ -602,10 +722,10 @@ impl Lab {
     pub fn pod(&self, name: &str) -> Result<&PodInfo> {
         match self.resolve(name)? {
             Target::Pod(p) => Ok(p),
-            Target::Node(_) => Err(LabError::Invalid {
+            Target::Node(_) | Target::Router(_) => Err(LabError::Invalid {
                 field: "pod".into(),
                 value: name.to_string(),
-                allowed: format!("a pod of lab {}, not a node", self.state.name),
+                allowed: format!("a pod of lab {}, not a node or the router", self.state.name),
             }),
         }
     }
@@ -774,8 +894,22 @@ impl Lab {
         if let Some((ns, pod)) = name.split_once('/') {
             return self.state.pod(ns, pod).map(Target::Pod).ok_or_else(unknown);
         }
-        let node = self.state.node(name);
         let pods: Vec<&PodInfo> = self.state.pods.iter().filter(|p| p.name == name).collect();
+        if name == names::ROUTER {
+            if let Some(router) = &self.state.router {
+                if pods.is_empty() {
+                    return Ok(Target::Router(router));
+                }
+                return Err(LabError::Ambiguous {
+                    lab,
+                    value: name.to_string(),
+                    matches: std::iter::once("the outside host router".to_string())
+                        .chain(pods.iter().map(|p| format!("pod {}", p.key())))
+                        .collect(),
+                });
+            }
+        }
+        let node = self.state.node(name);
         match (node, pods.as_slice()) {
             (Some(n), []) => Ok(Target::Node(n)),
             (None, [p]) => Ok(Target::Pod(p)),
@@ -806,6 +940,7 @@ impl Lab {
         let (path, node) = match self.resolve(target)? {
             Target::Node(n) => (&n.netns_path, Some(n)),
             Target::Pod(p) => (&p.netns_path, None),
+            Target::Router(r) => (&r.netns_path, None),
         };
         let mut cmd = sys::command_in(path, program)?;
         cmd.args(rest);
@@ -877,6 +1012,14 @@ impl Lab {
         for object in &manifest.objects {
             outcomes.push(match object {
                 manifest::Object::Pod(pod) => self.apply_pod(pod)?,
+                manifest::Object::Service(svc) => {
+                    let (stored, change) = self.apply_service(svc)?;
+                    ApplyOutcome::for_service(&stored, change)
+                }
+                manifest::Object::EndpointSlice(slice) => ApplyOutcome::EndpointSlice {
+                    slice: services::key_of(&slice.metadata),
+                    change: self.apply_endpoint_slice(slice)?,
+                },
                 manifest::Object::Skipped { kind, name } => ApplyOutcome::Skipped {
                     kind: kind.clone(),
                     name: name.clone(),
@@ -913,6 +1056,7 @@ impl Lab {
             if !differs {
                 // Written again, so a failed write earlier is repaired by re-applying.
                 self.publish_pod(pod, &existing)?;
+                self.sync_endpoint_slices()?;
             }
             return Ok(ApplyOutcome::Unchanged {
                 pod: pod.key(),
@@ -934,6 +1078,7 @@ impl Lab {
         };
         let info = self.create_pod(pod, &node)?;
         self.publish_pod(pod, &info)?;
+        self.sync_endpoint_slices()?;
         let outcome = ApplyOutcome::Created {
             pod: pod.key(),
             node: node.name.clone(),
@@ -964,6 +1109,7 @@ impl Lab {
             spec_hash: pod.spec_hash.clone(),
             dir: dir.clone(),
             containers: Vec::new(),
+            condition: PodCondition::Ready,
         };
         std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         if !pod.host_network {
@@ -1062,13 +1208,30 @@ impl Lab {
             .collect()
     }
 
-    /// Deletes the Pods of a Kubernetes YAML text; returns the ones that existed.
+    /// Deletes the Pods, Services and EndpointSlices of a Kubernetes YAML
+    /// text; returns the ones that existed (`pod/ns/name`, `service/...`).
     pub fn delete_yaml(&mut self, yaml: &str) -> Result<Vec<String>> {
         let manifest = manifest::parse(yaml)?;
         let mut deleted = Vec::new();
-        for pod in manifest.pods() {
-            if self.delete_pod(&pod.key())? {
-                deleted.push(pod.key());
+        for object in &manifest.objects {
+            let (kind, key, existed) = match object {
+                manifest::Object::Pod(pod) => ("pod", pod.key(), self.delete_pod(&pod.key())?),
+                manifest::Object::Service(svc) => {
+                    let key = services::key_of(&svc.metadata);
+                    ("service", key.clone(), self.delete_service(&key)?)
+                }
+                manifest::Object::EndpointSlice(slice) => {
+                    let key = services::key_of(&slice.metadata);
+                    (
+                        "endpointslice",
+                        key.clone(),
+                        self.delete_endpoint_slice(&key)?,
+                    )
+                }
+                manifest::Object::Skipped { .. } => continue,
+            };
+            if existed {
+                deleted.push(format!("{kind}/{key}"));
             }
         }
         Ok(deleted)
@@ -1082,11 +1245,11 @@ impl Lab {
         self.reload()?;
         let key = match self.resolve(name) {
             Ok(Target::Pod(p)) => p.key(),
-            Ok(Target::Node(_)) => {
+            Ok(Target::Node(_) | Target::Router(_)) => {
                 return Err(LabError::Invalid {
                     field: "pod".into(),
                     value: name.into(),
-                    allowed: "a pod, not a node".into(),
+                    allowed: "a pod, not a node or the router".into(),
                 })
             }
             Err(LabError::UnknownTarget { .. }) => return Ok(false),
@@ -1138,7 +1301,48 @@ impl Lab {
                 .delete::<ciliate_store::Pod>(Some(&namespace), &name)
                 .await
                 .map(drop)
-        })
+        })?;
+        self.sync_endpoint_slices()
+    }
+
+    /// Changes what a pod's endpoints say in EndpointSlices, its processes
+    /// untouched: [`PodCondition::Terminating`] (being deleted: existing
+    /// connections go on, new ones go elsewhere), [`PodCondition::NotReady`]
+    /// (no traffic at all), or back to [`PodCondition::Ready`]. The pod in the
+    /// store changes the way the API server would show it, and the slices of
+    /// the services selecting it are rewritten.
+    pub fn set_pod_condition(&mut self, name: &str, condition: PodCondition) -> Result<()> {
+        let _lock = LabLock::acquire(&self.state.dir)?;
+        self.reload()?;
+        let key = self.pod(name)?.key();
+        let Some(info) = self.state.pods.iter_mut().find(|p| p.key() == key) else {
+            return Ok(());
+        };
+        info.condition = condition;
+        let info = info.clone();
+        self.state.save(&self.state.dir)?;
+        let node_ip = self.node(&info.node)?.ip();
+        let (namespace, pod_name) = (info.namespace.clone(), info.name.clone());
+        let stored = self.with_store(move |store| async move {
+            store
+                .get::<ciliate_store::Pod>(Some(&namespace), &pod_name)
+                .await
+        })?;
+        let Some(stored) = stored else {
+            return Err(LabError::Invalid {
+                field: "pod".into(),
+                value: key,
+                allowed: "a pod the store has (re-apply its manifest)".into(),
+            });
+        };
+        let mut object = stored;
+        object.metadata.resource_version = None;
+        if object.status.is_none() {
+            object.status = Some(pod_object_status(&info, node_ip));
+        }
+        set_condition(&mut object, condition);
+        self.with_store(move |store| async move { store.put(&object).await.map(drop) })?;
+        self.sync_endpoint_slices()
     }
 
     /// Problems that make the lab unusable (missing namespaces, dead agents).
@@ -1146,6 +1350,11 @@ impl Lab {
         let mut problems = Vec::new();
         if !netns::named_path(&self.state.fabric_netns).exists() {
             problems.push(format!("namespace {} is missing", self.state.fabric_netns));
+        }
+        if let Some(router) = &self.state.router {
+            if !router.netns_path.exists() {
+                problems.push(format!("namespace {} is missing", router.netns));
+            }
         }
         if sys::mounts_under(&self.state.bpffs).is_empty() {
             problems.push(format!(
@@ -1243,6 +1452,11 @@ impl Lab {
             routing: self.state.routing,
             ipam: self.state.ipam,
             processes: self.services(),
+            router: self.state.router.as_ref().map(|r| RouterStatus {
+                ip: r.ip(),
+                netns: r.netns.clone(),
+            }),
+            kube_proxy_replacement: self.state.kube_proxy_replacement,
             nodes,
             pods,
         }
@@ -1553,14 +1767,22 @@ pub fn operator_config(spec: &LabSpec) -> serde_yaml::Value {
 
 /// A pod as the API server holds it once it runs on `node_ip`.
 pub fn pod_object(pod: &PodManifest, info: &PodInfo, node_ip: Ipv4Addr) -> ciliate_store::Pod {
-    use k8s_openapi::api::core::v1::{HostIP, PodIP, PodSpec, PodStatus};
+    use k8s_openapi::api::core::v1::PodSpec;
     let mut object = (*pod.object).clone();
     object.metadata.namespace = Some(info.namespace.clone());
     object.metadata.resource_version = None;
     let spec = object.spec.get_or_insert_with(PodSpec::default);
     spec.node_name = Some(info.node.clone());
+    object.status = Some(pod_object_status(info, node_ip));
+    set_condition(&mut object, info.condition);
+    object
+}
+
+/// A running pod's status: phase, pod IP (the node's for host-network pods), host IP.
+fn pod_object_status(info: &PodInfo, node_ip: Ipv4Addr) -> k8s_openapi::api::core::v1::PodStatus {
+    use k8s_openapi::api::core::v1::{HostIP, PodIP, PodStatus};
     let pod_ip = if info.host_network { node_ip } else { info.ip }.to_string();
-    object.status = Some(PodStatus {
+    PodStatus {
         phase: Some("Running".into()),
         host_ip: Some(node_ip.to_string()),
         host_ips: Some(vec![HostIP {
@@ -1569,8 +1791,100 @@ pub fn pod_object(pod: &PodManifest, info: &PodInfo, node_ip: Ipv4Addr) -> cilia
         pod_ip: Some(pod_ip.clone()),
         pod_ips: Some(vec![PodIP { ip: pod_ip }]),
         ..PodStatus::default()
+    }
+}
+
+/// Shows a pod's lifecycle the way the endpointslice controller reads it: a
+/// not-ready pod has condition Ready False; a terminating one has a deletion
+/// timestamp and stays ready (it serves what it has).
+pub fn set_condition(object: &mut ciliate_store::Pod, condition: PodCondition) {
+    use k8s_openapi::api::core::v1::PodCondition as StatusCondition;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let status = object.status.get_or_insert_with(Default::default);
+    let conditions = status.conditions.get_or_insert_with(Vec::new);
+    conditions.retain(|c| c.type_ != "Ready");
+    conditions.push(StatusCondition {
+        type_: "Ready".into(),
+        status: if condition == PodCondition::NotReady {
+            "False"
+        } else {
+            "True"
+        }
+        .into(),
+        ..StatusCondition::default()
     });
-    object
+    object.metadata.deletion_timestamp = (condition == PodCondition::Terminating).then(|| {
+        // jiff's `now` needs its std feature; the system clock is enough.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        Time(k8s_openapi::jiff::Timestamp::from_second(now).unwrap_or_default())
+    });
+}
+
+/// Sets `key` at the top of a config unless the spec's extra keys set it.
+fn set_default(config: &mut serde_yaml::Value, key: &str, value: serde_yaml::Value) {
+    if let serde_yaml::Value::Mapping(m) = config {
+        let key = serde_yaml::Value::String(key.to_string());
+        if !m.contains_key(&key) {
+            m.insert(key, value);
+        }
+    }
+}
+
+/// Whether the agent binary accepts a config line (`key: value`): it is run
+/// once, in the fabric namespace, on a file with that line followed by an
+/// invalid `routingMode`, so it always exits at once with a config error;
+/// the key is unknown when that error is about it. The agent refuses unknown
+/// keys, so the lab writes keys newer than the agent only when this says yes.
+fn agent_knows_key(state: &LabState, bin_dir: &Path, line: &str) -> Result<bool> {
+    let key = line.split(':').next().unwrap_or_default().trim();
+    let probe = state.dir.join("agent-probe.yaml");
+    let text = format!("{line}\nroutingMode: ciliate-lab-probe\n");
+    std::fs::write(&probe, text).map_err(io_err("writing", &probe))?;
+    let fabric = netns::named_path(&state.fabric_netns);
+    let agent = bin_dir.join(AGENT_BIN).to_string_lossy().into_owned();
+    let mut cmd = sys::command_in(&fabric, &agent)?;
+    cmd.arg("--config")
+        .arg(&probe)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let argv = vec![
+        agent.clone(),
+        "--config".into(),
+        probe.display().to_string(),
+    ];
+    let mut child = cmd.spawn().map_err(|source| LabError::Spawn {
+        what: "the agent, to check its config keys".into(),
+        argv: argv.clone(),
+        source,
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                // It should have refused the file at once; do not guess.
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = std::fs::remove_file(&probe);
+                return Err(LabError::Command {
+                    what: "checking which config keys the agent knows".into(),
+                    argv,
+                    detail: "it did not exit within 10 s on an invalid config".into(),
+                });
+            }
+        }
+    }
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use std::io::Read as _;
+        let _ = err.read_to_string(&mut stderr);
+    }
+    let _ = std::fs::remove_file(&probe);
+    Ok(!stderr.contains(&format!("unknown field `{key}`")))
 }
 
 fn merge(base: &mut serde_yaml::Value, over: &serde_yaml::Value) {

@@ -20,15 +20,16 @@ pub mod fabric;
 pub mod lab;
 pub mod manifest;
 pub mod names;
+pub mod services;
 pub mod state;
 pub mod sys;
 
 pub use error::LabError;
 pub use lab::{
     find_bin_dir, leftovers, ApplyOutcome, DownReport, Lab, LabGuard, LabSpec, LabStatus,
-    NodeStatus, PodStatus, ServiceStatus, Target,
+    NodeStatus, PodStatus, RouterStatus, ServiceStatus, Target,
 };
 pub use state::{
-    ContainerInfo, EtcdInfo, IpamMode, LabState, NodeInfo, OperatorInfo, PodInfo, ProcessRecord,
-    RoutingMode,
+    ContainerInfo, EtcdInfo, IpamMode, LabState, NodeInfo, OperatorInfo, PodCondition, PodInfo,
+    ProcessRecord, RouterInfo, RoutingMode,
 };

@@ -1,15 +1,17 @@
 //! Kubernetes YAML as the lab reads it: multi-document files (and `kind: List`),
-//! Pods parsed with the k8s-openapi types, everything else skipped with a
-//! warning. Images are ignored: a container is its `command` + `args`.
+//! Pods, Services and EndpointSlices parsed with the k8s-openapi types and
+//! checked, everything else skipped with a warning. Images are ignored: a
+//! container is its `command` + `args`.
 
 use std::fmt::Write as _;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{LabError, Result};
-use crate::names;
+use crate::{names, services};
 
 /// A pod as the lab runs it.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +50,10 @@ pub struct ContainerSpec {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Pod(PodManifest),
+    /// Checked as the API server would; clusterIP and nodePorts are given on apply.
+    Service(Box<Service>),
+    /// Stored as given (for services without a selector).
+    EndpointSlice(Box<EndpointSlice>),
     /// A kind the lab does not handle yet.
     Skipped {
         kind: String,
@@ -66,7 +72,21 @@ impl Manifest {
     pub fn pods(&self) -> impl Iterator<Item = &PodManifest> {
         self.objects.iter().filter_map(|o| match o {
             Object::Pod(p) => Some(p),
-            Object::Skipped { .. } => None,
+            _ => None,
+        })
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.objects.iter().filter_map(|o| match o {
+            Object::Service(s) => Some(s.as_ref()),
+            _ => None,
+        })
+    }
+
+    pub fn endpoint_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+        self.objects.iter().filter_map(|o| match o {
+            Object::EndpointSlice(s) => Some(s.as_ref()),
+            _ => None,
         })
     }
 }
@@ -142,6 +162,41 @@ fn parse_object(doc: usize, value: serde_yaml::Value, manifest: &mut Manifest) -
             }
             manifest.objects.push(Object::Pod(pod));
         }
+        "Service" => {
+            if api_version != "v1" {
+                return Err(bad(format!(
+                    "apiVersion: {api_version:?} is not valid for kind Service; allowed: v1"
+                )));
+            }
+            let mut svc: Service = serde_path_to_error::deserialize(value)
+                .map_err(|e| bad(format!("Service {name}: {}: {}", e.path(), e.inner())))?;
+            named(&mut svc.metadata)
+                .and_then(|()| services::validate_service(&svc))
+                .map_err(|e| in_object(&bad, "Service", &name, e))?;
+            let key = services::key_of(&svc.metadata);
+            if manifest
+                .services()
+                .any(|s| services::key_of(&s.metadata) == key)
+            {
+                return Err(bad(format!("Service {key} appears twice in the manifest")));
+            }
+            manifest.objects.push(Object::Service(Box::new(svc)));
+        }
+        "EndpointSlice" => {
+            if api_version != "discovery.k8s.io/v1" {
+                return Err(bad(format!(
+                    "apiVersion: {api_version:?} is not valid for kind EndpointSlice; allowed: discovery.k8s.io/v1"
+                )));
+            }
+            let mut slice: EndpointSlice = serde_path_to_error::deserialize(value)
+                .map_err(|e| bad(format!("EndpointSlice {name}: {}: {}", e.path(), e.inner())))?;
+            named(&mut slice.metadata)
+                .and_then(|()| services::validate_endpoint_slice(&slice))
+                .map_err(|e| in_object(&bad, "EndpointSlice", &name, e))?;
+            manifest
+                .objects
+                .push(Object::EndpointSlice(Box::new(slice)));
+        }
         "List" => {
             let items = match value.get("items") {
                 Some(serde_yaml::Value::Sequence(items)) => items.clone(),
@@ -159,12 +214,34 @@ fn parse_object(doc: usize, value: serde_yaml::Value, manifest: &mut Manifest) -
         }
         _ => {
             manifest.warnings.push(format!(
-                "document {doc}: skipping {kind} {name}: the lab handles only Pods for now"
+                "document {doc}: skipping {kind} {name}: the lab handles Pods, Services and EndpointSlices"
             ));
             manifest.objects.push(Object::Skipped { kind, name });
         }
     }
     Ok(())
+}
+
+/// Checks an object's name and namespace, defaulting the namespace.
+fn named(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<()> {
+    let name = meta.name.clone().unwrap_or_default();
+    names::validate_object_name("metadata.name", &name)?;
+    let namespace = meta.namespace.get_or_insert_with(|| "default".to_string());
+    names::validate_namespace("metadata.namespace", namespace)
+}
+
+/// An invalid field, told as part of its object.
+fn in_object(bad: &dyn Fn(String) -> LabError, kind: &str, name: &str, e: LabError) -> LabError {
+    match e {
+        LabError::Invalid {
+            field,
+            value,
+            allowed,
+        } => bad(format!(
+            "{kind} {name}: {field} {value:?} is not valid: {allowed}"
+        )),
+        other => other,
+    }
 }
 
 fn describe(value: &serde_yaml::Value) -> &'static str {

@@ -56,6 +56,15 @@ pub fn fabric_netns(lab: &str) -> String {
     format!("{lab}-fabric")
 }
 
+/// The netns of the lab's outside host (a client that is not a node).
+pub fn router_netns(lab: &str) -> String {
+    format!("{lab}-{ROUTER}")
+}
+
+/// The outside host's name: its namespace suffix, its port on the fabric
+/// bridge, and the `exec` target.
+pub const ROUTER: &str = "router";
+
 /// The netns of a node.
 pub fn node_netns(lab: &str, node: &str) -> String {
     format!("{lab}-{node}")

@@ -40,11 +40,36 @@ pub struct LabState {
     pub etcd: Option<EtcdInfo>,
     /// `ciliate-operator` (cluster-pool IPAM), inside the fabric namespace.
     pub operator: Option<OperatorInfo>,
+    /// The outside host on the fabric (labs made before it existed have none).
+    #[serde(default)]
+    pub router: Option<RouterInfo>,
+    /// Whether the agents' config has `kubeProxyReplacement: true` (their
+    /// service datapath); false when asked not to, or when the agent binary
+    /// does not know the key yet.
+    #[serde(default)]
+    pub kube_proxy_replacement: bool,
     pub nodes: Vec<NodeInfo>,
     pub pods: Vec<PodInfo>,
     /// Round-robin cursor for pods without `spec.nodeName`.
     #[serde(default)]
     pub next_node: usize,
+}
+
+/// The outside host: a namespace on the fabric bridge with only the fabric's
+/// route, no PodCIDR routes: a client outside the cluster (for NodePorts).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterInfo {
+    pub netns: String,
+    pub netns_path: PathBuf,
+    /// `eth0`'s address with its prefix length.
+    pub address: Ipv4Net,
+}
+
+impl RouterInfo {
+    pub fn ip(&self) -> Ipv4Addr {
+        self.address.addr()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -157,6 +182,26 @@ pub struct PodInfo {
     pub spec_hash: String,
     pub dir: PathBuf,
     pub containers: Vec<ContainerInfo>,
+    /// What the pod's endpoints say in EndpointSlices (ready unless a test
+    /// says otherwise).
+    #[serde(default)]
+    pub condition: PodCondition,
+}
+
+/// A pod's lifecycle as EndpointSlices see it. Its processes run in every
+/// case: a terminating pod still serves the connections it has.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum PodCondition {
+    /// Running and ready: its endpoints take new connections.
+    #[default]
+    Ready,
+    /// Running, not ready (readiness failing): its endpoints are listed
+    /// not ready and not serving, so no traffic goes to them.
+    NotReady,
+    /// Being deleted (`metadata.deletionTimestamp` set): endpoints are
+    /// ready=false, serving=true, terminating=true.
+    Terminating,
 }
 
 impl PodInfo {

@@ -435,7 +435,7 @@ fn pods_are_made_as_a_runtime_makes_them() {
         );
     }
     let deleted = lab.delete_yaml(PODS).unwrap();
-    assert_eq!(deleted, ["default/client"]);
+    assert_eq!(deleted, ["pod/default/client"]);
     let keys: Vec<String> = stored_pods(&lab).into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, ["other/extra"], "deleted pods leave the store");
 

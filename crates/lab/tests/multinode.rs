@@ -19,15 +19,14 @@
 //!   from node0's ipcache and routes; node2 coming back (agent restarted)
 //!   brings them back with the same PodCIDR, and pods reach it again.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ciliate_datapath::netns;
+mod common;
+
 use ciliate_lab::connectivity::{self, Outcome};
 use ciliate_lab::{Lab, LabGuard, LabSpec, RoutingMode};
+use common::Stream;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
@@ -160,84 +159,6 @@ fn stored_cidrs(lab: &Lab) -> Vec<(String, Vec<String>)> {
             )
         })
         .collect()
-}
-
-/// A TCP stream from a socket in `netns` to an echo server: sends 1 KiB
-/// every millisecond and reads the echo, counting both.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    received: Arc<AtomicU64>,
-    writer: std::thread::JoinHandle<std::io::Result<u64>>,
-    reader: std::thread::JoinHandle<std::io::Result<()>>,
-}
-
-impl Stream {
-    fn start(netns: &std::path::Path, to: SocketAddr) -> Self {
-        let stream = netns::run_in(netns, move || {
-            TcpStream::connect_timeout(&to, Duration::from_secs(5))
-        })
-        .unwrap()
-        .expect("connecting the stream");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut tx = stream.try_clone().unwrap();
-        let mut rx = stream;
-        let stop = Arc::new(AtomicBool::new(false));
-        let received = Arc::new(AtomicU64::new(0));
-        let writer = {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let chunk = [0x5au8; 1024];
-                let mut sent = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    tx.write_all(&chunk)?;
-                    sent += chunk.len() as u64;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                tx.shutdown(std::net::Shutdown::Write)?;
-                Ok(sent)
-            })
-        };
-        let reader = {
-            let received = Arc::clone(&received);
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    let n = rx.read(&mut buf)?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    received.fetch_add(n as u64, Ordering::Relaxed);
-                }
-            })
-        };
-        Self {
-            stop,
-            received,
-            writer,
-            reader,
-        }
-    }
-
-    fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-
-    /// Stops sending; returns (sent, echoed back).
-    fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        let sent = self
-            .writer
-            .join()
-            .unwrap()
-            .expect("the sender never saw a reset or error");
-        self.reader
-            .join()
-            .unwrap()
-            .expect("the reader never saw a reset or error");
-        (sent, self.received.load(Ordering::Relaxed))
-    }
 }
 
 fn cluster(routing: RoutingMode, tag: char) {

@@ -73,9 +73,9 @@ fn other_kinds_are_skipped_and_lists_expanded() {
     let m = manifest::parse(
         r"
 apiVersion: v1
-kind: Service
+kind: ConfigMap
 metadata: {name: web}
-spec: {ports: [{port: 80}]}
+data: {a: b}
 ---
 ---
 apiVersion: v1
@@ -90,11 +90,11 @@ items:
     .unwrap();
     assert_eq!(m.objects.len(), 2);
     assert!(
-        matches!(&m.objects[0], Object::Skipped { kind, name } if kind == "Service" && name == "web")
+        matches!(&m.objects[0], Object::Skipped { kind, name } if kind == "ConfigMap" && name == "web")
     );
     assert!(matches!(&m.objects[1], Object::Pod(p) if p.key() == "team-a/a"));
     assert!(
-        m.warnings[0].contains("skipping Service web"),
+        m.warnings[0].contains("skipping ConfigMap web"),
         "{:?}",
         m.warnings
     );
@@ -295,7 +295,14 @@ fn state_round_trip() {
                 name: "c".into(),
                 process: None,
             }],
+            condition: ciliate_lab::PodCondition::Terminating,
         }],
+        router: Some(ciliate_lab::RouterInfo {
+            netns: names::router_netns("rt"),
+            netns_path: "/run/netns/rt-router".into(),
+            address: "192.168.10.200/24".parse().unwrap(),
+        }),
+        kube_proxy_replacement: true,
         next_node: 3,
     };
     state.save(dir.path()).unwrap();
@@ -484,6 +491,7 @@ fn the_store_gets_the_pod_as_running() {
         spec_hash: server.spec_hash.clone(),
         dir: "/x".into(),
         containers: vec![],
+        condition: ciliate_lab::PodCondition::Ready,
     };
     let pod = lab::pod_object(server, &info, Ipv4Addr::new(192, 168, 10, 101));
     let json = serde_json::to_value(&pod).unwrap();
@@ -494,7 +502,8 @@ fn the_store_gets_the_pod_as_running() {
     assert_eq!(
         json["status"],
         json!({"phase": "Running", "podIP": "172.20.1.9", "podIPs": [{"ip": "172.20.1.9"}],
-               "hostIP": "192.168.10.101", "hostIPs": [{"ip": "192.168.10.101"}]})
+               "hostIP": "192.168.10.101", "hostIPs": [{"ip": "192.168.10.101"}],
+               "conditions": [{"type": "Ready", "status": "True"}]})
     );
 }
 
@@ -518,9 +527,9 @@ fn connectivity_pods_and_test_selection() {
     assert_eq!(
         commands,
         [
-            "python3 -m http.server 8080 --bind 0.0.0.0",
-            "socat TCP4-LISTEN:9000,fork,reuseaddr EXEC:cat",
-            "socat UDP4-RECVFROM:9000,fork EXEC:cat",
+            format!("python3 -c {}", connectivity::name_server(8080)),
+            "socat TCP4-LISTEN:9000,fork,reuseaddr EXEC:cat".into(),
+            "socat UDP4-RECVFROM:9000,fork EXEC:cat".into(),
         ]
     );
     // One node: no echo-other-node.
