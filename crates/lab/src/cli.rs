@@ -119,7 +119,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
             }
             if !lab.state().kube_proxy_replacement {
                 println!(
-                    "note: the agents run without kubeProxyReplacement (this ciliate-agent does not know the key): Services are stored but not served"
+                    "note: the agents run without kubeProxyReplacement: Services are stored but not served"
                 );
             }
             print_status(&lab.status());

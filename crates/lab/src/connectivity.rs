@@ -666,7 +666,7 @@ fn deploy_services(lab: &mut Lab) -> Result<Services> {
     }
     if !lab.state().kube_proxy_replacement {
         return Ok(Services::NotServed(
-            "the agents run without kubeProxyReplacement (this ciliate-agent does not know the key)"
+            "the agents run without kubeProxyReplacement"
                 .into(),
         ));
     }

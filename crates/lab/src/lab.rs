@@ -78,8 +78,7 @@ pub struct LabSpec {
     pub node_host_offset: u32,
     /// The outside host (`router`) gets this host address of the fabric.
     pub router_host: u32,
-    /// Write `kubeProxyReplacement: true` into the agents' config (when the
-    /// agent binary knows the key; see [`LabState::kube_proxy_replacement`]).
+    /// Write `kubeProxyReplacement: true` into the agents' config.
     pub kube_proxy_replacement: bool,
     /// Node `i` gets the `i`-th subnet of this pool as its `PodCIDR`.
     pub pod_cidr_pool: Ipv4Net,
@@ -573,8 +572,7 @@ impl Lab {
         state.router = Some(router.clone());
         state.save(dir)?;
         fabric::create_router(&state.fabric_netns, &router)?;
-        state.kube_proxy_replacement = spec.kube_proxy_replacement
-            && agent_knows_key(&state, bin_dir, "kubeProxyReplacement: true")?;
+        state.kube_proxy_replacement = spec.kube_proxy_replacement;
         state.save(dir)?;
         state.etcd = Some(start_etcd(&state, etcd_binary, spec.agent_timeout)?);
         state.save(dir)?;
@@ -1830,61 +1828,6 @@ fn set_default(config: &mut serde_yaml::Value, key: &str, value: serde_yaml::Val
             m.insert(key, value);
         }
     }
-}
-
-/// Whether the agent binary accepts a config line (`key: value`): it is run
-/// once, in the fabric namespace, on a file with that line followed by an
-/// invalid `routingMode`, so it always exits at once with a config error;
-/// the key is unknown when that error is about it. The agent refuses unknown
-/// keys, so the lab writes keys newer than the agent only when this says yes.
-fn agent_knows_key(state: &LabState, bin_dir: &Path, line: &str) -> Result<bool> {
-    let key = line.split(':').next().unwrap_or_default().trim();
-    let probe = state.dir.join("agent-probe.yaml");
-    let text = format!("{line}\nroutingMode: ciliate-lab-probe\n");
-    std::fs::write(&probe, text).map_err(io_err("writing", &probe))?;
-    let fabric = netns::named_path(&state.fabric_netns);
-    let agent = bin_dir.join(AGENT_BIN).to_string_lossy().into_owned();
-    let mut cmd = sys::command_in(&fabric, &agent)?;
-    cmd.arg("--config")
-        .arg(&probe)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let argv = vec![
-        agent.clone(),
-        "--config".into(),
-        probe.display().to_string(),
-    ];
-    let mut child = cmd.spawn().map_err(|source| LabError::Spawn {
-        what: "the agent, to check its config keys".into(),
-        argv: argv.clone(),
-        source,
-    })?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                // It should have refused the file at once; do not guess.
-                let _ = child.kill();
-                let _ = child.wait();
-                let _ = std::fs::remove_file(&probe);
-                return Err(LabError::Command {
-                    what: "checking which config keys the agent knows".into(),
-                    argv,
-                    detail: "it did not exit within 10 s on an invalid config".into(),
-                });
-            }
-        }
-    }
-    let mut stderr = String::new();
-    if let Some(mut err) = child.stderr.take() {
-        use std::io::Read as _;
-        let _ = err.read_to_string(&mut stderr);
-    }
-    let _ = std::fs::remove_file(&probe);
-    Ok(!stderr.contains(&format!("unknown field `{key}`")))
 }
 
 fn merge(base: &mut serde_yaml::Value, over: &serde_yaml::Value) {

@@ -44,8 +44,7 @@ pub struct LabState {
     #[serde(default)]
     pub router: Option<RouterInfo>,
     /// Whether the agents' config has `kubeProxyReplacement: true` (their
-    /// service datapath); false when asked not to, or when the agent binary
-    /// does not know the key yet.
+    /// service datapath); false when asked not to.
     #[serde(default)]
     pub kube_proxy_replacement: bool,
     pub nodes: Vec<NodeInfo>,
