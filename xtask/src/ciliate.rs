@@ -179,6 +179,11 @@ impl Node {
         Ok(())
     }
 
+    /// How many TCP conntrack entries the datapath holds.
+    pub fn conntrack_entries(&self) -> usize {
+        self.maps.ct4_tcp.keys().count()
+    }
+
     /// Empties the TCP conntrack map (as `flush_conntrack` does for the
     /// kernel's), so every measurement starts from the same state.
     pub fn flush_conntrack(&mut self) -> Result<usize> {

@@ -91,6 +91,7 @@ pub fn markdown(report: &Report) -> String {
     );
     let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut notes = Vec::new();
+    let mut reasons: Vec<(String, Vec<String>)> = Vec::new();
     for ipt in report
         .rows
         .iter()
@@ -118,9 +119,17 @@ pub fn markdown(report: &Report) -> String {
         );
         for row in [ipt, cil] {
             if let Some(error) = &row.error {
-                let note = format!("{} {}: {error}", row.mechanism.as_str(), row.status);
-                if !notes.contains(&note) {
-                    notes.push(note);
+                // One note per distinct reason, naming every address it hit.
+                let reason = error
+                    .strip_prefix(&format!("{}: ", row.address))
+                    .unwrap_or(error);
+                let head = format!("{} {}: {reason}", row.mechanism.as_str(), row.status);
+                match reasons.iter_mut().find(|(h, _)| *h == head) {
+                    Some((_, addresses)) if !addresses.contains(&row.address) => {
+                        addresses.push(row.address.clone());
+                    }
+                    Some(_) => {}
+                    None => reasons.push((head, vec![row.address.clone()])),
                 }
             }
             if row.errors > 0 {
@@ -134,6 +143,12 @@ pub fn markdown(report: &Report) -> String {
             }
         }
     }
+    let mut notes: Vec<String> = reasons
+        .into_iter()
+        .map(|(head, addresses)| format!("{head} ({})", addresses.join(", ")))
+        .chain(notes)
+        .collect();
+    notes.dedup();
     if !notes.is_empty() {
         let _ = writeln!(md);
         for note in notes {
@@ -172,6 +187,7 @@ pub fn markdown(report: &Report) -> String {
 /// Writes `services.json` and `services.md` into `dir` and prints the tables.
 pub fn write(report: &Report, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = &dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
     let json = serde_json::to_string_pretty(report).context("encoding the report")?;
     let json_path = dir.join("services.json");
     std::fs::write(&json_path, json + "\n")

@@ -249,7 +249,16 @@ impl Bed {
             .with_context(|| format!("flushing {}'s conntrack", self.mechanism.as_str()))?;
         let client = self.topo.client.path();
         let timeout = Duration::from_millis(opts.timeout_ms);
-        if let Err(error) = load::probe(&client, target, timeout)? {
+        if let Err(mut error) = load::probe(&client, target, timeout)? {
+            if let Some(node) = &self.datapath {
+                if node.conntrack_entries() == 0 {
+                    // Say where it stopped: a translated connection leaves entries.
+                    error.push_str(
+                        "; ciliate's datapath made no conntrack entry for it \
+                         (no BPF service translation in this build?)",
+                    );
+                }
+            }
             return Ok(Round {
                 status: "unreachable",
                 error: Some(error),
