@@ -1,0 +1,15 @@
+//! Repository tasks cargo cannot express. For now: `cargo xtask bench services`,
+//! the ClusterIP scaling benchmark of ciliate against kube-proxy-style
+//! iptables rules (issue 4's "Benchmark", the base issue 8 extends).
+
+// Rates and percentiles are computed from counts far below 2^52.
+#![allow(clippy::cast_precision_loss)]
+
+pub mod catalog;
+pub mod ciliate;
+pub mod interrupt;
+pub mod iptables;
+pub mod load;
+pub mod report;
+pub mod services;
+pub mod topology;
