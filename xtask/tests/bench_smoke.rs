@@ -9,11 +9,6 @@ use serde_json::Value;
 use xtask::iptables::Backend;
 use xtask::services::{self, CpuMode, Options};
 
-/// TODO(after-service-translation-merge): set to true once ciliate's BPF
-/// ClusterIP translation is on main; then every ciliate row must measure.
-/// Until then ciliate's VIP rows must say "unreachable" with the error.
-const CILIATE_TRANSLATES_SERVICES: bool = false;
-
 fn rows<'a>(report: &'a Value, mechanism: &str) -> Vec<&'a Value> {
     report["rows"]
         .as_array()
@@ -74,19 +69,10 @@ fn a_short_run_writes_every_row_with_measured_iptables_rates() {
         "the service programmed last"
     );
 
+    // Every ciliate row measures: pod to pod and through the ClusterIPs.
     for row in rows(&report, "ciliate") {
-        let vip = row["target"] != "pod-to-pod";
-        if CILIATE_TRANSLATES_SERVICES || !vip {
-            // Pod to pod goes through ciliate's programs already.
-            assert_eq!(row["status"], "ok", "{row}");
-            assert!(rate(row) > 0.0, "ciliate measured nothing: {row}");
-        } else {
-            assert_eq!(row["status"], "unreachable", "{row}");
-            assert!(
-                row["error"].as_str().unwrap().contains(":80"),
-                "the error names the VIP: {row}"
-            );
-        }
+        assert_eq!(row["status"], "ok", "{row}");
+        assert!(rate(row) > 0.0, "ciliate measured nothing: {row}");
     }
     let programming = report["programming"].as_array().unwrap();
     assert_eq!(programming.len(), 4, "both mechanisms at both counts");
