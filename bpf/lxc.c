@@ -11,7 +11,8 @@
  *   source (a NodePort reply then routes out to the outside client), and a
  *   packet to a frontend is DNATed to a backend (lib/lb.h).
  * to_container: TCX egress of the lxc device, i.e. what the host stack sends
- *   to the pod. It accounts for the packet and lets it through. */
+ *   to the pod. It reverse-translates a reply of a service connection whose
+ *   backend is the host itself, accounts for the packet and lets it through. */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/events.h"
@@ -176,6 +177,17 @@ int to_container(struct __sk_buff *skb)
 	dst = endpoint(ip->daddr);
 	if (dst)
 		pi.dst_ep = dst->lxc_id;
+	/* A reply the host stack delivers, e.g. from a host-network backend
+	 * on this node (pod -> ClusterIP -> node IP:6443): its source becomes
+	 * the frontend. Deliveries with bpf_redirect_peer skip this hook, so
+	 * nothing is translated twice. */
+	if (cfg && pi.has_ports) {
+		__u32 lifetime;
+		int ret = lb4_reply(skb, &pi, cfg, METRIC_INGRESS, &lifetime);
+
+		if (ret != LB_NONE && ret != LB_XLATED)
+			return ret;
+	}
 	trace(skb, &pi, cfg, TRACE_FROM_STACK, METRIC_INGRESS, skb->ifindex);
 	return TC_ACT_OK;
 }

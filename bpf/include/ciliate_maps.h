@@ -77,8 +77,11 @@ struct datapath_config {
 	__u32 ct_timeout_any;     /* UDP and other non-TCP */
 };
 
-/* Source port range for SNAT (NodePort to a remote backend, masquerade). */
-#define NAT_PORT_MIN 32768
+/* Source port range for SNAT (NodePort to a remote backend, masquerade).
+ * Disjoint from Linux's default ip_local_port_range (32768-60999), so a
+ * mapping on the node IP never takes a port the host's own sockets use and
+ * only replies to ports in this range need a NAT lookup. */
+#define NAT_PORT_MIN 61000
 #define NAT_PORT_MAX 65535
 #define NAT_COLLISION_RETRIES 32
 

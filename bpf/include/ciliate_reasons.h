@@ -20,9 +20,11 @@
 #define DROP_FRAG_NEEDED 148 // Fragmentation needed
 #define DROP_CSUM 153 // Checksum update failed
 #define DROP_CT_CREATE_FAILED 155 // Conntrack entry could not be created
+#define DROP_FRAG_NOSUPPORT 157 // Fragmented packet to a service
 #define DROP_NO_SERVICE 158 // Service backend not found
 #define DROP_NAT_NO_MAPPING 160 // No free port for SNAT
 #define DROP_NAT_FAILED 161 // NAT rewrite failed
+#define DROP_HOST_BACKEND_UNSUPPORTED 165 // NodePort to a host-network backend is not supported
 
 #define TRACE_TO_ENDPOINT 1 // to-endpoint
 #define TRACE_TO_STACK 2 // to-stack

@@ -60,7 +60,10 @@ static __always_inline void ct_key_reverse_of(struct ct4_key *key, const struct 
 	key->pad = 0;
 }
 
-/* A new entry with the given fields. Returns it, or NULL when the map refused. */
+/* A new entry with the given fields, inserted with BPF_NOEXIST: when another
+ * CPU created the same tuple first, its entry wins and is returned instead, so
+ * the caller must take the backend from the result, never from its own
+ * arguments. Returns NULL when the map refused. */
 static __always_inline struct ct4_entry *ct_create(const struct ct4_key *key, __u32 rev_nat_index,
 						   __u32 backend_id, __be32 frontend_addr,
 						   __u16 flags, __u32 now)
@@ -74,8 +77,8 @@ static __always_inline struct ct4_entry *ct_create(const struct ct4_key *key, __
 		.flags = flags,
 	};
 
-	if (bpf_map_update_elem(ct_map(key->proto), key, &entry, BPF_ANY) < 0)
-		return NULL;
+	/* On -EEXIST the lookup finds the winner's entry. */
+	bpf_map_update_elem(ct_map(key->proto), key, &entry, BPF_NOEXIST);
 	return ct_lookup(key);
 }
 

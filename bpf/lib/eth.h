@@ -8,6 +8,13 @@
 #define ETH_P_IP_BE bpf_htons(0x0800)
 #define ARPOP_REQUEST_BE bpf_htons(1)
 #define ARPOP_REPLY_BE bpf_htons(2)
+/* IPv4 frag_off bits (host order): more fragments, fragment offset. */
+#ifndef IP_MF
+#define IP_MF 0x2000
+#endif
+#ifndef IP_OFFSET
+#define IP_OFFSET 0x1FFF
+#endif
 
 /* An Ethernet/IPv4 ARP message, header and body together. */
 struct arp_eth {
@@ -53,7 +60,8 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct iphdr *
 		__u16 *ports = (void *)ip + ip->ihl * 4;
 
 		/* Fragments after the first carry no ports; leave them at 0. */
-		if (!(ip->frag_off & bpf_htons(0x1FFF)) && (void *)(ports + 2) <= data_end) {
+		pi->is_frag = !!(ip->frag_off & bpf_htons(IP_MF | IP_OFFSET));
+		if (!(ip->frag_off & bpf_htons(IP_OFFSET)) && (void *)(ports + 2) <= data_end) {
 			__u8 *flags = (__u8 *)ports + 13;
 
 			pi->sport = ports[0];

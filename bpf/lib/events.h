@@ -22,6 +22,9 @@ struct pkt_info {
 	__u16 l4_off;    /* offset of the TCP/UDP header from the packet start */
 	__u8 has_ports;  /* sport and dport are the packet's */
 	__u8 tcp_flags;  /* TCP: the flags byte (FIN, SYN, RST, ACK ...) */
+	/* A TCP/UDP fragment (more follow, or not the first): services drop
+	 * it, as the fragments without ports could not be translated alike. */
+	__u8 is_frag;
 };
 
 static __always_inline void count(struct __sk_buff *skb, __u8 reason, __u8 dir)

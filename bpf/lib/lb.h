@@ -123,6 +123,9 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, struct pkt_info *pi,
 	svc = lb4_lookup_service(&key, svc_addr, pi, scope);
 	if (!svc || (required && !(svc->flags & required)))
 		return LB_NONE;
+	/* Later fragments carry no ports and could not follow this one. */
+	if (pi->is_frag)
+		return drop(skb, pi, DROP_FRAG_NOSUPPORT, dir);
 	rev_nat = svc->rev_nat_index;
 	now = ct_now();
 
@@ -147,6 +150,19 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, struct pkt_info *pi,
 			sct = ct_create(&skey, rev_nat, backend_id, frontend, 0, now);
 		if (!sct)
 			return drop(skb, pi, DROP_CT_CREATE_FAILED, dir);
+		/* Another CPU created the entry for the same flow first: its
+		 * backend, so the flow never splits across two. */
+		if (sct->backend_id != backend_id) {
+			__u32 won = sct->backend_id;
+			struct lb4_backend *wbe = bpf_map_lookup_elem(&ciliate_lb4_be, &won);
+
+			if (wbe) {
+				backend_id = won;
+				be = wbe;
+			} else {
+				sct->backend_id = backend_id;
+			}
+		}
 	}
 	be_addr = be->address;
 	be_port = be->port;
@@ -191,8 +207,8 @@ static __always_inline int lb4_reply(struct __sk_buff *skb, struct pkt_info *pi,
 				     __u32 *lifetime)
 {
 	struct lb4_reverse_nat *rev;
-	struct ct4_entry *ct;
-	struct ct4_key key;
+	struct ct4_entry *ct, *sct;
+	struct ct4_key key, skey;
 	__be32 faddr;
 	__u32 index;
 
@@ -202,6 +218,8 @@ static __always_inline int lb4_reply(struct __sk_buff *skb, struct pkt_info *pi,
 	ct = ct_lookup(&key);
 	if (!ct || !ct->rev_nat_index)
 		return LB_NONE;
+	if (pi->is_frag)
+		return drop(skb, pi, DROP_FRAG_NOSUPPORT, dir);
 	index = ct->rev_nat_index;
 	rev = bpf_map_lookup_elem(&ciliate_lb4_rev, &index);
 	if (!rev)
@@ -209,6 +227,20 @@ static __always_inline int lb4_reply(struct __sk_buff *skb, struct pkt_info *pi,
 	ct_account(ct, cfg, pi, CT_RX, skb->len, ct_now());
 	*lifetime = ct->lifetime;
 	faddr = rev->address ? rev->address : ct->frontend_addr;
+
+	/* The service entry (client tuple towards the frontend) lives as
+	 * long as its connection, so a flow only the server keeps busy (UDP
+	 * push) keeps its backend. For hairpin the client is the backend. */
+	skey.saddr = (ct->flags & CT_F_LOOPBACK) ? key.daddr : key.saddr;
+	skey.sport = key.sport;
+	skey.daddr = ct->frontend_addr;
+	skey.dport = rev->port;
+	skey.proto = key.proto;
+	skey.flags = CT_KEY_SERVICE;
+	skey.pad = 0;
+	sct = ct_lookup(&skey);
+	if (sct)
+		sct->lifetime = ct->lifetime;
 
 	if ((ct->flags & CT_F_LOOPBACK) &&
 	    l4_rewrite(skb, pi, REWRITE_DST, pi->src_ip, pi->dport) < 0)

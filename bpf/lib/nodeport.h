@@ -25,12 +25,17 @@ static __always_inline int nodeport_reply(struct __sk_buff *skb, struct pkt_info
 					  const struct datapath_config *cfg)
 {
 	struct nat4_entry *nat = NULL;
+	__be16 nat_port = pi->dport;
+	struct ct4_key egress;
 	__u32 lifetime = 0;
 	int ret;
 
-	if (!cfg->node_ip || pi->dst_ip != cfg->node_ip || !pi->has_ports)
+	/* SNAT only hands out ports from NAT_PORT_MIN up: other traffic to
+	 * the node (SSH, the tunnel's UDP, the kubelet) needs no lookup. */
+	if (!cfg->node_ip || pi->dst_ip != cfg->node_ip || !pi->has_ports ||
+	    bpf_ntohs(pi->dport) < NAT_PORT_MIN)
 		return LB_NONE;
-	ret = snat4_reply(skb, pi, NAT_F_NODEPORT, METRIC_EGRESS, &nat);
+	ret = snat4_reply(skb, pi, NAT_F_NODEPORT, METRIC_EGRESS, &nat, &egress);
 	if (ret != LB_XLATED)
 		return ret;
 	ret = lb4_reply(skb, pi, cfg, METRIC_EGRESS, &lifetime);
@@ -41,7 +46,7 @@ static __always_inline int nodeport_reply(struct __sk_buff *skb, struct pkt_info
 	if (ret != LB_XLATED)
 		return ret;
 	if (nat)
-		nat->lifetime = lifetime;
+		snat4_renew(nat, &egress, cfg->node_ip, nat_port, lifetime);
 	return fib_redirect(skb, pi, cfg, METRIC_EGRESS);
 }
 
@@ -64,6 +69,12 @@ static __always_inline int nodeport_lb(struct __sk_buff *skb, struct pkt_info *p
 			METRIC_INGRESS, &conn);
 	if (ret != LB_XLATED)
 		return ret;
+	/* A host-network backend on this node: SNAT to the node's own IP
+	 * would make the packet a martian to the stack, and DNAT alone would
+	 * need a reverse NAT of the host's reply on its way out, which does
+	 * not exist. Refuse it visibly instead. */
+	if (pi->dst_ip == cfg->node_ip)
+		return drop(skb, pi, DROP_HOST_BACKEND_UNSUPPORTED, METRIC_INGRESS);
 	dst = endpoint(pi->dst_ip);
 	if (dst)
 		return deliver_local(skb, pi, cfg, dst, TRACE_FROM_NETDEV, METRIC_INGRESS,

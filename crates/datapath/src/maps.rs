@@ -38,7 +38,8 @@ pub const CT_TCP_MAP_SIZE: u32 = 131_072;
 pub const CT_ANY_MAP_SIZE: u32 = 65_536;
 pub const NAT_MAP_SIZE: u32 = 131_072;
 
-pub const NAT_PORT_MIN: u16 = 32768;
+/// SNAT source ports: above Linux's default `ip_local_port_range` (32768-60999).
+pub const NAT_PORT_MIN: u16 = 61000;
 pub const NAT_PORT_MAX: u16 = 65535;
 /// The source a pod sees when it reaches itself through a service.
 pub const IPV4_SVC_LOOPBACK: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);

@@ -17,11 +17,13 @@ use ciliate_datapath::maps::{
     Lb4ReverseNat, Lb4Service, Nat4Entry, BE_STATE_ACTIVE, BE_STATE_TERMINATING, CT_F_LOOPBACK,
     CT_F_NODEPORT, CT_F_RX_CLOSING, CT_F_SEEN_REPLY, CT_F_SNAT, CT_F_TX_CLOSING, CT_KEY_SERVICE,
     EVENT_DROP, IPCACHE_F_HOST, IPPROTO_TCP, IPPROTO_UDP, IPV4_SVC_LOOPBACK, LB_SCOPE_EXTERNAL,
-    LB_SCOPE_INTERNAL, METRIC_EGRESS, NAT_DIR_EGRESS, NAT_DIR_INGRESS, NAT_F_NODEPORT,
-    NAT_PORT_MAX, NAT_PORT_MIN, SVC_F_AFFINITY, SVC_F_CLUSTER_IP, SVC_F_EXTERNAL_IP,
-    SVC_F_NODEPORT, SVC_F_TWO_SCOPES,
+    LB_SCOPE_INTERNAL, METRIC_EGRESS, METRIC_INGRESS, NAT_DIR_EGRESS, NAT_DIR_INGRESS,
+    NAT_F_NODEPORT, NAT_MAP_SIZE, NAT_PORT_MAX, NAT_PORT_MIN, SVC_F_AFFINITY, SVC_F_CLUSTER_IP,
+    SVC_F_EXTERNAL_IP, SVC_F_NODEPORT, SVC_F_TWO_SCOPES,
 };
-use ciliate_datapath::reasons::{DROP_NAT_NO_MAPPING, DROP_NO_SERVICE};
+use ciliate_datapath::reasons::{
+    DROP_FRAG_NOSUPPORT, DROP_HOST_BACKEND_UNSUPPORTED, DROP_NAT_NO_MAPPING, DROP_NO_SERVICE,
+};
 use common::*;
 
 const CLUSTER_IP: [u8; 4] = [10, 96, 0, 10];
@@ -34,8 +36,10 @@ const REMOTE_NODE: [u8; 4] = [192, 168, 10, 2];
 const REMOTE_POD: [u8; 4] = [10, 78, 0, 20];
 const TUNNEL_IFINDEX: u32 = 777;
 const CLIENT_PORT: u16 = 40000;
-/// An outside client's port, inside the NAT range, so SNAT keeps it if it can.
+/// An outside client's port: an ordinary ephemeral one, below the NAT range.
 const OUTSIDE_PORT: u16 = 50000;
+/// An outside client's port inside the NAT range, which SNAT keeps if it can.
+const IN_RANGE_PORT: u16 = 62000;
 const LOOPBACK: [u8; 4] = IPV4_SVC_LOOPBACK.octets();
 /// MACs on the native device: the node's and the outside router's.
 const DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd1];
@@ -630,7 +634,9 @@ fn nodeport_with_a_local_backend_is_delivered_and_answered_from_the_node_port() 
 }
 
 /// NodePort to a backend on another node: DNAT + SNAT on the way in, both
-/// NAT mappings, and the reply restored through `reply_program`.
+/// NAT mappings, and the reply restored through `reply_program`. The client
+/// uses an ordinary ephemeral port (below the NAT range), so the node picks
+/// one from the NAT range, clear of the host's own ephemeral ports.
 fn nodeport_remote(via_tunnel: bool, reply_program: &str) {
     let mut h = harness(Some(NODE_IP), via_tunnel);
     backend(&mut h, 1, REMOTE_POD, BE_PORT, IPPROTO_TCP, BE_STATE_ACTIVE);
@@ -648,10 +654,11 @@ fn nodeport_remote(via_tunnel: bool, reply_program: &str) {
         );
     }
     assert_eq!(t.dst, (REMOTE_POD, BE_PORT));
-    assert_eq!(
-        t.src,
-        (NODE_IP, OUTSIDE_PORT),
-        "SNAT to the node IP, keeping the client's port while it is free"
+    let nat_port = t.src.1;
+    assert_eq!(t.src.0, NODE_IP, "SNAT to the node IP");
+    assert!(
+        (NAT_PORT_MIN..=NAT_PORT_MAX).contains(&nat_port) && nat_port > 60999,
+        "the NAT port {nat_port} is above the host's ephemeral range (32768-60999)"
     );
     assert_checksums(&out, false);
 
@@ -666,16 +673,13 @@ fn nodeport_remote(via_tunnel: bool, reply_program: &str) {
         NAT_DIR_EGRESS,
     );
     let e = h.maps.snat4.get(&egress, 0).unwrap();
-    assert_eq!(
-        (e.to(), e.flags),
-        ((ip(NODE_IP), OUTSIDE_PORT), NAT_F_NODEPORT)
-    );
+    assert_eq!((e.to(), e.flags), ((ip(NODE_IP), nat_port), NAT_F_NODEPORT));
     assert_eq!(e.lifetime, conn.lifetime);
     let ingress = Ct4Key::new(
         ip(REMOTE_POD),
         BE_PORT,
         ip(NODE_IP),
-        OUTSIDE_PORT,
+        nat_port,
         IPPROTO_TCP,
         NAT_DIR_INGRESS,
     );
@@ -691,11 +695,15 @@ fn nodeport_remote(via_tunnel: bool, reply_program: &str) {
         "from_netdev",
         &from_net(client, (NODE_IP, NODE_PORT), TCP_ACK),
     );
-    assert_eq!(t.src, (NODE_IP, OUTSIDE_PORT));
+    assert_eq!(t.src, (NODE_IP, nat_port));
 
+    // The reply renews both mappings, the EGRESS twin included.
+    let mut stale = h.maps.snat4.get(&egress, 0).unwrap();
+    stale.lifetime = 1;
+    h.maps.snat4.insert(egress, stale, 0).unwrap();
     let reply = from_net(
         (REMOTE_POD, BE_PORT),
-        (NODE_IP, OUTSIDE_PORT),
+        (NODE_IP, nat_port),
         TCP_SYN | TCP_ACK,
     );
     let (verdict, out, t) = run(&h, reply_program, &reply);
@@ -714,6 +722,29 @@ fn nodeport_remote(via_tunnel: bool, reply_program: &str) {
     assert_eq!(conn.flags & CT_F_SEEN_REPLY, CT_F_SEEN_REPLY);
     let i = h.maps.snat4.get(&ingress, 0).unwrap();
     assert_eq!(i.lifetime, conn.lifetime, "the reply renews its mapping");
+    let e = h.maps.snat4.get(&egress, 0).unwrap();
+    assert_eq!(e.lifetime, conn.lifetime, "and the EGRESS twin with it");
+
+    // A lost EGRESS twin is put back by the reply, with the same port.
+    h.maps.snat4.remove(&egress).unwrap();
+    run(&h, reply_program, &reply);
+    let e = h.maps.snat4.get(&egress, 0).unwrap();
+    assert_eq!((e.to(), e.flags), ((ip(NODE_IP), nat_port), NAT_F_NODEPORT));
+    assert_eq!(e.lifetime, conn.lifetime);
+
+    // A lost INGRESS twin is put back by the client's next packet, which
+    // keeps its port: the reply tuple still leads to the client.
+    h.maps.snat4.remove(&ingress).unwrap();
+    let (_, _, t) = run(
+        &h,
+        "from_netdev",
+        &from_net(client, (NODE_IP, NODE_PORT), TCP_ACK),
+    );
+    assert_eq!(t.src, (NODE_IP, nat_port), "the mapping is kept");
+    let i = h.maps.snat4.get(&ingress, 0).unwrap();
+    assert_eq!(i.to(), (ip(OUTSIDE), OUTSIDE_PORT), "INGRESS twin restored");
+    let conn = ct_tcp(&h, conn_key(client, (REMOTE_POD, BE_PORT), IPPROTO_TCP));
+    assert_eq!(i.lifetime, conn.lifetime);
 }
 
 #[test]
@@ -739,7 +770,7 @@ fn a_taken_nat_port_makes_snat_choose_another() {
         ip(REMOTE_POD),
         BE_PORT,
         ip(NODE_IP),
-        OUTSIDE_PORT,
+        IN_RANGE_PORT,
         IPPROTO_TCP,
         NAT_DIR_INGRESS,
     );
@@ -752,7 +783,7 @@ fn a_taken_nat_port_makes_snat_choose_another() {
     };
     h.maps.snat4.insert(taken, other, 0).unwrap();
 
-    let client = (OUTSIDE, OUTSIDE_PORT);
+    let client = (OUTSIDE, IN_RANGE_PORT);
     let (verdict, out, t) = run(
         &h,
         "from_netdev",
@@ -761,7 +792,7 @@ fn a_taken_nat_port_makes_snat_choose_another() {
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let port = t.src.1;
     assert_eq!(t.src.0, NODE_IP);
-    assert_ne!(port, OUTSIDE_PORT, "the taken port is not reused");
+    assert_ne!(port, IN_RANGE_PORT, "the taken port is not reused");
     assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&port));
     assert_checksums(&out, false);
     assert_eq!(
@@ -771,7 +802,7 @@ fn a_taken_nat_port_makes_snat_choose_another() {
     );
     let egress = Ct4Key::new(
         ip(OUTSIDE),
-        OUTSIDE_PORT,
+        IN_RANGE_PORT,
         ip(REMOTE_POD),
         BE_PORT,
         IPPROTO_TCP,
@@ -787,7 +818,221 @@ fn a_taken_nat_port_makes_snat_choose_another() {
     };
     assert_eq!(
         h.maps.snat4.get(&ingress, 0).unwrap().to(),
-        (ip(OUTSIDE), OUTSIDE_PORT)
+        (ip(OUTSIDE), IN_RANGE_PORT)
+    );
+}
+
+#[test]
+fn a_client_port_in_the_nat_range_is_kept_and_a_mapping_back_to_it_reused() {
+    root_only!();
+    let client = (OUTSIDE, IN_RANGE_PORT);
+    let ingress = Ct4Key::new(
+        ip(REMOTE_POD),
+        BE_PORT,
+        ip(NODE_IP),
+        IN_RANGE_PORT,
+        IPPROTO_TCP,
+        NAT_DIR_INGRESS,
+    );
+    for leftover in [false, true] {
+        let mut h = harness(Some(NODE_IP), true);
+        backend(&mut h, 1, REMOTE_POD, BE_PORT, IPPROTO_TCP, BE_STATE_ACTIVE);
+        service(&mut h, NODEPORT_TCP, SVC_F_NODEPORT, REV_NODEPORT, &[1], 0);
+        if leftover {
+            // The INGRESS half of this very connection, its EGRESS twin lost.
+            let back = Nat4Entry {
+                to_addr: be_addr(ip(OUTSIDE)),
+                to_port: IN_RANGE_PORT.to_be(),
+                flags: NAT_F_NODEPORT,
+                lifetime: monotonic_seconds() + 5,
+                created: monotonic_seconds(),
+            };
+            h.maps.snat4.insert(ingress, back, 0).unwrap();
+        }
+        let (verdict, out, t) = run(
+            &h,
+            "from_netdev",
+            &from_net(client, (NODE_IP, NODE_PORT), TCP_SYN),
+        );
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            t.src,
+            (NODE_IP, IN_RANGE_PORT),
+            "leftover={leftover}: the client's port is kept"
+        );
+        assert_checksums(&out, false);
+        assert_eq!(
+            h.maps.snat4.keys().count(),
+            2,
+            "leftover={leftover}: one EGRESS and one INGRESS mapping"
+        );
+        let conn = ct_tcp(&h, conn_key(client, (REMOTE_POD, BE_PORT), IPPROTO_TCP));
+        let i = h.maps.snat4.get(&ingress, 0).unwrap();
+        assert_eq!(i.lifetime, conn.lifetime, "leftover={leftover}: renewed");
+    }
+}
+
+#[test]
+fn a_lost_ingress_twin_whose_port_went_to_another_connection_gets_a_new_port() {
+    root_only!();
+    let mut h = harness(Some(NODE_IP), true);
+    backend(&mut h, 1, REMOTE_POD, BE_PORT, IPPROTO_TCP, BE_STATE_ACTIVE);
+    service(&mut h, NODEPORT_TCP, SVC_F_NODEPORT, REV_NODEPORT, &[1], 0);
+    let client = (OUTSIDE, IN_RANGE_PORT);
+    let syn = from_net(client, (NODE_IP, NODE_PORT), TCP_SYN);
+    assert_eq!(run(&h, "from_netdev", &syn).2.src, (NODE_IP, IN_RANGE_PORT));
+
+    let ingress = Ct4Key::new(
+        ip(REMOTE_POD),
+        BE_PORT,
+        ip(NODE_IP),
+        IN_RANGE_PORT,
+        IPPROTO_TCP,
+        NAT_DIR_INGRESS,
+    );
+    let other = Nat4Entry {
+        to_addr: be_addr(Ipv4Addr::new(198, 51, 100, 9)),
+        to_port: 1234u16.to_be(),
+        flags: NAT_F_NODEPORT,
+        lifetime: monotonic_seconds() + 1000,
+        created: monotonic_seconds(),
+    };
+    h.maps.snat4.insert(ingress, other, 0).unwrap();
+
+    let (verdict, out, t) = run(
+        &h,
+        "from_netdev",
+        &from_net(client, (NODE_IP, NODE_PORT), TCP_ACK),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let port = t.src.1;
+    assert_ne!(
+        port, IN_RANGE_PORT,
+        "replies to that port go to the other client now"
+    );
+    assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&port));
+    assert_checksums(&out, false);
+    assert_eq!(h.maps.snat4.get(&ingress, 0).unwrap(), other);
+    let egress = Ct4Key::new(
+        ip(OUTSIDE),
+        IN_RANGE_PORT,
+        ip(REMOTE_POD),
+        BE_PORT,
+        IPPROTO_TCP,
+        NAT_DIR_EGRESS,
+    );
+    assert_eq!(
+        h.maps.snat4.get(&egress, 0).unwrap().to(),
+        (ip(NODE_IP), port)
+    );
+    let mine = Ct4Key {
+        dport: port.to_be(),
+        ..ingress
+    };
+    assert_eq!(
+        h.maps.snat4.get(&mine, 0).unwrap().to(),
+        (ip(OUTSIDE), IN_RANGE_PORT)
+    );
+}
+
+#[test]
+fn traffic_to_node_ports_below_the_nat_range_skips_nat() {
+    root_only!();
+    let mut h = harness(Some(NODE_IP), true);
+    // Even a mapping there (which SNAT never makes) is not consulted.
+    let ssh = Ct4Key::new(
+        ip(REMOTE_POD),
+        BE_PORT,
+        ip(NODE_IP),
+        22,
+        IPPROTO_TCP,
+        NAT_DIR_INGRESS,
+    );
+    let entry = Nat4Entry {
+        to_addr: be_addr(ip(OUTSIDE)),
+        to_port: 22u16.to_be(),
+        flags: NAT_F_NODEPORT,
+        lifetime: monotonic_seconds() + 1000,
+        created: monotonic_seconds(),
+    };
+    h.maps.snat4.insert(ssh, entry, 0).unwrap();
+    let packet = from_net((REMOTE_POD, BE_PORT), (NODE_IP, 22), TCP_ACK);
+    for program in ["from_netdev", "from_overlay"] {
+        let (verdict, out) = h.run(program, &packet);
+        assert_eq!(
+            (verdict, out),
+            (TC_ACT_OK, packet.clone()),
+            "{program}: to the stack untouched"
+        );
+    }
+}
+
+/// Pins the calling thread to one CPU, so that its map updates and its
+/// `BPF_PROG_TEST_RUN`s share one LRU free list.
+fn pin_to_one_cpu() {
+    let mut set = nix::sched::CpuSet::new();
+    let cpu = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .ok()
+        .and_then(|cur| (0..nix::sched::CpuSet::count()).find(|&c| cur.is_set(c).unwrap_or(false)))
+        .unwrap_or(0);
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+}
+
+#[test]
+fn a_full_nat_map_loses_no_entry_to_a_failed_port_search() {
+    root_only!();
+    pin_to_one_cpu();
+    let mut h = harness(Some(NODE_IP), true);
+    backend(&mut h, 1, REMOTE_POD, BE_PORT, IPPROTO_TCP, BE_STATE_ACTIVE);
+    service(&mut h, NODEPORT_TCP, SVC_F_NODEPORT, REV_NODEPORT, &[1], 0);
+    let entry = Nat4Entry {
+        to_addr: be_addr(Ipv4Addr::new(198, 51, 100, 9)),
+        to_port: 1234u16.to_be(),
+        flags: NAT_F_NODEPORT,
+        lifetime: monotonic_seconds() + 1000,
+        created: monotonic_seconds(),
+    };
+    // Every reply tuple the packet could use is taken, and the rest of the
+    // map is filled to the last preallocated entry from this CPU, so no
+    // free entry is left anywhere: a map update would have to evict.
+    let ports = u32::from(NAT_PORT_MAX - NAT_PORT_MIN) + 1;
+    for n in 0..NAT_MAP_SIZE {
+        let key = if n < ports {
+            Ct4Key::new(
+                ip(REMOTE_POD),
+                BE_PORT,
+                ip(NODE_IP),
+                NAT_PORT_MIN + n as u16,
+                IPPROTO_TCP,
+                NAT_DIR_INGRESS,
+            )
+        } else {
+            Ct4Key::new(
+                Ipv4Addr::from(0x0a00_0000 + n),
+                1,
+                ip(NODE_IP),
+                2,
+                IPPROTO_UDP,
+                NAT_DIR_EGRESS,
+            )
+        };
+        h.maps.snat4.insert(key, entry, 0).unwrap();
+    }
+    assert_eq!(h.maps.snat4.keys().count() as u32, NAT_MAP_SIZE);
+
+    let packet = from_net((OUTSIDE, OUTSIDE_PORT), (NODE_IP, NODE_PORT), TCP_SYN);
+    expect_drop(
+        &mut h,
+        "from_netdev",
+        &packet,
+        DROP_NAT_NO_MAPPING,
+        METRIC_EGRESS,
+    );
+    assert_eq!(
+        h.maps.snat4.keys().count() as u32,
+        NAT_MAP_SIZE,
+        "looking for a port evicted no live mapping"
     );
 }
 
@@ -1026,4 +1271,197 @@ fn conntrack_lifetimes_follow_the_tcp_state() {
     step(&h, 46001, false, TCP_RST, T_FIN, "RST");
     // A new SYN on a closed tuple starts over.
     step(&h, 46001, true, TCP_SYN, T_SYN, "tuple reused");
+}
+
+/// A host-network backend on this node (the API server at node IP:6443).
+const HOST_BE_PORT: u16 = 6443;
+
+#[test]
+fn a_reply_from_a_host_network_backend_is_reverse_translated_in_to_container() {
+    root_only!();
+    let mut h = harness(Some(NODE_IP), true);
+    backend(
+        &mut h,
+        1,
+        NODE_IP,
+        HOST_BE_PORT,
+        IPPROTO_TCP,
+        BE_STATE_ACTIVE,
+    );
+    service(&mut h, CLUSTER_TCP, SVC_F_CLUSTER_IP, REV_CLUSTER, &[1], 0);
+    let (verdict, _, t) = run(
+        &h,
+        "from_container",
+        &from_pod_a(CLIENT_PORT, (CLUSTER_IP, SVC_PORT), TCP_SYN),
+    );
+    assert_eq!(verdict, TC_ACT_OK, "to the host stack");
+    assert_eq!(t.dst, (NODE_IP, HOST_BE_PORT));
+
+    // The host's answer, as the stack hands it to the pod's lxc device.
+    let reply = tcp_frame(
+        (POD_A_MAC, LXC_A_MAC),
+        (NODE_IP, HOST_BE_PORT),
+        (POD_A, CLIENT_PORT),
+        TCP_SYN | TCP_ACK,
+    );
+    let (verdict, out, t) = run(&h, "to_container", &reply);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(t.src, (CLUSTER_IP, SVC_PORT), "source is the frontend");
+    assert_eq!(t.dst, (POD_A, CLIENT_PORT));
+    assert_checksums(&out, false);
+    let conn = ct_tcp(
+        &h,
+        conn_key((POD_A, CLIENT_PORT), (NODE_IP, HOST_BE_PORT), IPPROTO_TCP),
+    );
+    assert_eq!(conn.flags & CT_F_SEEN_REPLY, CT_F_SEEN_REPLY);
+    assert_eq!(conn.rx_packets, 1);
+
+    // Anything else the host sends the pod passes untouched.
+    let ssh = tcp_frame(
+        (POD_A_MAC, LXC_A_MAC),
+        (NODE_IP, 22),
+        (POD_A, CLIENT_PORT),
+        TCP_ACK,
+    );
+    let (verdict, out) = h.run("to_container", &ssh);
+    assert_eq!((verdict, out), (TC_ACT_OK, ssh));
+}
+
+#[test]
+fn nodeport_to_a_host_network_backend_on_this_node_is_a_counted_drop() {
+    root_only!();
+    let mut h = harness(Some(NODE_IP), true);
+    backend(
+        &mut h,
+        1,
+        NODE_IP,
+        HOST_BE_PORT,
+        IPPROTO_TCP,
+        BE_STATE_ACTIVE,
+    );
+    service(&mut h, NODEPORT_TCP, SVC_F_NODEPORT, REV_NODEPORT, &[1], 0);
+    let packet = from_net((OUTSIDE, OUTSIDE_PORT), (NODE_IP, NODE_PORT), TCP_SYN);
+    expect_drop(
+        &mut h,
+        "from_netdev",
+        &packet,
+        DROP_HOST_BACKEND_UNSUPPORTED,
+        METRIC_INGRESS,
+    );
+    assert!(
+        h.maps.snat4.keys().next().is_none(),
+        "no SNAT to the node IP"
+    );
+}
+
+#[test]
+fn replies_renew_the_service_entry_so_a_server_push_flow_keeps_its_backend() {
+    root_only!();
+    let mut h = harness(None, true);
+    backend(&mut h, 1, POD_B, 5353, IPPROTO_UDP, BE_STATE_ACTIVE);
+    let udp = (CLUSTER_IP, 53, IPPROTO_UDP, LB_SCOPE_EXTERNAL);
+    service(&mut h, udp, SVC_F_CLUSTER_IP, REV_CLUSTER, &[1], 0);
+    let client = (POD_A, CLIENT_PORT);
+    let packet = udp_frame((LXC_A_MAC, POD_A_MAC), client, (CLUSTER_IP, 53), true);
+    assert_eq!(run(&h, "from_container", &packet).2.dst, (POD_B, 5353));
+
+    let skey = svc_key(client, (CLUSTER_IP, 53), IPPROTO_UDP);
+    let mut sct = h.maps.ct4_any.get(&skey, 0).unwrap();
+    sct.lifetime = 1;
+    h.maps.ct4_any.insert(skey, sct, 0).unwrap();
+    send_as(&mut h, POD_B, 202);
+    let push = udp_frame((LXC_B_MAC, POD_B_MAC), (POD_B, 5353), client, true);
+    let (verdict, out, t) = run(&h, "from_container", &push);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(t.src, (CLUSTER_IP, 53));
+    assert_checksums(&out, false);
+    let conn = h
+        .maps
+        .ct4_any
+        .get(&conn_key(client, (POD_B, 5353), IPPROTO_UDP), 0)
+        .unwrap();
+    let sct = h.maps.ct4_any.get(&skey, 0).unwrap();
+    assert_lifetime(conn.lifetime, T_ANY, "pushed-to connection");
+    assert_eq!(
+        sct.lifetime, conn.lifetime,
+        "the service entry lives as long"
+    );
+
+    // Hairpin: the client is its own backend, the service entry is its.
+    let mut h = harness(None, true);
+    backend(&mut h, 1, POD_A, BE_PORT, IPPROTO_TCP, BE_STATE_ACTIVE);
+    service(&mut h, CLUSTER_TCP, SVC_F_CLUSTER_IP, REV_CLUSTER, &[1], 0);
+    run(
+        &h,
+        "from_container",
+        &from_pod_a(CLIENT_PORT, (CLUSTER_IP, SVC_PORT), TCP_SYN),
+    );
+    let skey = svc_key(client, (CLUSTER_IP, SVC_PORT), IPPROTO_TCP);
+    let mut sct = ct_tcp(&h, skey);
+    sct.lifetime = 1;
+    h.maps.ct4_tcp.insert(skey, sct, 0).unwrap();
+    let reply = from_pod_a(BE_PORT, (LOOPBACK, CLIENT_PORT), TCP_SYN | TCP_ACK);
+    assert_eq!(
+        run(&h, "from_container", &reply).2.src,
+        (CLUSTER_IP, SVC_PORT)
+    );
+    let conn = ct_tcp(
+        &h,
+        conn_key((LOOPBACK, CLIENT_PORT), (POD_A, BE_PORT), IPPROTO_TCP),
+    );
+    assert_eq!(ct_tcp(&h, skey).lifetime, conn.lifetime, "hairpin too");
+}
+
+/// The frame as an IPv4 fragment: `more` sets MF, `offset` in 8-byte units.
+fn fragment(mut frame: Vec<u8>, more: bool, offset: u16) -> Vec<u8> {
+    let field = offset | if more { 0x2000 } else { 0 };
+    frame[20..22].copy_from_slice(&field.to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    frame
+}
+
+#[test]
+fn fragments_to_a_service_or_of_its_replies_are_dropped_and_others_pass() {
+    root_only!();
+    let mut h = harness(None, true);
+    backend(&mut h, 1, POD_B, 5353, IPPROTO_UDP, BE_STATE_ACTIVE);
+    let udp = (CLUSTER_IP, 53, IPPROTO_UDP, LB_SCOPE_EXTERNAL);
+    service(&mut h, udp, SVC_F_CLUSTER_IP, REV_CLUSTER, &[1], 0);
+    let client = (POD_A, CLIENT_PORT);
+    let to_svc = udp_frame((LXC_A_MAC, POD_A_MAC), client, (CLUSTER_IP, 53), true);
+    expect_drop(
+        &mut h,
+        "from_container",
+        &fragment(to_svc.clone(), true, 0),
+        DROP_FRAG_NOSUPPORT,
+        METRIC_EGRESS,
+    );
+    assert!(
+        h.maps.ct4_any.keys().next().is_none(),
+        "no connection for a dropped fragment"
+    );
+
+    // Pod to pod, first and later fragments alike: no service, delivered.
+    let to_pod = udp_frame((LXC_A_MAC, POD_A_MAC), client, (POD_B, 5353), true);
+    for (more, offset) in [(true, 0), (false, 3)] {
+        let (verdict, _) = h.run("from_container", &fragment(to_pod.clone(), more, offset));
+        assert_eq!(
+            verdict, TC_ACT_REDIRECT,
+            "pod-to-pod fragment (MF {more}, offset {offset})"
+        );
+    }
+
+    // A reply of a translated connection, fragmented.
+    assert_eq!(run(&h, "from_container", &to_svc).2.dst, (POD_B, 5353));
+    send_as(&mut h, POD_B, 202);
+    let reply = udp_frame((LXC_B_MAC, POD_B_MAC), (POD_B, 5353), client, true);
+    expect_drop(
+        &mut h,
+        "from_container",
+        &fragment(reply, true, 0),
+        DROP_FRAG_NOSUPPORT,
+        METRIC_EGRESS,
+    );
 }
