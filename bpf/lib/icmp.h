@@ -22,8 +22,13 @@ struct icmphdr {
 	__be32 unused;
 };
 
-/* Quoted from the client's packet: its IP header and the first 8 bytes after it. */
-#define ICMP_QUOTE_LEN (sizeof(struct iphdr) + 8)
+/* Quoted from the client's packet: its IP header and the start of its L4
+ * header. RFC 792 asks for 8 bytes; a TCP packet gets its whole 20-byte
+ * header, because a pod's TCP packets carry CHECKSUM_PARTIAL and the kernel
+ * refuses to cut a packet in front of the checksum field it still has to
+ * fill (bpf_skb_change_tail's minimum length). */
+#define ICMP_QUOTE_UDP (sizeof(struct iphdr) + 8)
+#define ICMP_QUOTE_TCP (sizeof(struct iphdr) + 20)
 /* What goes in front of the quote. */
 #define ICMP_ROOM (sizeof(struct iphdr) + sizeof(struct icmphdr))
 
@@ -34,11 +39,14 @@ struct icmp_reply_hdr {
 
 struct icmp_csum_buf {
 	struct icmphdr icmp;
-	__u8 quote[ICMP_QUOTE_LEN];
+	__u8 quote[ICMP_QUOTE_TCP];
 };
 
-static __always_inline int icmp_port_unreachable(struct __sk_buff *skb, struct pkt_info *pi,
-						 const struct datapath_config *cfg, __u8 dir)
+/* Builds and sends the answer with a quote of quote_len bytes (a constant at
+ * each call site, so the verifier sees fixed sizes). */
+static __always_inline int icmp_answer(struct __sk_buff *skb, struct pkt_info *pi,
+				       const struct datapath_config *cfg, __u8 dir,
+				       const __u32 quote_len)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -48,17 +56,14 @@ static __always_inline int icmp_port_unreachable(struct __sk_buff *skb, struct p
 	struct icmp_csum_buf buf = {};
 	__u8 macs[12];
 
-	count(skb, DROP_NO_SERVICE, dir);
-	emit(skb, pi, EVENT_DROP, DROP_NO_SERVICE, dir, 0);
-	/* The quote is a fixed 28 bytes: packets with IP options get no answer. */
-	if ((void *)(ip + 1) > data_end || ip->ihl != 5)
+	if (data + sizeof(*eth) + quote_len > data_end)
 		return TC_ACT_SHOT;
 	mac_copy(macs, eth->h_source);
 	mac_copy(macs + 6, eth->h_dest);
 
 	hdr.ip.version = 4;
 	hdr.ip.ihl = 5;
-	hdr.ip.tot_len = bpf_htons(ICMP_ROOM + ICMP_QUOTE_LEN);
+	hdr.ip.tot_len = bpf_htons(ICMP_ROOM + quote_len);
 	hdr.ip.ttl = 64;
 	hdr.ip.protocol = IPPROTO_ICMP;
 	/* From the address the client tried, so it matches its socket. */
@@ -70,15 +75,15 @@ static __always_inline int icmp_port_unreachable(struct __sk_buff *skb, struct p
 
 	/* Cut the client's packet to its quote, then open room for the new
 	 * headers between the Ethernet header and the quote. */
-	if (bpf_skb_change_tail(skb, sizeof(struct ethhdr) + ICMP_QUOTE_LEN, 0) < 0)
+	if (bpf_skb_change_tail(skb, sizeof(struct ethhdr) + quote_len, 0) < 0)
 		return TC_ACT_SHOT;
 	if (bpf_skb_adjust_room(skb, ICMP_ROOM, BPF_ADJ_ROOM_MAC, 0) < 0)
 		return TC_ACT_SHOT;
-	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + ICMP_ROOM, buf.quote,
-			       sizeof(buf.quote)) < 0)
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + ICMP_ROOM, buf.quote, quote_len) < 0)
 		return TC_ACT_SHOT;
 	buf.icmp = hdr.icmp;
-	hdr.icmp.checksum = csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&buf, sizeof(buf), 0));
+	hdr.icmp.checksum = csum_fold(
+		bpf_csum_diff(NULL, 0, (__be32 *)&buf, sizeof(buf.icmp) + quote_len, 0));
 	if (bpf_skb_store_bytes(skb, sizeof(struct ethhdr), &hdr, sizeof(hdr), 0) < 0)
 		return TC_ACT_SHOT;
 	if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
@@ -91,6 +96,23 @@ static __always_inline int icmp_port_unreachable(struct __sk_buff *skb, struct p
 	pi->dport = 0;
 	trace(skb, pi, cfg, TRACE_NO_SERVICE_REPLY, dir, skb->ifindex);
 	return bpf_redirect(skb->ifindex, 0);
+}
+
+static __always_inline int icmp_port_unreachable(struct __sk_buff *skb, struct pkt_info *pi,
+						 const struct datapath_config *cfg, __u8 dir)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+
+	count(skb, DROP_NO_SERVICE, dir);
+	emit(skb, pi, EVENT_DROP, DROP_NO_SERVICE, dir, 0);
+	/* The quote is fixed-size: packets with IP options get no answer. */
+	if ((void *)(ip + 1) > data_end || ip->ihl != 5)
+		return TC_ACT_SHOT;
+	if (ip->protocol == IPPROTO_TCP)
+		return icmp_answer(skb, pi, cfg, dir, ICMP_QUOTE_TCP);
+	return icmp_answer(skb, pi, cfg, dir, ICMP_QUOTE_UDP);
 }
 
 #endif

@@ -370,13 +370,17 @@ fn a_service_without_backends_answers_icmp_port_unreachable() {
     assert_eq!((ev.kind, ev.reason), (EVENT_DROP, DROP_NO_SERVICE));
     assert_eq!(ev.len as usize, packet.len());
 
-    assert_eq!(out.len(), 14 + 20 + 8 + 28, "IP + ICMP + quoted header + 8");
+    assert_eq!(
+        out.len(),
+        14 + 20 + 8 + 40,
+        "IP + ICMP + quoted IP header + the whole TCP header"
+    );
     assert_eq!(&out[0..6], &POD_A_MAC, "back to the sender's MAC");
     assert_eq!(&out[6..12], &LXC_A_MAC);
     assert_eq!(&out[12..14], &[0x08, 0x00]);
     let ip4 = &out[14..34];
     assert_eq!(ip4[0], 0x45);
-    assert_eq!(u16::from_be_bytes([ip4[2], ip4[3]]), 56);
+    assert_eq!(u16::from_be_bytes([ip4[2], ip4[3]]), 68);
     assert_eq!(ip4[9], 1, "ICMP");
     assert_eq!(
         &ip4[12..16],
@@ -390,8 +394,8 @@ fn a_service_without_backends_answers_icmp_port_unreachable() {
     assert_eq!(checksum(icmp), 0, "ICMP checksum is valid");
     assert_eq!(
         &icmp[8..],
-        &packet[14..14 + 28],
-        "quotes the client's IP header and first 8 bytes"
+        &packet[14..14 + 40],
+        "quotes the client's IP header and TCP header"
     );
 }
 

@@ -666,8 +666,7 @@ fn deploy_services(lab: &mut Lab) -> Result<Services> {
     }
     if !lab.state().kube_proxy_replacement {
         return Ok(Services::NotServed(
-            "the agents run without kubeProxyReplacement"
-                .into(),
+            "the agents run without kubeProxyReplacement".into(),
         ));
     }
     Ok(
