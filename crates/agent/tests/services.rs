@@ -268,10 +268,16 @@ fn services_become_map_entries_with_stable_ids() {
         WAIT,
         || format!("{:?}\n{}", lb_maps(&agent), agent.log_text()),
         || {
+            // The whole update, not just the first frontend written: no
+            // slot of any frontend names the terminating backend any more.
             let m = lb_maps(&agent);
-            (slots(&m, "10.96.0.10", 80, IPPROTO_TCP, 0)
-                == ["172.20.5.10:8080", "172.20.6.11:8080"])
-            .then_some(m)
+            let done = slots(&m, "10.96.0.10", 80, IPPROTO_TCP, 0)
+                == ["172.20.5.10:8080", "172.20.6.11:8080"]
+                && !m
+                    .services
+                    .iter()
+                    .any(|(k, v)| k.backend_slot > 0 && v.backend_id == id_term);
+            done.then_some(m)
         },
     );
     assert_eq!(backend_id(&m, "172.20.5.10", 8080), Some(id_local));
