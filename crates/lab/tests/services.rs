@@ -316,7 +316,7 @@ fn shared(routing: RoutingMode) -> Lab {
     let lab = Lab::open(name).unwrap();
     assert!(
         lab.state().kube_proxy_replacement,
-        "the agent does not know kubeProxyReplacement: these tests need the service datapath"
+        "the lab runs its agents without kubeProxyReplacement: these tests need the service datapath"
     );
     lab
 }
