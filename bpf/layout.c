@@ -19,3 +19,5 @@ struct lb4_affinity_value layout_lb4_affinity_value;
 struct ct4_key layout_ct4_key;
 struct ct4_entry layout_ct4_entry;
 struct nat4_entry layout_nat4_entry;
+struct ipmasq_key layout_ipmasq_key;
+struct ipmasq_value layout_ipmasq_value;

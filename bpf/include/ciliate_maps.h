@@ -21,6 +21,8 @@
 #define CT_TCP_MAP_SIZE 131072
 #define CT_ANY_MAP_SIZE 65536
 #define NAT_MAP_SIZE 131072
+/* ip-masq-agent's nonMasqueradeCIDRs (Cilium's ipmasq_v4 has 16384 entries). */
+#define IPMASQ_MAP_SIZE 16384
 
 /* ciliate_lxc: local endpoints by IPv4 address (network byte order). */
 struct endpoint_key {
@@ -75,7 +77,19 @@ struct datapath_config {
 	__u32 ct_timeout_tcp_syn; /* TCP until the reply's first packet */
 	__u32 ct_timeout_tcp_fin; /* TCP after FIN or RST */
 	__u32 ct_timeout_any;     /* UDP and other non-TCP */
+	/* Masquerading of pod traffic that leaves the cluster (lib/masq.h). */
+	__u32 masquerade;               /* MASQ_F_*; 0 = enableIPv4Masquerade false */
+	__u32 native_routing_cidr;      /* ipv4NativeRoutingCIDR's network, network byte order:
+					 * never masqueraded */
+	__u32 native_routing_prefixlen; /* its prefix length; 0 = no such CIDR */
 };
+
+/* datapath_config.masquerade. BPF and IPTABLES are exclusive. */
+#define MASQ_F_BPF 0x1           /* bpf.masquerade: to_netdev SNATs to node_ip */
+#define MASQ_F_IPTABLES 0x2      /* bpf.masquerade false: the agent's iptables chain does,
+				  * so from_container hands such traffic to the stack */
+#define MASQ_F_IP_MASQ_AGENT 0x4 /* ipMasqAgent.enabled: destinations in
+				  * ciliate_ipmasq4 are not masqueraded (BPF mode) */
 
 /* Source port range for SNAT (NodePort to a remote backend, masquerade).
  * Disjoint from Linux's default ip_local_port_range (32768-60999), so a
@@ -216,6 +230,17 @@ struct nat4_entry {
 #define NAT_F_MASQUERADE 0x2 /* made by masquerading pod traffic that leaves the cluster */
 
 
+/* ciliate_ipmasq4: ip-masq-agent's nonMasqueradeCIDRs, an LPM trie (Cilium's
+ * ipmasq_v4). A destination found here leaves with the pod's own address. */
+struct ipmasq_key {
+	__u32 prefixlen; /* LPM prefix length, in bits */
+	__u32 ip4;       /* network byte order */
+};
+
+struct ipmasq_value {
+	__u32 flags; /* none defined yet: 0 */
+};
+
 /* ciliate_metrics: per-CPU counters indexed by metrics_index(reason, dir). */
 struct metrics_value {
 	__u64 packets;
@@ -249,9 +274,10 @@ struct trace_event {
 	__u32 len;          /* packet length */
 	__u32 dst_ifindex;  /* redirect target, 0 if none */
 	__u16 eth_proto;    /* network byte order */
-	__u16 pad;
+	__u16 nat_port;     /* TRACE_SNAT: the new source port; TRACE_REV_SNAT: the
+			     * destination port the reply had before; network byte order */
 	__u32 src_identity; /* the tunnel key's VNI: as received, or as set on encap; 0 if none */
-	__u32 pad2;
+	__u32 nat_addr;     /* the address matching nat_port, network byte order; 0 if none */
 	__u64 ktime_ns;
 };
 

@@ -36,5 +36,7 @@
 #define TRACE_FROM_NETDEV 8 // from-netdev
 #define TRACE_FROM_HOST 9 // from-host
 #define TRACE_NO_SERVICE_REPLY 10 // no-service-reply
+#define TRACE_SNAT 11 // snat
+#define TRACE_REV_SNAT 12 // rev-snat
 
 #endif

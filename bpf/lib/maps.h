@@ -105,4 +105,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ciliate_snat4 SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, IPMASQ_MAP_SIZE);
+	__type(key, struct ipmasq_key);
+	__type(value, struct ipmasq_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ciliate_ipmasq4 SEC(".maps");
+
 #endif

@@ -536,6 +536,8 @@ impl Daemon {
                     Vec::new()
                 },
             },
+            // Filled in by the masquerading issue's agent work.
+            masquerading: ciliate_api::MasqueradingStatus::default(),
         }
     }
 

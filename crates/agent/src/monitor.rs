@@ -54,6 +54,10 @@ pub fn decode(ev: &TraceEvent) -> MonitorEvent {
         dst_port: u16::from_be(ev.dport),
         length: ev.len,
         ktime_ns: ev.ktime_ns,
+        nat: (ev.nat_addr != 0).then(|| match u16::from_be(ev.nat_port) {
+            0 => ip(ev.nat_addr),
+            port => format!("{}:{port}", ip(ev.nat_addr)),
+        }),
     }
 }
 

@@ -177,6 +177,52 @@ pub struct Status {
     /// Whether the agent programs Services (`kubeProxyReplacement`).
     #[serde(default)]
     pub kube_proxy_replacement: KubeProxyReplacementStatus,
+    /// How pod traffic that leaves the cluster is masqueraded.
+    #[serde(default)]
+    pub masquerading: MasqueradingStatus,
+}
+
+/// `Masquerading: BPF (ip-masq-agent) [eth0] 10.200.0.0/16 [IPv4: Enabled]`,
+/// as `cilium status` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MasqueradingStatus {
+    /// `enableIPv4Masquerade`.
+    pub enabled: bool,
+    /// `BPF` (`bpf.masquerade: true`) or `IPTables`.
+    #[serde(default)]
+    pub mode: String,
+    /// The devices traffic is masqueraded on, to their address.
+    #[serde(default)]
+    pub devices: Vec<KprDevice>,
+    /// `ipv4NativeRoutingCIDR` (or the cluster's pod CIDRs): never masqueraded.
+    #[serde(default)]
+    pub snat_exclusion_cidr: Option<String>,
+    /// `ipMasqAgent.enabled`.
+    #[serde(default)]
+    pub ip_masq_agent: bool,
+}
+
+/// `GET /v1/ipmasq`: ip-masq-agent's nonMasqueradeCIDRs in force.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IpMasqState {
+    /// `ipMasqAgent.enabled`.
+    pub enabled: bool,
+    /// Where the list in force came from: `configmap kube-system/ip-masq-agent`,
+    /// `file /path`, `config` (the agent's own file), or `default`.
+    pub source: String,
+    /// The CIDRs in force, as written (`10.10.1.0/24`).
+    pub cidrs: Vec<String>,
+    /// Whether link-local 169.254.0.0/16 is masqueraded (`masqLinkLocal`).
+    #[serde(default)]
+    pub masq_link_local: bool,
+    /// Why the last update was refused (the previous list stays in force).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Counts the lists put in force since the agent started, so a caller
+    /// can wait for a reload.
+    pub generation: u64,
 }
 
 /// `KubeProxyReplacement: True [eth0 192.168.10.100]`, as `cilium status` shows it.
@@ -331,6 +377,10 @@ pub struct MonitorEvent {
     pub dst_port: u16,
     pub length: u32,
     pub ktime_ns: u64,
+    /// `snat` traces: the new source; `rev-snat`: the destination before
+    /// (`192.168.10.100:61234`, or the address alone for ICMP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<String>,
 }
 
 impl std::fmt::Display for MonitorEvent {

@@ -468,6 +468,7 @@ pub struct Maps {
     pub ct4_tcp: HashMap<MapData, Ct4Key, Ct4Entry>,
     pub ct4_any: HashMap<MapData, Ct4Key, Ct4Entry>,
     pub snat4: HashMap<MapData, Ct4Key, Nat4Entry>,
+    pub ipmasq4: aya::maps::LpmTrie<MapData, u32, crate::maps::IpmasqValue>,
 }
 
 fn open_map(root: &Path, name: &str) -> Result<aya::maps::Map, LoadError> {
@@ -512,6 +513,10 @@ impl Maps {
             ct4_tcp: typed(CT4_TCP_MAP, open_map(root, CT4_TCP_MAP)?)?,
             ct4_any: typed(CT4_ANY_MAP, open_map(root, CT4_ANY_MAP)?)?,
             snat4: typed(SNAT4_MAP, open_map(root, SNAT4_MAP)?)?,
+            ipmasq4: typed(
+                crate::maps::IPMASQ4_MAP,
+                open_map(root, crate::maps::IPMASQ4_MAP)?,
+            )?,
         })
     }
 

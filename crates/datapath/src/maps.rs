@@ -16,6 +16,7 @@ pub const LB4_AFFINITY_MAP: &str = "ciliate_lb4_aff";
 pub const CT4_TCP_MAP: &str = "ciliate_ct4_tcp";
 pub const CT4_ANY_MAP: &str = "ciliate_ct4_any";
 pub const SNAT4_MAP: &str = "ciliate_snat4";
+pub const IPMASQ4_MAP: &str = "ciliate_ipmasq4";
 pub const ALL_MAPS: &[&str] = &[
     ENDPOINTS_MAP,
     IPCACHE_MAP,
@@ -29,6 +30,7 @@ pub const ALL_MAPS: &[&str] = &[
     CT4_TCP_MAP,
     CT4_ANY_MAP,
     SNAT4_MAP,
+    IPMASQ4_MAP,
 ];
 
 /// Map sizes, as in `ciliate_maps.h`.
@@ -37,6 +39,7 @@ pub const LB_BACKENDS_MAP_SIZE: u32 = 262_144;
 pub const CT_TCP_MAP_SIZE: u32 = 131_072;
 pub const CT_ANY_MAP_SIZE: u32 = 65_536;
 pub const NAT_MAP_SIZE: u32 = 131_072;
+pub const IPMASQ_MAP_SIZE: u32 = 16_384;
 
 /// SNAT source ports: above Linux's default `ip_local_port_range` (32768-60999).
 pub const NAT_PORT_MIN: u16 = 61000;
@@ -65,6 +68,10 @@ pub const NAT_DIR_EGRESS: u8 = 0;
 pub const NAT_DIR_INGRESS: u8 = 1;
 pub const NAT_F_NODEPORT: u16 = 0x1;
 pub const NAT_F_MASQUERADE: u16 = 0x2;
+/// `DatapathConfig::masquerade` flags.
+pub const MASQ_F_BPF: u32 = 0x1;
+pub const MASQ_F_IPTABLES: u32 = 0x2;
+pub const MASQ_F_IP_MASQ_AGENT: u32 = 0x4;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
@@ -151,6 +158,12 @@ pub struct DatapathConfig {
     pub ct_timeout_tcp_syn: u32,
     pub ct_timeout_tcp_fin: u32,
     pub ct_timeout_any: u32,
+    /// `MASQ_F_*`; 0 = no masquerading.
+    pub masquerade: u32,
+    /// `ipv4NativeRoutingCIDR`'s network in network byte order: never masqueraded.
+    pub native_routing_cidr: u32,
+    /// Its prefix length; 0 = no such CIDR.
+    pub native_routing_prefixlen: u32,
 }
 
 /// Cilium's defaults for `bpf-ct-timeout-regular-{tcp,tcp-syn,tcp-fin,any}`.
@@ -195,6 +208,25 @@ impl IpcacheValue {
     pub fn tunnel_endpoint(&self) -> Option<Ipv4Addr> {
         (self.tunnel_endpoint != 0).then(|| Ipv4Addr::from(self.tunnel_endpoint.to_ne_bytes()))
     }
+}
+
+/// `ciliate_ipmasq4` value (ip-masq-agent's nonMasqueradeCIDRs; the key is
+/// an LPM `Key<u32>` of prefix length and network-order address, as
+/// `ipmasq_key` in C).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpmasqValue {
+    pub flags: u32,
+}
+
+/// `ipmasq_key` in C, for the layout check; maps are accessed with
+/// [`ipcache_key`]-style `Key<u32>` values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpmasqKey {
+    pub prefixlen: u32,
+    /// Network byte order.
+    pub ip4: u32,
 }
 
 /// An ipcache key for a prefix, as the LPM trie wants it.
@@ -244,10 +276,13 @@ pub struct TraceEvent {
     pub len: u32,
     pub dst_ifindex: u32,
     pub eth_proto: u16,
-    pub pad: u16,
+    /// `TRACE_SNAT`: the new source port; `TRACE_REV_SNAT`: the destination
+    /// port the reply had before. Network byte order.
+    pub nat_port: u16,
     /// The tunnel key's VNI: as received, or as set on encapsulation; 0 if none.
     pub src_identity: u32,
-    pub pad2: u32,
+    /// The address matching `nat_port`, network byte order; 0 if none.
+    pub nat_addr: u32,
     pub ktime_ns: u64,
 }
 
@@ -456,6 +491,8 @@ impl Nat4Entry {
 unsafe impl aya::Pod for EndpointKey {}
 unsafe impl aya::Pod for EndpointInfo {}
 unsafe impl aya::Pod for DatapathConfig {}
+unsafe impl aya::Pod for IpmasqValue {}
+unsafe impl aya::Pod for IpmasqKey {}
 unsafe impl aya::Pod for IpcacheKey {}
 unsafe impl aya::Pod for IpcacheValue {}
 unsafe impl aya::Pod for MetricsValue {}

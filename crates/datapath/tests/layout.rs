@@ -6,8 +6,8 @@ use std::mem::{offset_of, size_of};
 
 use ciliate_datapath::maps::{
     Ct4Entry, Ct4Key, DatapathConfig, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue,
-    Lb4AffinityKey, Lb4AffinityValue, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, MetricsValue,
-    Nat4Entry, TraceEvent,
+    IpmasqKey, IpmasqValue, Lb4AffinityKey, Lb4AffinityValue, Lb4Backend, Lb4Key, Lb4ReverseNat,
+    Lb4Service, MetricsValue, Nat4Entry, TraceEvent,
 };
 
 struct RustLayout {
@@ -57,6 +57,15 @@ fn rust_layouts() -> Vec<RustLayout> {
                     offset_of!(DatapathConfig, ct_timeout_tcp_fin),
                 ),
                 ("ct_timeout_any", offset_of!(DatapathConfig, ct_timeout_any)),
+                ("masquerade", offset_of!(DatapathConfig, masquerade)),
+                (
+                    "native_routing_cidr",
+                    offset_of!(DatapathConfig, native_routing_cidr),
+                ),
+                (
+                    "native_routing_prefixlen",
+                    offset_of!(DatapathConfig, native_routing_prefixlen),
+                ),
             ],
         },
         RustLayout {
@@ -66,6 +75,19 @@ fn rust_layouts() -> Vec<RustLayout> {
                 ("prefixlen", offset_of!(IpcacheKey, prefixlen)),
                 ("ip4", offset_of!(IpcacheKey, ip4)),
             ],
+        },
+        RustLayout {
+            c_name: "ipmasq_key",
+            size: size_of::<IpmasqKey>(),
+            members: vec![
+                ("prefixlen", offset_of!(IpmasqKey, prefixlen)),
+                ("ip4", offset_of!(IpmasqKey, ip4)),
+            ],
+        },
+        RustLayout {
+            c_name: "ipmasq_value",
+            size: size_of::<IpmasqValue>(),
+            members: vec![("flags", offset_of!(IpmasqValue, flags))],
         },
         RustLayout {
             c_name: "ipcache_value",
@@ -103,9 +125,9 @@ fn rust_layouts() -> Vec<RustLayout> {
                 ("len", offset_of!(TraceEvent, len)),
                 ("dst_ifindex", offset_of!(TraceEvent, dst_ifindex)),
                 ("eth_proto", offset_of!(TraceEvent, eth_proto)),
-                ("pad", offset_of!(TraceEvent, pad)),
+                ("nat_port", offset_of!(TraceEvent, nat_port)),
                 ("src_identity", offset_of!(TraceEvent, src_identity)),
-                ("pad2", offset_of!(TraceEvent, pad2)),
+                ("nat_addr", offset_of!(TraceEvent, nat_addr)),
                 ("ktime_ns", offset_of!(TraceEvent, ktime_ns)),
             ],
         },
