@@ -166,6 +166,9 @@ static __always_inline int masq_reply(struct __sk_buff *skb, struct pkt_info *pi
 	__u32 lifetime;
 	int ret;
 
+	dst = endpoint(nat->to_addr);
+	if (!dst)
+		return drop(skb, pi, DROP_MASQ_NO_ENDPOINT, METRIC_INGRESS);
 	ret = snat4_reply(skb, pi, nat, METRIC_INGRESS, &egress);
 	if (ret != LB_XLATED)
 		return ret;
@@ -180,9 +183,6 @@ static __always_inline int masq_reply(struct __sk_buff *skb, struct pkt_info *pi
 	snat4_renew(nat, &egress, nat_addr, nat_port, ct->lifetime);
 	trace_nat(skb, pi, cfg, TRACE_REV_SNAT, METRIC_INGRESS, nat_addr, nat_port);
 
-	dst = endpoint(pi->dst_ip);
-	if (!dst)
-		return drop(skb, pi, DROP_MASQ_NO_ENDPOINT, METRIC_INGRESS);
 	if (pi->has_ports) {
 		ret = lb4_reply(skb, pi, cfg, METRIC_INGRESS, &lifetime);
 		if (ret != LB_NONE && ret != LB_XLATED)
