@@ -45,16 +45,14 @@ fn a_pod_reaches_outside_with_the_node_ip_over_tcp_and_ping() {
             ("net/ipv4/conf/nat0/forwarding", "1"),
         ],
     );
-    for ns in [&pod] {
-        sysctls(
-            ns,
-            &[
-                ("net/ipv6/conf/all/disable_ipv6", "1"),
-                ("net/ipv6/conf/default/disable_ipv6", "1"),
-            ],
-        );
-        ip(ns, &["link", "set", "lo", "up"]);
-    }
+    sysctls(
+        &pod,
+        &[
+            ("net/ipv6/conf/all/disable_ipv6", "1"),
+            ("net/ipv6/conf/default/disable_ipv6", "1"),
+        ],
+    );
+    ip(&pod, &["link", "set", "lo", "up"]);
 
     let lxc = "lxcmasq0";
     let (bpffs, mut maps) = datapath_in(&node, vec![]);
