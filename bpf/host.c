@@ -104,6 +104,10 @@ int from_netdev(struct __sk_buff *skb)
 			return masq_reply(skb, &pi, cfg, nat);
 		return nodeport_reply(skb, &pi, cfg, nat);
 	}
+	/* An ICMP error about a masqueraded packet goes to its pod. */
+	ret = masq_icmp_error(skb, &pi, cfg);
+	if (ret != LB_NONE)
+		return ret;
 	/* A new or established connection to an outside-reachable frontend. */
 	ret = nodeport_lb(skb, &pi, cfg);
 	if (ret != LB_NONE)

@@ -191,4 +191,102 @@ static __always_inline int masq_reply(struct __sk_buff *skb, struct pkt_info *pi
 	return deliver_local(skb, pi, cfg, dst, TRACE_FROM_NETDEV, METRIC_INGRESS, HOOK_INGRESS);
 }
 
+/* Offsets in an ICMP error about a masqueraded packet, for an outer and a
+ * quoted IPv4 header without options (anything else is left to the stack). */
+#define ICMPERR_OFF (sizeof(struct ethhdr) + sizeof(struct iphdr))
+#define ICMPERR_CSUM_OFF (ICMPERR_OFF + ICMP_CSUM_OFF)
+#define ICMPERR_INNER_OFF (ICMPERR_OFF + 8)
+#define ICMPERR_INNER_L4_OFF (ICMPERR_INNER_OFF + sizeof(struct iphdr))
+#define ICMP_DEST_UNREACH_T 3 /* frag needed included (code 4) */
+#define ICMP_TIME_EXCEEDED_T 11
+
+/* from_netdev: an ICMP error (destination unreachable, fragmentation needed,
+ * time exceeded) sent to the node IP about a packet to_netdev masqueraded.
+ * The quoted packet left as node IP:NAT port, so the error is translated
+ * like its connection's reply: the outer destination becomes the pod, the
+ * quote's source address and port (or echo identifier) the pod's, with the
+ * outer IP, the quoted IP and the ICMP checksum kept valid (the quote's own
+ * TCP/UDP checksum, which receivers do not check and which is often cut off,
+ * is left as it is); then it is delivered to the pod. Returns LB_NONE when
+ * pi is not such an error, else the verdict. */
+static __always_inline int masq_icmp_error(struct __sk_buff *skb, struct pkt_info *pi,
+					   const struct datapath_config *cfg)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct iphdr *inner = data + ICMPERR_INNER_OFF;
+	__u8 *icmp = data + ICMPERR_OFF;
+	__u8 *l4 = data + ICMPERR_INNER_L4_OFF;
+	__be32 old_addr, new_addr;
+	__be16 old_port, new_port;
+	__sum16 old_check, new_check;
+	struct endpoint_info *dst;
+	struct nat4_entry *m;
+	struct ct4_key key;
+	__u32 port_off;
+
+	if (!cfg->node_ip || pi->dst_ip != cfg->node_ip || pi->proto != IPPROTO_ICMP)
+		return LB_NONE;
+	if (l4 + 8 > (__u8 *)data_end || ip->ihl != 5 || inner->ihl != 5)
+		return LB_NONE;
+	if (icmp[0] != ICMP_DEST_UNREACH_T && icmp[0] != ICMP_TIME_EXCEEDED_T)
+		return LB_NONE;
+	if (inner->saddr != cfg->node_ip)
+		return LB_NONE;
+	/* The INGRESS mapping is keyed by the reply's tuple: the quote's reversed. */
+	key.saddr = inner->daddr;
+	key.daddr = inner->saddr;
+	key.proto = inner->protocol;
+	key.flags = NAT_DIR_INGRESS;
+	key.pad = 0;
+	if (inner->protocol == IPPROTO_TCP || inner->protocol == IPPROTO_UDP) {
+		key.sport = *(__be16 *)(l4 + 2);
+		key.dport = *(__be16 *)l4;
+		port_off = ICMPERR_INNER_L4_OFF;
+	} else if (inner->protocol == IPPROTO_ICMP && l4[0] == ICMP_ECHO) {
+		key.sport = 0;
+		key.dport = *(__be16 *)(l4 + ICMP_ECHO_ID_OFF);
+		port_off = ICMPERR_INNER_L4_OFF + ICMP_ECHO_ID_OFF;
+	} else {
+		return LB_NONE;
+	}
+	if (bpf_ntohs(key.dport) < NAT_PORT_MIN)
+		return LB_NONE;
+	m = bpf_map_lookup_elem(&ciliate_snat4, &key);
+	if (!m || !(m->flags & NAT_F_MASQUERADE))
+		return LB_NONE;
+	dst = endpoint(m->to_addr);
+	if (!dst)
+		return drop(skb, pi, DROP_MASQ_NO_ENDPOINT, METRIC_INGRESS);
+
+	old_addr = cfg->node_ip;
+	new_addr = m->to_addr;
+	old_port = key.dport;
+	new_port = m->to_port;
+	old_check = inner->check;
+	/* RFC 1624: the quoted header's checksum with its source replaced. */
+	new_check = csum_fold(bpf_csum_diff(&old_addr, sizeof(old_addr), &new_addr,
+					    sizeof(new_addr), (__u16)~old_check));
+	/* The ICMP checksum covers the whole quote: each change goes into it. */
+	if (bpf_l4_csum_replace(skb, ICMPERR_CSUM_OFF, old_port, new_port, sizeof(new_port)) < 0 ||
+	    bpf_l4_csum_replace(skb, ICMPERR_CSUM_OFF, old_addr, new_addr, sizeof(new_addr)) < 0 ||
+	    bpf_l4_csum_replace(skb, ICMPERR_CSUM_OFF, old_check, new_check,
+				sizeof(new_check)) < 0)
+		return drop(skb, pi, DROP_CSUM, METRIC_INGRESS);
+	if (bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ICMPERR_INNER_OFF + offsetof(struct iphdr, saddr), &new_addr,
+				sizeof(new_addr), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ICMPERR_INNER_OFF + offsetof(struct iphdr, check),
+				&new_check, sizeof(new_check), 0) < 0)
+		return drop(skb, pi, DROP_CSUM, METRIC_INGRESS);
+	/* The outer destination (no pseudo header in ICMP's checksum). */
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, sizeof(new_addr)) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_DADDR_OFF, &new_addr, sizeof(new_addr), 0) < 0)
+		return drop(skb, pi, DROP_CSUM, METRIC_INGRESS);
+	pi->dst_ip = new_addr;
+	trace_nat(skb, pi, cfg, TRACE_REV_SNAT, METRIC_INGRESS, old_addr, old_port);
+	return deliver_local(skb, pi, cfg, dst, TRACE_FROM_NETDEV, METRIC_INGRESS, HOOK_INGRESS);
+}
+
 #endif

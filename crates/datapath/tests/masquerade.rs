@@ -646,3 +646,63 @@ fn iptables_mode_hands_pod_traffic_to_the_stack_but_not_service_replies() {
         assert_eq!(h.run("from_container", &to_pod).0, TC_ACT_REDIRECT);
     });
 }
+
+/// An ICMP error from `router` to the node about `quoted` (an Ethernet
+/// frame as it left): its IP header and first 8 bytes of L4.
+fn icmp_error(router: [u8; 4], kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut i = vec![kind, code, 0, 0, 0, 0, 0x05, 0x78];
+    i.extend_from_slice(&quoted[14..14 + 28]);
+    let c = checksum(&i);
+    i[2..4].copy_from_slice(&c.to_be_bytes());
+    eth(
+        DEV_MAC,
+        NET_MAC,
+        0x0800,
+        &ipv4(router, NODE_IP, 64, ICMP, &i),
+    )
+}
+
+#[test]
+fn icmp_errors_about_masqueraded_packets_reach_the_pod() {
+    root_only!();
+    let h = harness(MASQ_F_BPF);
+    let router = [10, 10, 0, 254];
+    let syn = seg((POD_B, POD_PORT), (WORLD, WEB), TCP_SYN);
+    let (_, left) = h.run("to_netdev", &syn);
+    let udp = udp_frame((NET_MAC, DEV_MAC), (POD_B, 5353), (WORLD, 53), true);
+    let (_, left_udp) = h.run("to_netdev", &udp);
+    let request = echo(POD_B, WORLD, 8, 7);
+    let (_, left_echo) = h.run("to_netdev", &request);
+
+    // Fragmentation needed (TCP), port unreachable (UDP), time exceeded (ping).
+    for (kind, code, quoted, original) in [
+        (3, 4, &left, &syn),
+        (3, 3, &left_udp, &udp),
+        (11, 0, &left_echo, &request),
+    ] {
+        let error = icmp_error(router, kind, code, quoted);
+        let (verdict, out) = h.run("from_netdev", &error);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "type {kind} delivered to the pod");
+        assert_eq!(addrs(&out), (router, POD_B), "outer destination is the pod");
+        assert_icmp_checksums(&out);
+        // The quote is the packet as the pod sent it, but for its own L4
+        // checksum (UDP's, ICMP's; TCP's is beyond 8 bytes), left as it was:
+        // receivers do not check it.
+        let masked = |quote: &[u8]| {
+            let mut q = quote[..28].to_vec();
+            let at = if q[9] == IPPROTO_UDP { 26 } else { 22 };
+            if q[9] != IPPROTO_TCP {
+                q[at..at + 2].copy_from_slice(&[0, 0]);
+            }
+            q
+        };
+        assert_eq!(masked(&out[42..]), masked(&original[14..]), "type {kind}");
+        assert_eq!(checksum(&out[42..62]), 0, "quoted IP header checksum");
+        assert_eq!(&out[0..6], &POD_B_MAC);
+    }
+
+    // An error about a packet that was not masqueraded goes on to the stack.
+    let other = seg((NODE_IP, 40000), (WORLD, WEB), TCP_SYN);
+    let error = icmp_error(router, 3, 4, &other);
+    assert_eq!(h.run("from_netdev", &error), (TC_ACT_OK, error));
+}
