@@ -35,8 +35,6 @@ const NON_MASQ: [u8; 4] = [10, 10, 2, 200];
 const POD_PORT: u16 = 40000;
 const WEB: u16 = 80;
 const IN_RANGE_PORT: u16 = 62000;
-const DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd1];
-const NET_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
 const T_TCP: u32 = 1000;
 const T_SYN: u32 = 100;
 const T_FIN: u32 = 10;
@@ -153,14 +151,6 @@ fn ingress_key(src: ([u8; 4], u16), nat_port: u16, proto: u8) -> Ct4Key {
         proto,
         NAT_DIR_INGRESS,
     )
-}
-
-fn assert_lifetime(lifetime: u32, timeout: u32, what: &str) {
-    let now = monotonic_seconds();
-    assert!(
-        lifetime + 2 >= now + timeout && lifetime <= now + timeout,
-        "{what}: lifetime {lifetime} is not now ({now}) + {timeout}"
-    );
 }
 
 fn events(h: &mut Harness) -> Vec<TraceEvent> {

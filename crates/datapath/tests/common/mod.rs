@@ -141,6 +141,10 @@ pub fn arp(op: u16, sha: [u8; 6], sip: [u8; 4], tha: [u8; 6], tip: [u8; 4]) -> V
     a
 }
 
+/// MACs on the native device: the node's and the outside router's.
+pub const DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd1];
+pub const NET_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
+
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
@@ -594,4 +598,13 @@ pub fn wire_native(
     }
     let native = nl.link_by_index(native.index).unwrap().unwrap();
     (native, peer_link.mac.unwrap())
+}
+
+/// Asserts lifetime = now + timeout, with `now` taken around the run.
+pub fn assert_lifetime(lifetime: u32, timeout: u32, what: &str) {
+    let now = ciliate_datapath::maps::monotonic_seconds();
+    assert!(
+        lifetime + 2 >= now + timeout && lifetime <= now + timeout,
+        "{what}: lifetime {lifetime} is not now ({now}) + {timeout}"
+    );
 }
