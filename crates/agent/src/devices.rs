@@ -123,10 +123,50 @@ pub fn resolve_native_device(
     }))
 }
 
-/// Lets the node forward between the native device and the pods.
+/// Lets the node forward between the native device and the pods, and keeps
+/// the node's own sockets off the SNAT port range.
 pub fn setup_native_device(native: &NativeDevice) -> Result<(), AgentError> {
     sysctl::set(&format!("net/ipv4/conf/{}/forwarding", native.name), "1")?;
+    reserve_nat_ports()
+}
+
+const RESERVED_PORTS_KEY: &str = "net/ipv4/ip_local_reserved_ports";
+
+/// SNAT (masquerading, NodePort to another node) translates to the node IP
+/// with ports NAT_PORT_MIN..=NAT_PORT_MAX, and from_netdev takes replies to
+/// those ports as the datapath's. A node whose `ip_local_port_range` was
+/// widened into that range would otherwise give the same node IP and port to
+/// one of its own connections, and its replies would go to a pod.
+fn reserve_nat_ports() -> Result<(), AgentError> {
+    let current = sysctl::get(RESERVED_PORTS_KEY)?;
+    if let Some(value) = reserved_ports_with_nat(&current) {
+        sysctl::set(RESERVED_PORTS_KEY, &value)?;
+        info!(ports = %value, "reserved the SNAT port range from local port allocation");
+    }
     Ok(())
+}
+
+/// The `ip_local_reserved_ports` value that also holds the NAT range, or
+/// `None` when a listed range already covers it. Other entries are kept.
+fn reserved_ports_with_nat(current: &str) -> Option<String> {
+    use ciliate_datapath::maps::{NAT_PORT_MAX, NAT_PORT_MIN};
+    let covers = |entry: &str| {
+        let (lo, hi) = entry.split_once('-').unwrap_or((entry, entry));
+        matches!(
+            (lo.trim().parse::<u32>(), hi.trim().parse::<u32>()),
+            (Ok(lo), Ok(hi)) if lo <= u32::from(NAT_PORT_MIN) && hi >= u32::from(NAT_PORT_MAX)
+        )
+    };
+    let current = current.trim();
+    if current.split(',').any(covers) {
+        return None;
+    }
+    let nat = format!("{NAT_PORT_MIN}-{NAT_PORT_MAX}");
+    Some(if current.is_empty() {
+        nat
+    } else {
+        format!("{current},{nat}")
+    })
 }
 
 /// Creates (or checks) the host device pair, the router IP and the PodCIDR
@@ -178,4 +218,25 @@ pub fn ensure_host_devices(
         mtu: None,
     })?;
     Ok(host.index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reserved_ports_with_nat;
+
+    #[test]
+    fn the_nat_range_is_added_to_the_reserved_ports_once() {
+        assert_eq!(reserved_ports_with_nat("").as_deref(), Some("61000-65535"));
+        assert_eq!(
+            reserved_ports_with_nat("8080,9000-9100\n").as_deref(),
+            Some("8080,9000-9100,61000-65535")
+        );
+        assert_eq!(reserved_ports_with_nat("8080,61000-65535"), None);
+        assert_eq!(reserved_ports_with_nat("60000-65535"), None);
+        // A range that covers only part of it is not enough.
+        assert_eq!(
+            reserved_ports_with_nat("62000-65535").as_deref(),
+            Some("62000-65535,61000-65535")
+        );
+    }
 }

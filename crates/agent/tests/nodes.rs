@@ -129,6 +129,11 @@ fn tunnel_mode_registers_and_routes_to_other_nodes() {
     let config = agent.maps().config.get(&0, 0).unwrap();
     assert_eq!(config.native_ifindex, eth0.index);
     assert_eq!(net.node.sysctl("net/ipv4/conf/eth0/forwarding"), "1");
+    // The node's own sockets never get a port SNAT hands out.
+    assert_eq!(
+        net.node.sysctl("net/ipv4/ip_local_reserved_ports"),
+        "61000-65535"
+    );
     for device in ["ciliate_host", "ciliate_vxlan"] {
         assert_eq!(
             net.node

@@ -58,6 +58,14 @@ fn sweep_map<V: aya::Pod>(
     }
     let mut deleted = 0;
     for key in expired {
+        // A packet may have renewed it since the walk: the window between
+        // this read and the delete is all that is left of that race.
+        match map.get(&key, 0) {
+            Ok(value) if lifetime(&value) >= now => continue,
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => continue,
+            Err(e) => return Err(e),
+        }
         match map.remove(&key) {
             Ok(()) => deleted += 1,
             Err(e) if is_not_found(&e) => {}
