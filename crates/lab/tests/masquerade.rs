@@ -98,24 +98,27 @@ fn shared(routing: RoutingMode, masquerade: Masquerade) -> Held {
         unsafe { libc::atexit(down_all) };
         Mutex::new(BTreeMap::new())
     });
-    // Made under the map's lock: two tests of one mode wait for one lab.
-    let turn: &'static Mutex<()> = {
+    // The first test of a mode makes the lab holding the lab's turn, so
+    // the others of that mode wait for it; other modes go on meanwhile.
+    let guard = {
         let mut labs = labs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(turn) = labs.get(&name) {
-            turn
+        if let Some(turn) = labs.get(&name).copied() {
+            drop(labs);
+            turn.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
         } else {
             let turn: &'static Mutex<()> = Box::leak(Box::new(Mutex::new(())));
             labs.insert(name.clone(), turn);
+            let guard = turn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             drop(labs);
             make_lab(&name, routing, masquerade);
-            turn
+            guard
         }
     };
-    let guard = turn
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let lab = Lab::open(&name).expect("the lab was made");
     assert_eq!(lab.state().masquerade, masquerade);
     Held { lab, _turn: guard }
