@@ -13,7 +13,9 @@
  *   NodePort/LoadBalancer/externalIP traffic from outside is load-balanced
  *   and replies of NodePort connections forwarded to other nodes go back to
  *   their clients (lib/nodeport.h); everything else (ARP, the tunnel's UDP,
- *   traffic for the node itself) goes to the stack untouched. */
+ *   traffic for the node itself) goes to the stack untouched. Replies to
+ *   masqueraded pod connections are translated back and delivered to the pod.
+ * to_netdev: TCX egress of the native device: masquerading (lib/masq.h). */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/events.h"
@@ -23,6 +25,7 @@
 #include "lib/encap.h"
 #include "lib/lb.h"
 #include "lib/nodeport.h"
+#include "lib/masq.h"
 
 char _license[] SEC("license") = "GPL";
 
@@ -68,6 +71,7 @@ int from_netdev(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	struct pkt_info pi = {};
 	struct endpoint_info *dst;
+	struct nat4_entry *nat;
 	struct iphdr *ip;
 	__u32 lifetime;
 	int ret;
@@ -88,13 +92,50 @@ int from_netdev(struct __sk_buff *skb)
 		return deliver_local(skb, &pi, cfg, dst, TRACE_FROM_NETDEV, METRIC_INGRESS,
 				     HOOK_INGRESS);
 	}
-	/* A reply from a backend on another node (native routing), then a
-	 * new or established connection to an outside-reachable frontend. */
-	ret = nodeport_reply(skb, &pi, cfg);
+	/* A reply to a connection this node SNATed: of a pod that reached
+	 * outside (masquerading), or from a backend on another node (NodePort,
+	 * native routing). One lookup tells which. An ICMP echo reply's
+	 * identifier is its "port" here. */
+	if (pi.proto == IPPROTO_ICMP)
+		parse_icmp_echo(data, data_end, &pi);
+	nat = snat4_reply_mapping(&pi, cfg, NAT_F_NODEPORT | NAT_F_MASQUERADE);
+	if (nat) {
+		if (nat->flags & NAT_F_MASQUERADE)
+			return masq_reply(skb, &pi, cfg, nat);
+		return nodeport_reply(skb, &pi, cfg, nat);
+	}
+	/* An ICMP error about a masqueraded packet goes to its pod. */
+	ret = masq_icmp_error(skb, &pi, cfg);
 	if (ret != LB_NONE)
 		return ret;
+	/* A new or established connection to an outside-reachable frontend. */
 	ret = nodeport_lb(skb, &pi, cfg);
 	if (ret != LB_NONE)
 		return ret;
 	return TC_ACT_OK;
+}
+
+/* Masquerading (lib/masq.h): what leaves through the native device, whether
+ * from_container redirected it here (bpf_redirect / bpf_redirect_neigh pass
+ * this hook) or the stack forwards it. Without MASQ_F_BPF it costs the
+ * config lookup and lets everything through. Nothing is counted here unless
+ * dropped: the packet was counted where it was routed. */
+SEC("classifier/to_netdev")
+int to_netdev(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct datapath_config *cfg = config();
+	struct ethhdr *eth = data;
+	struct pkt_info pi = {};
+	struct iphdr *ip;
+
+	if (!cfg || !(cfg->masquerade & MASQ_F_BPF) || !cfg->node_ip)
+		return TC_ACT_OK;
+	if ((void *)(eth + 1) > data_end || eth->h_proto != ETH_P_IP_BE)
+		return TC_ACT_OK;
+	pi.eth_proto = eth->h_proto;
+	if (parse_ipv4(data, data_end, &ip, &pi) < 0)
+		return TC_ACT_OK;
+	return masq_snat(skb, &pi, cfg);
 }

@@ -9,7 +9,8 @@
  *   host stack when the FIB says it is for this node. Before that, services:
  *   a reply of a connection translated to this pod gets its frontend back as
  *   source (a NodePort reply then routes out to the outside client), and a
- *   packet to a frontend is DNATed to a backend (lib/lb.h).
+ *   packet to a frontend is DNATed to a backend (lib/lb.h). In iptables
+ *   masquerading mode what would leave through the FIB goes to the stack.
  * to_container: TCX egress of the lxc device, i.e. what the host stack sends
  *   to the pod. It reverse-translates a reply of a service connection whose
  *   backend is the host itself, accounts for the packet and lets it through. */
@@ -22,6 +23,7 @@
 #include "lib/encap.h"
 #include "lib/fib.h"
 #include "lib/lb.h"
+#include "lib/masq.h"
 
 char _license[] SEC("license") = "GPL";
 
@@ -80,11 +82,12 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *p
 	struct endpoint_info *src, *dst;
 	struct ipcache_value *remote;
 	struct iphdr *ip;
-	__be32 daddr;
+	__be32 daddr, saddr;
 	int ret;
 
 	if (parse_ipv4(data, data_end, &ip, pi) < 0)
 		return drop(skb, pi, DROP_INVALID, METRIC_EGRESS);
+	saddr = ip->saddr;
 
 	/* A pod may only send from its own address, and only through its own device. */
 	src = endpoint(ip->saddr);
@@ -123,6 +126,11 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *p
 		return encap_to_node(skb, pi, cfg, remote,
 				     src->sec_identity ? src->sec_identity : cfg->identity,
 				     METRIC_EGRESS);
+	/* iptables masquerading: netfilter must see what leaves. */
+	if (masq_via_stack(cfg, pi, saddr)) {
+		trace(skb, pi, cfg, TRACE_TO_STACK, METRIC_EGRESS, 0);
+		return TC_ACT_OK;
+	}
 	/* The node itself or beyond it (a NodePort reply to an outside
 	 * client included): the FIB routes it out of the native device, or
 	 * hands it to the stack. */

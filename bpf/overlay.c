@@ -57,10 +57,10 @@ int from_overlay(struct __sk_buff *skb)
 	/* A reply from the backend of a NodePort connection this node
 	 * forwarded to another node: back to the outside client. */
 	{
-		int ret = nodeport_reply(skb, &pi, cfg);
+		struct nat4_entry *nat = snat4_reply_mapping(&pi, cfg, NAT_F_NODEPORT);
 
-		if (ret != LB_NONE)
-			return ret;
+		if (nat)
+			return nodeport_reply(skb, &pi, cfg, nat);
 	}
 	/* The inner frame is addressed to the sender's device (its lxc or
 	 * ciliate_host MAC), not to the tunnel device, so the stack would take

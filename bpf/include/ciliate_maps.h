@@ -185,6 +185,9 @@ struct ct4_key {
 
 /* The client's tuple towards the frontend (before DNAT): which backend it got. */
 #define CT_KEY_SERVICE 0x1
+/* A masqueraded connection (lib/masq.h): the pod's tuple as it leaves, before
+ * SNAT. It carries the TCP state the NAT mappings' lifetimes follow. */
+#define CT_KEY_MASQ 0x2
 
 #define CT_F_TX_CLOSING 0x01 /* FIN or RST seen from the client */
 #define CT_F_RX_CLOSING 0x02 /* FIN or RST seen from the backend */

@@ -25,6 +25,8 @@
 #define DROP_NAT_NO_MAPPING 160 // No free port for SNAT
 #define DROP_NAT_FAILED 161 // NAT rewrite failed
 #define DROP_HOST_BACKEND_UNSUPPORTED 165 // NodePort to a host-network backend is not supported
+#define DROP_FRAG_MASQ 166 // Fragmented packet to masquerade
+#define DROP_MASQ_NO_ENDPOINT 167 // Masqueraded reply to a pod no longer on this node
 
 #define TRACE_TO_ENDPOINT 1 // to-endpoint
 #define TRACE_TO_STACK 2 // to-stack

@@ -16,6 +16,15 @@
 #define IP_OFFSET 0x1FFF
 #endif
 
+/* ICMP echo (request and reply): the identifier plays the port of both ends
+ * (Cilium's convention). A request's tuple is (src, id) -> (dst, 0), a
+ * reply's (src, 0) -> (dst, id), so a reply's tuple is the request's
+ * reversed, as for TCP and UDP. */
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+#define ICMP_ECHO_ID_OFF 4  /* from the ICMP header's start */
+#define ICMP_CSUM_OFF 2
+
 /* An Ethernet/IPv4 ARP message, header and body together. */
 struct arp_eth {
 	__be16 hw_type;
@@ -74,6 +83,38 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct iphdr *
 	}
 	*ipp = ip;
 	return 0;
+}
+
+/* Fills the tuple of an ICMP echo request or reply into pi (see above):
+ * l4_off and the identifier as sport (request) or dport (reply), without
+ * has_ports, which stays the mark of TCP and UDP for services. Returns the
+ * ICMP type, or -1 when pi's packet is not an unfragmented ICMP echo whose
+ * header is readable. */
+static __always_inline int parse_icmp_echo(void *data, void *data_end, struct pkt_info *pi)
+{
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	__u8 *icmp;
+	__be16 id;
+
+	if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_ICMP)
+		return -1;
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return -1;
+	icmp = (void *)ip + ip->ihl * 4;
+	if ((void *)(icmp + 8) > data_end)
+		return -1;
+	id = *(__be16 *)(icmp + ICMP_ECHO_ID_OFF);
+	if (icmp[0] == ICMP_ECHO) {
+		pi->sport = id;
+		pi->dport = 0;
+	} else if (icmp[0] == ICMP_ECHOREPLY) {
+		pi->sport = 0;
+		pi->dport = id;
+	} else {
+		return -1;
+	}
+	pi->l4_off = sizeof(struct ethhdr) + ip->ihl * 4;
+	return icmp[0];
 }
 
 #endif

@@ -38,8 +38,10 @@ static __always_inline void count(struct __sk_buff *skb, __u8 reason, __u8 dir)
 	}
 }
 
-static __always_inline void emit(struct __sk_buff *skb, const struct pkt_info *pi, __u8 type,
-				 __u8 reason, __u8 dir, __u32 dst_ifindex)
+/* nat_addr/nat_port: the other side of a translation (see trace_event). */
+static __always_inline void emit_nat(struct __sk_buff *skb, const struct pkt_info *pi, __u8 type,
+				     __u8 reason, __u8 dir, __u32 dst_ifindex, __be32 nat_addr,
+				     __be16 nat_port)
 {
 	struct trace_event ev = {
 		.type = type,
@@ -57,10 +59,18 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt_info *p
 		.dst_ifindex = dst_ifindex,
 		.eth_proto = pi->eth_proto,
 		.src_identity = pi->src_identity,
+		.nat_port = nat_port,
+		.nat_addr = nat_addr,
 		.ktime_ns = bpf_ktime_get_ns(),
 	};
 
 	bpf_ringbuf_output(&ciliate_events, &ev, sizeof(ev), 0);
+}
+
+static __always_inline void emit(struct __sk_buff *skb, const struct pkt_info *pi, __u8 type,
+				 __u8 reason, __u8 dir, __u32 dst_ifindex)
+{
+	emit_nat(skb, pi, type, reason, dir, dst_ifindex, 0, 0);
 }
 
 static __always_inline int drop(struct __sk_buff *skb, const struct pkt_info *pi, __u8 reason,
@@ -78,6 +88,18 @@ static __always_inline void trace(struct __sk_buff *skb, const struct pkt_info *
 	count(skb, REASON_FORWARDED, dir);
 	if (cfg && cfg->trace_enabled)
 		emit(skb, pi, EVENT_TRACE, point, dir, dst_ifindex);
+}
+
+/* A translation (TRACE_SNAT, TRACE_REV_SNAT) on the way of a packet whose
+ * verdict is traced (and counted) by the caller or, on to_netdev, is the
+ * packet going on: emitted while a monitor listens, never counted, so a
+ * packet counts once however many translations it goes through. */
+static __always_inline void trace_nat(struct __sk_buff *skb, const struct pkt_info *pi,
+				      const struct datapath_config *cfg, __u8 point, __u8 dir,
+				      __be32 nat_addr, __be16 nat_port)
+{
+	if (cfg && cfg->trace_enabled)
+		emit_nat(skb, pi, EVENT_TRACE, point, dir, 0, nat_addr, nat_port);
 }
 
 #endif

@@ -1,4 +1,5 @@
-/* Source NAT of a connection: the EGRESS mapping (client tuple -> new source)
+/* Source NAT of a connection (TCP, UDP, or ICMP echo whose identifier is the
+ * port): the EGRESS mapping (client tuple -> new source)
  * and the INGRESS mapping (reply tuple -> the client), both in ciliate_snat4,
  * and the choice of a free source port. The two mappings of a connection are
  * kept alive together: a packet in either direction renews both and puts back
@@ -121,22 +122,38 @@ rewrite:
 	return LB_XLATED;
 }
 
-/* A reply to a connection snat4 translated (its INGRESS mapping carries
- * nat_flags): the destination becomes the client again. Returns LB_NONE when
- * there is no mapping, LB_XLATED, or a drop verdict. *nat is the mapping and
- * egress the key of its EGRESS twin, for snat4_renew once the lifetime is
- * known. */
-static __always_inline int snat4_reply(struct __sk_buff *skb, struct pkt_info *pi,
-				       __u16 nat_flags, __u8 dir, struct nat4_entry **nat,
-				       struct ct4_key *egress)
+/* The mapping a packet replies to, if it is addressed to a NAT port of this
+ * node (TCP/UDP destination port or ICMP echo identifier, see
+ * parse_icmp_echo) and the INGRESS mapping there carries one of nat_flags.
+ * SNAT only hands out ports from NAT_PORT_MIN up: other traffic to the node
+ * (SSH, the tunnel's UDP, the kubelet) needs no lookup. NULL if none. One
+ * lookup serves every kind of SNAT: the caller dispatches on the flags. */
+static __always_inline struct nat4_entry *snat4_reply_mapping(const struct pkt_info *pi,
+							      const struct datapath_config *cfg,
+							      __u16 nat_flags)
 {
 	struct nat4_entry *m;
 	struct ct4_key key;
 
+	if (!cfg->node_ip || pi->dst_ip != cfg->node_ip || bpf_ntohs(pi->dport) < NAT_PORT_MIN)
+		return NULL;
+	if (pi->proto != IPPROTO_ICMP && !pi->has_ports)
+		return NULL;
 	ct_key_of(&key, pi, NAT_DIR_INGRESS);
 	m = bpf_map_lookup_elem(&ciliate_snat4, &key);
 	if (!m || !(m->flags & nat_flags))
-		return LB_NONE;
+		return NULL;
+	return m;
+}
+
+/* A reply to a connection snat4 translated, whose INGRESS mapping m
+ * snat4_reply_mapping found: the destination becomes the client again.
+ * Returns LB_XLATED or a drop verdict. egress is the key of the mapping's
+ * EGRESS twin, for snat4_renew once the lifetime is known. */
+static __always_inline int snat4_reply(struct __sk_buff *skb, struct pkt_info *pi,
+				       const struct nat4_entry *m, __u8 dir,
+				       struct ct4_key *egress)
+{
 	if (pi->is_frag)
 		return drop(skb, pi, DROP_FRAG_NOSUPPORT, dir);
 	egress->saddr = m->to_addr;
@@ -148,7 +165,6 @@ static __always_inline int snat4_reply(struct __sk_buff *skb, struct pkt_info *p
 	egress->pad = 0;
 	if (l4_rewrite(skb, pi, REWRITE_DST, m->to_addr, m->to_port) < 0)
 		return drop(skb, pi, DROP_CSUM, dir);
-	*nat = m;
 	return LB_XLATED;
 }
 

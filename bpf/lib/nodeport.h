@@ -19,23 +19,19 @@
 #include "lb.h"
 #include "nat.h"
 
-/* The reply of a connection nodeport_lb forwarded to another node. Returns
- * LB_NONE when pi is not one, else the verdict. */
+/* The reply of a connection nodeport_lb forwarded to another node, whose
+ * INGRESS mapping (NAT_F_NODEPORT) snat4_reply_mapping found. Returns the
+ * verdict. */
 static __always_inline int nodeport_reply(struct __sk_buff *skb, struct pkt_info *pi,
-					  const struct datapath_config *cfg)
+					  const struct datapath_config *cfg,
+					  struct nat4_entry *nat)
 {
-	struct nat4_entry *nat = NULL;
 	__be16 nat_port = pi->dport;
 	struct ct4_key egress;
 	__u32 lifetime = 0;
 	int ret;
 
-	/* SNAT only hands out ports from NAT_PORT_MIN up: other traffic to
-	 * the node (SSH, the tunnel's UDP, the kubelet) needs no lookup. */
-	if (!cfg->node_ip || pi->dst_ip != cfg->node_ip || !pi->has_ports ||
-	    bpf_ntohs(pi->dport) < NAT_PORT_MIN)
-		return LB_NONE;
-	ret = snat4_reply(skb, pi, NAT_F_NODEPORT, METRIC_EGRESS, &nat, &egress);
+	ret = snat4_reply(skb, pi, nat, METRIC_EGRESS, &egress);
 	if (ret != LB_XLATED)
 		return ret;
 	ret = lb4_reply(skb, pi, cfg, METRIC_EGRESS, &lifetime);
@@ -45,8 +41,7 @@ static __always_inline int nodeport_reply(struct __sk_buff *skb, struct pkt_info
 		return drop(skb, pi, DROP_NAT_FAILED, METRIC_EGRESS);
 	if (ret != LB_XLATED)
 		return ret;
-	if (nat)
-		snat4_renew(nat, &egress, cfg->node_ip, nat_port, lifetime);
+	snat4_renew(nat, &egress, cfg->node_ip, nat_port, lifetime);
 	return fib_redirect(skb, pi, cfg, METRIC_EGRESS);
 }
 

@@ -37,7 +37,11 @@ pub const OBJECTS: &[(&str, &[u8], &[&str])] = &[
         &["from_container", "to_container"],
     ),
     ("overlay", crate::OVERLAY_OBJECT, &["from_overlay"]),
-    ("host", crate::HOST_OBJECT, &["from_host", "from_netdev"]),
+    (
+        "host",
+        crate::HOST_OBJECT,
+        &["from_host", "from_netdev", "to_netdev"],
+    ),
 ];
 
 /// What goes on a pod's lxc device, and where.
@@ -53,7 +57,10 @@ pub const OVERLAY_ATTACH: &[(&str, TcAttachType)] = &[("from_overlay", TcAttachT
 pub const HOST_ATTACH: &[(&str, TcAttachType)] = &[("from_host", TcAttachType::Egress)];
 
 /// What goes on each native device (`devices`): what arrives from other nodes.
-pub const NETDEV_ATTACH: &[(&str, TcAttachType)] = &[("from_netdev", TcAttachType::Ingress)];
+pub const NETDEV_ATTACH: &[(&str, TcAttachType)] = &[
+    ("from_netdev", TcAttachType::Ingress),
+    ("to_netdev", TcAttachType::Egress),
+];
 
 fn program_names() -> impl Iterator<Item = &'static str> {
     OBJECTS

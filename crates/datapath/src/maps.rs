@@ -58,6 +58,7 @@ pub const SVC_F_TWO_SCOPES: u16 = 0x20;
 pub const BE_STATE_ACTIVE: u8 = 0;
 pub const BE_STATE_TERMINATING: u8 = 1;
 pub const CT_KEY_SERVICE: u8 = 0x1;
+pub const CT_KEY_MASQ: u8 = 0x2;
 pub const CT_F_TX_CLOSING: u16 = 0x01;
 pub const CT_F_RX_CLOSING: u16 = 0x02;
 pub const CT_F_SEEN_REPLY: u16 = 0x04;

@@ -14,54 +14,19 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
 
 use ciliate_datapath::loader::{Datapath, Maps, HOST_ATTACH, LXC_ATTACH, OVERLAY_ATTACH};
 use ciliate_datapath::maps::{
     ipcache_key, DatapathConfig, IpcacheValue, TraceEvent, EVENT_TRACE, IDENTITY_HOST,
     METRIC_EGRESS, METRIC_INGRESS,
 };
-use ciliate_datapath::netlink::{format_mac, Link, Netlink, Route};
+use ciliate_datapath::netlink::{format_mac, Netlink, Route};
 use ciliate_datapath::reasons::{
     DROP_FRAG_NEEDED, DROP_NO_ROUTE, DROP_TTL_EXCEEDED, TRACE_FROM_HOST, TRACE_FROM_OVERLAY,
     TRACE_TO_NETDEV, TRACE_TO_OVERLAY, TRACE_TO_STACK,
 };
 use ciliate_datapath::{netns, sysctl};
 use common::*;
-
-/// A veth `nat0` in `node` (the native device) whose peer `peer0` is in
-/// `peer`, both addressed in one /24 and up, with `lo` up on both sides.
-/// IPv6 is off in both (the datapath is IPv4; what a device would send on
-/// its own, router solicitations and the like, would only be counted as
-/// drops). Returns the native device and the peer's MAC.
-fn wire_native(node: &str, peer: &str, node_ip: Ipv4Addr, peer_ip: Ipv4Addr) -> (Link, [u8; 6]) {
-    for ns in [node, peer] {
-        sysctls(
-            ns,
-            &[
-                ("net/ipv6/conf/all/disable_ipv6", "1"),
-                ("net/ipv6/conf/default/disable_ipv6", "1"),
-            ],
-        );
-    }
-    let nl = Netlink::new_in(&netns::named_path(node)).unwrap();
-    let peer_nl = Netlink::new_in(&netns::named_path(peer)).unwrap();
-    let peer_file = netns::open(&netns::named_path(peer)).unwrap();
-    let native = nl
-        .create_veth_with_peer_in("nat0", "peer0", None, peer_file.as_fd())
-        .unwrap();
-    nl.add_address(native.index, node_ip, 24).unwrap();
-    nl.set_up(native.index).unwrap();
-    let peer_link = peer_nl.link_by_name("peer0").unwrap().unwrap();
-    peer_nl.add_address(peer_link.index, peer_ip, 24).unwrap();
-    peer_nl.set_up(peer_link.index).unwrap();
-    for (nl, _) in [(&nl, node), (&peer_nl, peer)] {
-        let lo = nl.link_by_name("lo").unwrap().unwrap();
-        nl.set_up(lo.index).unwrap();
-    }
-    let native = nl.link_by_index(native.index).unwrap().unwrap();
-    (native, peer_link.mac.unwrap())
-}
 
 fn from_pod(dst: [u8; 4], ttl: u8, payload: &[u8]) -> Vec<u8> {
     eth(

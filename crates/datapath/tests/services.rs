@@ -41,9 +41,6 @@ const OUTSIDE_PORT: u16 = 50000;
 /// An outside client's port inside the NAT range, which SNAT keeps if it can.
 const IN_RANGE_PORT: u16 = 62000;
 const LOOPBACK: [u8; 4] = IPV4_SVC_LOOPBACK.octets();
-/// MACs on the native device: the node's and the outside router's.
-const DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd1];
-const NET_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
 /// Rev-NAT indexes of the frontends the tests program.
 const REV_CLUSTER: u32 = 5;
 const REV_NODEPORT: u32 = 6;
@@ -185,15 +182,6 @@ fn conn_key(src: ([u8; 4], u16), dst: ([u8; 4], u16), proto: u8) -> Ct4Key {
 
 fn svc_key(src: ([u8; 4], u16), dst: ([u8; 4], u16), proto: u8) -> Ct4Key {
     Ct4Key::new(ip(src.0), src.1, ip(dst.0), dst.1, proto, CT_KEY_SERVICE)
-}
-
-/// Asserts lifetime = now + timeout, with `now` taken around the run.
-fn assert_lifetime(lifetime: u32, timeout: u32, what: &str) {
-    let now = monotonic_seconds();
-    assert!(
-        lifetime + 2 >= now + timeout && lifetime <= now + timeout,
-        "{what}: lifetime {lifetime} is not now ({now}) + {timeout}"
-    );
 }
 
 /// Runs `program` and returns (verdict, output, its tuple).

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,7 +13,7 @@ use ciliate_datapath::loader::{Datapath, Maps};
 use ciliate_datapath::maps::{
     metrics_index, DatapathConfig, EndpointInfo, EndpointKey, TraceEvent, EVENT_DROP,
 };
-use ciliate_datapath::netlink::Netlink;
+use ciliate_datapath::netlink::{Link, Netlink};
 use ciliate_datapath::netns;
 use ciliate_datapath::podnet::{self, PodNetSpec, PodVeth};
 use ciliate_datapath::reasons::REASON_FORWARDED;
@@ -139,6 +140,10 @@ pub fn arp(op: u16, sha: [u8; 6], sip: [u8; 4], tha: [u8; 6], tip: [u8; 4]) -> V
     a.extend_from_slice(&tip);
     a
 }
+
+/// MACs on the native device: the node's and the outside router's.
+pub const DEV_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xd1];
+pub const NET_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xee];
 
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
@@ -554,4 +559,52 @@ pub fn drops(maps: &Maps) -> Vec<(u8, u8, u64)> {
         .filter(|(reason, ..)| *reason != REASON_FORWARDED)
         .map(|(reason, dir, packets, _)| (reason, dir, packets))
         .collect()
+}
+
+/// A veth `nat0` in `node` (the native device) whose peer `peer0` is in
+/// `peer`, both addressed in one /24 and up, with `lo` up on both sides.
+/// IPv6 is off in both (the datapath is IPv4; what a device would send on
+/// its own, router solicitations and the like, would only be counted as
+/// drops). Returns the native device and the peer's MAC.
+pub fn wire_native(
+    node: &str,
+    peer: &str,
+    node_ip: Ipv4Addr,
+    peer_ip: Ipv4Addr,
+) -> (Link, [u8; 6]) {
+    for ns in [node, peer] {
+        sysctls(
+            ns,
+            &[
+                ("net/ipv6/conf/all/disable_ipv6", "1"),
+                ("net/ipv6/conf/default/disable_ipv6", "1"),
+            ],
+        );
+    }
+    let nl = Netlink::new_in(&netns::named_path(node)).unwrap();
+    let peer_nl = Netlink::new_in(&netns::named_path(peer)).unwrap();
+    let peer_file = netns::open(&netns::named_path(peer)).unwrap();
+    let native = nl
+        .create_veth_with_peer_in("nat0", "peer0", None, peer_file.as_fd())
+        .unwrap();
+    nl.add_address(native.index, node_ip, 24).unwrap();
+    nl.set_up(native.index).unwrap();
+    let peer_link = peer_nl.link_by_name("peer0").unwrap().unwrap();
+    peer_nl.add_address(peer_link.index, peer_ip, 24).unwrap();
+    peer_nl.set_up(peer_link.index).unwrap();
+    for (nl, _) in [(&nl, node), (&peer_nl, peer)] {
+        let lo = nl.link_by_name("lo").unwrap().unwrap();
+        nl.set_up(lo.index).unwrap();
+    }
+    let native = nl.link_by_index(native.index).unwrap().unwrap();
+    (native, peer_link.mac.unwrap())
+}
+
+/// Asserts lifetime = now + timeout, with `now` taken around the run.
+pub fn assert_lifetime(lifetime: u32, timeout: u32, what: &str) {
+    let now = ciliate_datapath::maps::monotonic_seconds();
+    assert!(
+        lifetime + 2 >= now + timeout && lifetime <= now + timeout,
+        "{what}: lifetime {lifetime} is not now ({now}) + {timeout}"
+    );
 }

@@ -1,0 +1,698 @@
+//! Masquerading in the datapath, run in the kernel with `BPF_PROG_TEST_RUN`
+//! on synthetic packets: `to_netdev` SNATs pod traffic that leaves the
+//! cluster to the node IP (TCP, UDP, ICMP echo), `from_netdev` translates the
+//! replies back and delivers them to the pod, lifetimes follow the TCP state,
+//! and iptables mode hands pod traffic to the stack in `from_container`.
+//! Every rewritten packet has its checksums recomputed here.
+
+#[macro_use]
+mod common;
+
+use std::net::Ipv4Addr;
+
+use ciliate_datapath::maps::{
+    be_addr, ipcache_key, monotonic_seconds, Ct4Entry, Ct4Key, DatapathConfig, IpcacheValue,
+    IpmasqValue, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, Nat4Entry, TraceEvent,
+    BE_STATE_ACTIVE, CT_F_RX_CLOSING, CT_F_SEEN_REPLY, CT_F_TX_CLOSING, CT_KEY_MASQ, EVENT_TRACE,
+    IPCACHE_F_HOST, IPPROTO_TCP, IPPROTO_UDP, LB_SCOPE_EXTERNAL, MASQ_F_BPF, MASQ_F_IPTABLES,
+    MASQ_F_IP_MASQ_AGENT, METRIC_EGRESS, METRIC_INGRESS, NAT_DIR_EGRESS, NAT_DIR_INGRESS,
+    NAT_F_MASQUERADE, NAT_F_NODEPORT, NAT_PORT_MAX, NAT_PORT_MIN, SVC_F_NODEPORT,
+};
+use ciliate_datapath::netlink::format_mac;
+use ciliate_datapath::reasons::{
+    DROP_FRAG_MASQ, DROP_MASQ_NO_ENDPOINT, DROP_NAT_NO_MAPPING, TRACE_FROM_NETDEV, TRACE_REV_SNAT,
+    TRACE_SNAT, TRACE_TO_NETDEV, TRACE_TO_STACK,
+};
+use common::*;
+
+const NODE_IP: [u8; 4] = [192, 168, 10, 1];
+/// Outside the cluster: the lab router's network.
+const WORLD: [u8; 4] = [10, 10, 1, 200];
+const REMOTE_POD: [u8; 4] = [10, 78, 0, 20];
+const REMOTE_NODE: [u8; 4] = [192, 168, 10, 2];
+const NATIVE_CIDR_HOST: [u8; 4] = [172, 20, 3, 4];
+const NON_MASQ: [u8; 4] = [10, 10, 2, 200];
+const POD_PORT: u16 = 40000;
+const WEB: u16 = 80;
+const IN_RANGE_PORT: u16 = 62000;
+const T_TCP: u32 = 1000;
+const T_SYN: u32 = 100;
+const T_FIN: u32 = 10;
+const T_ANY: u32 = 50;
+const ICMP: u8 = 1;
+
+fn v4(a: [u8; 4]) -> Ipv4Addr {
+    Ipv4Addr::from(a)
+}
+
+fn config(masquerade: u32) -> DatapathConfig {
+    let mut cfg = DatapathConfig::new(v4(ROUTER), true);
+    cfg.node_ip = be_addr(v4(NODE_IP));
+    cfg.masquerade = masquerade;
+    cfg.native_routing_cidr = be_addr(Ipv4Addr::new(172, 20, 0, 0));
+    cfg.native_routing_prefixlen = 16;
+    cfg.ct_timeout_tcp = T_TCP;
+    cfg.ct_timeout_tcp_syn = T_SYN;
+    cfg.ct_timeout_tcp_fin = T_FIN;
+    cfg.ct_timeout_any = T_ANY;
+    cfg
+}
+
+/// Pod B (behind POD_B_IFINDEX) is the pod that reaches outside; remote
+/// pods and a remote node are in the ipcache, 10.10.2.0/24 in ipmasq4.
+fn harness(masquerade: u32) -> Harness {
+    let mut h = Harness::new(true);
+    h.maps.config.set(0, config(masquerade), 0).unwrap();
+    let pods = IpcacheValue {
+        sec_identity: 5151,
+        ..IpcacheValue::default()
+    };
+    h.maps
+        .ipcache
+        .insert(&ipcache_key("10.78.0.0/24".parse().unwrap()), pods, 0)
+        .unwrap();
+    let node = IpcacheValue {
+        sec_identity: 1,
+        flags: IPCACHE_F_HOST,
+        ..IpcacheValue::default()
+    };
+    h.maps
+        .ipcache
+        .insert(&ipcache_key("192.168.10.2/32".parse().unwrap()), node, 0)
+        .unwrap();
+    h.maps
+        .ipmasq4
+        .insert(
+            &ipcache_key("10.10.2.0/24".parse().unwrap()),
+            IpmasqValue { flags: 0 },
+            0,
+        )
+        .unwrap();
+    h
+}
+
+/// A segment on the native device: leaving (`src` a pod) or arriving.
+fn seg(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8) -> Vec<u8> {
+    tcp_frame((NET_MAC, DEV_MAC), src, dst, flags)
+}
+
+fn arriving(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: u8) -> Vec<u8> {
+    tcp_frame((DEV_MAC, NET_MAC), src, dst, flags)
+}
+
+/// An ICMP echo (type 8) or echo reply (type 0) with identifier `id`.
+fn echo(src: [u8; 4], dst: [u8; 4], kind: u8, id: u16) -> Vec<u8> {
+    let mut i = vec![kind, 0, 0, 0, 0, 0, 0, 7];
+    i[4..6].copy_from_slice(&id.to_be_bytes());
+    i.extend_from_slice(b"ping payload");
+    let c = checksum(&i);
+    i[2..4].copy_from_slice(&c.to_be_bytes());
+    eth(NET_MAC, DEV_MAC, 0x0800, &ipv4(src, dst, 64, ICMP, &i))
+}
+
+fn echo_id(frame: &[u8]) -> u16 {
+    u16::from_be_bytes([frame[38], frame[39]])
+}
+
+/// IPv4 header checksum and ICMP checksum (no pseudo header) are valid.
+fn assert_icmp_checksums(frame: &[u8]) {
+    assert_eq!(checksum(&frame[14..34]), 0, "IPv4 header checksum is valid");
+    assert_eq!(checksum(&frame[34..]), 0, "ICMP checksum is valid");
+}
+
+fn addrs(frame: &[u8]) -> ([u8; 4], [u8; 4]) {
+    (
+        frame[26..30].try_into().unwrap(),
+        frame[30..34].try_into().unwrap(),
+    )
+}
+
+fn masq_ct(h: &Harness, src: ([u8; 4], u16), dst: ([u8; 4], u16), proto: u8) -> Ct4Entry {
+    let key = Ct4Key::new(v4(src.0), src.1, v4(dst.0), dst.1, proto, CT_KEY_MASQ);
+    let map = if proto == IPPROTO_TCP {
+        &h.maps.ct4_tcp
+    } else {
+        &h.maps.ct4_any
+    };
+    map.get(&key, 0)
+        .unwrap_or_else(|e| panic!("masquerade conntrack entry {key:?}: {e}"))
+}
+
+fn egress_key(src: ([u8; 4], u16), dst: ([u8; 4], u16), proto: u8) -> Ct4Key {
+    Ct4Key::new(v4(src.0), src.1, v4(dst.0), dst.1, proto, NAT_DIR_EGRESS)
+}
+
+fn ingress_key(src: ([u8; 4], u16), nat_port: u16, proto: u8) -> Ct4Key {
+    Ct4Key::new(
+        v4(src.0),
+        src.1,
+        v4(NODE_IP),
+        nat_port,
+        proto,
+        NAT_DIR_INGRESS,
+    )
+}
+
+fn events(h: &mut Harness) -> Vec<TraceEvent> {
+    drain(&mut h.events)
+}
+
+fn nat_count(h: &Harness) -> usize {
+    h.maps.snat4.keys().count()
+}
+
+/// Sends pod B's SYN out and returns the translated port.
+fn open(h: &mut Harness, sport: u16) -> u16 {
+    let syn = seg((POD_B, sport), (WORLD, WEB), TCP_SYN);
+    let (verdict, out) = h.run("to_netdev", &syn);
+    assert_eq!(verdict, TC_ACT_OK);
+    let t = tuple_of(&out);
+    assert_eq!(t.src.0, NODE_IP, "SNAT to the node IP");
+    t.src.1
+}
+
+#[test]
+fn a_pod_syn_is_masqueraded_and_its_flow_keeps_the_mapping() {
+    root_only!();
+    let mut h = harness(MASQ_F_BPF);
+    let syn = seg((POD_B, POD_PORT), (WORLD, WEB), TCP_SYN);
+    let (verdict, out) = h.run("to_netdev", &syn);
+    assert_eq!(verdict, TC_ACT_OK, "the packet goes on out of the device");
+    let t = tuple_of(&out);
+    let port = t.src.1;
+    assert_eq!(t.src.0, NODE_IP);
+    assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&port), "port {port}");
+    assert_eq!(t.dst, (WORLD, WEB), "destination untouched");
+    assert_checksums(&out, false);
+    assert_eq!(out[34 + 13], TCP_SYN, "flags untouched");
+    assert_eq!(&out[54..], &syn[54..], "payload untouched");
+    assert_eq!(&out[..14], &syn[..14], "MACs untouched");
+
+    let e = h
+        .maps
+        .snat4
+        .get(&egress_key((POD_B, POD_PORT), (WORLD, WEB), IPPROTO_TCP), 0)
+        .unwrap();
+    assert_eq!((e.to(), e.flags), ((v4(NODE_IP), port), NAT_F_MASQUERADE));
+    let i = h
+        .maps
+        .snat4
+        .get(&ingress_key((WORLD, WEB), port, IPPROTO_TCP), 0)
+        .unwrap();
+    assert_eq!((i.to(), i.flags), ((v4(POD_B), POD_PORT), NAT_F_MASQUERADE));
+    let ct = masq_ct(&h, (POD_B, POD_PORT), (WORLD, WEB), IPPROTO_TCP);
+    assert_lifetime(ct.lifetime, T_SYN, "SYN sent");
+    assert_eq!((e.lifetime, i.lifetime), (ct.lifetime, ct.lifetime));
+
+    // The SNAT trace: the pod's tuple, and the new source in nat_addr/nat_port.
+    let snat: Vec<TraceEvent> = events(&mut h)
+        .into_iter()
+        .filter(|ev| ev.reason == TRACE_SNAT)
+        .collect();
+    assert_eq!(snat.len(), 1, "{snat:?}");
+    let ev = snat[0];
+    assert_eq!(
+        (
+            ev.kind,
+            ev.dir,
+            ev.src_ip,
+            u16::from_be(ev.sport),
+            ev.src_ep
+        ),
+        (
+            EVENT_TRACE,
+            METRIC_EGRESS,
+            be_addr(v4(POD_B)),
+            POD_PORT,
+            202
+        )
+    );
+    assert_eq!(
+        (ev.nat_addr, u16::from_be(ev.nat_port)),
+        (be_addr(v4(NODE_IP)), port)
+    );
+
+    // Established packets of the flow reuse the mapping.
+    for flags in [TCP_ACK, TCP_ACK | 0x08] {
+        let (verdict, out) = h.run("to_netdev", &seg((POD_B, POD_PORT), (WORLD, WEB), flags));
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(tuple_of(&out).src, (NODE_IP, port));
+        assert_checksums(&out, false);
+    }
+    assert_eq!(nat_count(&h), 2, "one mapping pair for the flow");
+}
+
+#[test]
+fn replies_are_translated_back_and_delivered_and_lifetimes_follow_tcp_state() {
+    root_only!();
+    let mut h = harness(MASQ_F_BPF);
+    let port = open(&mut h, POD_PORT);
+    events(&mut h);
+
+    let reply = arriving((WORLD, WEB), (NODE_IP, port), TCP_SYN | TCP_ACK);
+    let (verdict, out) = h.run("from_netdev", &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "redirected to the pod");
+    let t = tuple_of(&out);
+    assert_eq!(t.dst, (POD_B, POD_PORT), "destination is the pod again");
+    assert_eq!(t.src, (WORLD, WEB));
+    assert_checksums(&out, false);
+    assert_eq!(&out[0..6], &POD_B_MAC, "to the pod's MAC");
+    assert_eq!(&out[6..12], &LXC_B_MAC, "from its lxc device");
+    assert_eq!(out[14 + 8], 63, "TTL decremented");
+    let evs = events(&mut h);
+    let rev = evs
+        .iter()
+        .find(|ev| ev.reason == TRACE_REV_SNAT)
+        .expect("a rev-snat trace");
+    assert_eq!(
+        (rev.dst_ip, u16::from_be(rev.dport), rev.dir),
+        (be_addr(v4(POD_B)), POD_PORT, METRIC_INGRESS),
+        "after the translation"
+    );
+    assert_eq!(
+        (rev.nat_addr, u16::from_be(rev.nat_port)),
+        (be_addr(v4(NODE_IP)), port),
+        "what the reply had before"
+    );
+    let deliver = evs
+        .iter()
+        .find(|ev| ev.reason == TRACE_FROM_NETDEV)
+        .expect("a delivery trace");
+    assert_eq!(
+        (deliver.dst_ifindex, deliver.dst_ep),
+        (POD_B_IFINDEX, 202),
+        "to pod B's lxc"
+    );
+
+    let check = |h: &Harness, timeout: u32, what: &str| {
+        let ct = masq_ct(h, (POD_B, POD_PORT), (WORLD, WEB), IPPROTO_TCP);
+        assert_lifetime(ct.lifetime, timeout, what);
+        let e = h
+            .maps
+            .snat4
+            .get(&egress_key((POD_B, POD_PORT), (WORLD, WEB), IPPROTO_TCP), 0)
+            .unwrap();
+        let i = h
+            .maps
+            .snat4
+            .get(&ingress_key((WORLD, WEB), port, IPPROTO_TCP), 0)
+            .unwrap();
+        assert_eq!(
+            (e.lifetime, i.lifetime),
+            (ct.lifetime, ct.lifetime),
+            "{what}: both mappings follow the connection"
+        );
+        ct
+    };
+    check(&h, T_TCP, "answered");
+    let out_seg = |flags| seg((POD_B, POD_PORT), (WORLD, WEB), flags);
+    let in_seg = |flags| arriving((WORLD, WEB), (NODE_IP, port), flags);
+    assert_eq!(h.run("to_netdev", &out_seg(TCP_ACK)).0, TC_ACT_OK);
+    check(&h, T_TCP, "established");
+    assert_eq!(h.run("to_netdev", &out_seg(TCP_FIN | TCP_ACK)).0, TC_ACT_OK);
+    check(&h, T_TCP, "half closed");
+    assert_eq!(
+        h.run("from_netdev", &in_seg(TCP_FIN | TCP_ACK)).0,
+        TC_ACT_REDIRECT
+    );
+    let ct = check(&h, T_FIN, "FIN both ways");
+    assert_eq!(
+        ct.flags & (CT_F_TX_CLOSING | CT_F_RX_CLOSING | CT_F_SEEN_REPLY),
+        CT_F_TX_CLOSING | CT_F_RX_CLOSING | CT_F_SEEN_REPLY
+    );
+
+    // A reset from outside closes at once.
+    let port = open(&mut h, POD_PORT + 1);
+    let in_rst = arriving((WORLD, WEB), (NODE_IP, port), TCP_RST);
+    assert_eq!(h.run("from_netdev", &in_rst).0, TC_ACT_REDIRECT);
+    let ct = masq_ct(&h, (POD_B, POD_PORT + 1), (WORLD, WEB), IPPROTO_TCP);
+    assert_lifetime(ct.lifetime, T_FIN, "RST");
+
+    // A reply for a pod that is gone is a counted drop.
+    h.maps
+        .endpoints
+        .remove(&ciliate_datapath::maps::EndpointKey::new(v4(POD_B)))
+        .unwrap();
+    events(&mut h);
+    expect_drop(
+        &mut h,
+        "from_netdev",
+        &in_seg(TCP_ACK),
+        DROP_MASQ_NO_ENDPOINT,
+        METRIC_INGRESS,
+    );
+}
+
+#[test]
+fn cluster_and_excluded_destinations_and_other_sources_are_not_translated() {
+    root_only!();
+    let mut h = harness(MASQ_F_BPF | MASQ_F_IP_MASQ_AGENT);
+    for (src, dst, what) in [
+        (POD_B, REMOTE_POD, "a pod on another node (ipcache)"),
+        (POD_B, REMOTE_NODE, "another node (ipcache)"),
+        (POD_B, NATIVE_CIDR_HOST, "ipv4NativeRoutingCIDR"),
+        (POD_B, NON_MASQ, "ip-masq-agent's nonMasqueradeCIDRs"),
+        (NODE_IP, WORLD, "the node itself"),
+        (
+            [10, 99, 0, 7],
+            WORLD,
+            "an address that is no local endpoint",
+        ),
+    ] {
+        let syn = seg((src, POD_PORT), (dst, WEB), TCP_SYN);
+        assert_eq!(h.run("to_netdev", &syn), (TC_ACT_OK, syn), "{what}");
+    }
+    assert_eq!(nat_count(&h), 0, "no mapping made");
+
+    // Without ip-masq-agent its map does not count.
+    h.maps.config.set(0, config(MASQ_F_BPF), 0).unwrap();
+    let (_, out) = h.run(
+        "to_netdev",
+        &seg((POD_B, POD_PORT), (NON_MASQ, WEB), TCP_SYN),
+    );
+    assert_eq!(tuple_of(&out).src.0, NODE_IP);
+}
+
+#[test]
+fn only_connections_the_pod_starts_get_a_mapping() {
+    root_only!();
+    let mut h = harness(MASQ_F_BPF);
+    // Replies of connections from outside (native routing to the pod).
+    for packet in [
+        seg((POD_B, 8080), (WORLD, 50000), TCP_SYN | TCP_ACK),
+        seg((POD_B, 8080), (WORLD, 50000), TCP_ACK),
+        seg((POD_B, 8080), (WORLD, 50000), TCP_RST),
+        echo(POD_B, WORLD, 0, 99),
+    ] {
+        assert_eq!(h.run("to_netdev", &packet), (TC_ACT_OK, packet));
+    }
+    assert_eq!(nat_count(&h), 0, "no mapping made");
+    // A fragment of what would be masqueraded never leaves with the pod's address.
+    let mut frag = seg((POD_B, POD_PORT), (WORLD, WEB), TCP_SYN);
+    frag[20] = 0x20; // more fragments
+    let c = checksum(&{
+        let mut hdr = frag[14..34].to_vec();
+        hdr[10] = 0;
+        hdr[11] = 0;
+        hdr
+    });
+    frag[24..26].copy_from_slice(&c.to_be_bytes());
+    expect_drop(&mut h, "to_netdev", &frag, DROP_FRAG_MASQ, METRIC_EGRESS);
+}
+
+#[test]
+fn udp_and_icmp_echo_are_masqueraded_and_answered() {
+    root_only!();
+    let h = harness(MASQ_F_BPF);
+    // UDP, with and without a checksum.
+    for (sport, with_csum) in [(5353u16, true), (5354, false)] {
+        let packet = udp_frame((NET_MAC, DEV_MAC), (POD_B, sport), (WORLD, 53), with_csum);
+        let (verdict, out) = h.run("to_netdev", &packet);
+        assert_eq!(verdict, TC_ACT_OK);
+        let t = tuple_of(&out);
+        let port = t.src.1;
+        assert_eq!(t.src.0, NODE_IP);
+        assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&port));
+        assert_checksums(&out, !with_csum);
+        let ct = masq_ct(&h, (POD_B, sport), (WORLD, 53), IPPROTO_UDP);
+        assert_lifetime(ct.lifetime, T_ANY, "UDP");
+        let reply = udp_frame((DEV_MAC, NET_MAC), (WORLD, 53), (NODE_IP, port), with_csum);
+        let (verdict, out) = h.run("from_netdev", &reply);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(tuple_of(&out).dst, (POD_B, sport));
+        assert_checksums(&out, !with_csum);
+    }
+
+    // ICMP echo: the identifier is translated like a port.
+    let request = echo(POD_B, WORLD, 8, 7);
+    let (verdict, out) = h.run("to_netdev", &request);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(addrs(&out), (NODE_IP, WORLD));
+    let id = echo_id(&out);
+    assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&id), "id {id}");
+    assert_icmp_checksums(&out);
+    assert_eq!(&out[42..], &request[42..], "sequence and payload untouched");
+    let i = h
+        .maps
+        .snat4
+        .get(&ingress_key((WORLD, 0), id, ICMP), 0)
+        .unwrap();
+    assert_eq!((i.to(), i.flags), ((v4(POD_B), 7), NAT_F_MASQUERADE));
+    let ct = masq_ct(&h, (POD_B, 7), (WORLD, 0), ICMP);
+    assert_lifetime(ct.lifetime, T_ANY, "ICMP");
+    // The next echo of the same ping keeps the identifier.
+    let (_, again) = h.run("to_netdev", &request);
+    assert_eq!(echo_id(&again), id);
+
+    let mut reply = echo(WORLD, NODE_IP, 0, id);
+    reply[0..12].copy_from_slice(&[DEV_MAC, NET_MAC].concat());
+    let (verdict, out) = h.run("from_netdev", &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(addrs(&out), (WORLD, POD_B));
+    assert_eq!(echo_id(&out), 7, "the pod's identifier again");
+    assert_icmp_checksums(&out);
+    assert_eq!(&out[0..6], &POD_B_MAC);
+}
+
+#[test]
+fn a_taken_port_is_retried_and_no_free_port_drops() {
+    root_only!();
+    let mut h = harness(MASQ_F_BPF);
+    let other = Nat4Entry {
+        to_addr: be_addr(Ipv4Addr::new(10, 77, 0, 99)),
+        to_port: 1234u16.to_be(),
+        flags: NAT_F_MASQUERADE,
+        lifetime: monotonic_seconds() + 1000,
+        created: monotonic_seconds(),
+    };
+    // The pod's own port is in the NAT range, but another pod holds it.
+    let taken = ingress_key((WORLD, WEB), IN_RANGE_PORT, IPPROTO_TCP);
+    h.maps.snat4.insert(taken, other, 0).unwrap();
+    let port = open(&mut h, IN_RANGE_PORT);
+    assert_ne!(port, IN_RANGE_PORT, "the taken port is not reused");
+    assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&port));
+    assert_eq!(
+        h.maps.snat4.get(&taken, 0).unwrap(),
+        other,
+        "the other stays"
+    );
+    let i = h
+        .maps
+        .snat4
+        .get(&ingress_key((WORLD, WEB), port, IPPROTO_TCP), 0)
+        .unwrap();
+    assert_eq!(i.to(), (v4(POD_B), IN_RANGE_PORT));
+
+    // Every port towards WORLD:WEB taken (by NodePort, which shares them).
+    let np = Nat4Entry {
+        flags: NAT_F_NODEPORT,
+        ..other
+    };
+    for p in NAT_PORT_MIN..=NAT_PORT_MAX {
+        h.maps
+            .snat4
+            .insert(ingress_key((WORLD, WEB), p, IPPROTO_TCP), np, 0)
+            .unwrap();
+    }
+    let syn = seg((POD_B, POD_PORT + 5), (WORLD, WEB), TCP_SYN);
+    events(&mut h);
+    expect_drop(
+        &mut h,
+        "to_netdev",
+        &syn,
+        DROP_NAT_NO_MAPPING,
+        METRIC_EGRESS,
+    );
+}
+
+#[test]
+fn without_bpf_masquerading_to_netdev_changes_nothing() {
+    root_only!();
+    for masquerade in [0, MASQ_F_IPTABLES, MASQ_F_IPTABLES | MASQ_F_IP_MASQ_AGENT] {
+        let mut h = harness(masquerade);
+        let syn = seg((POD_B, POD_PORT), (WORLD, WEB), TCP_SYN);
+        assert_eq!(h.run("to_netdev", &syn), (TC_ACT_OK, syn.clone()));
+        let request = echo(POD_B, WORLD, 8, 7);
+        assert_eq!(h.run("to_netdev", &request), (TC_ACT_OK, request));
+        assert_eq!(nat_count(&h), 0);
+        assert!(events(&mut h).is_empty(), "no event");
+    }
+    // BPF masquerading without a node IP cannot translate either.
+    let mut h = harness(MASQ_F_BPF);
+    let mut cfg = config(MASQ_F_BPF);
+    cfg.node_ip = 0;
+    h.maps.config.set(0, cfg, 0).unwrap();
+    let syn = seg((POD_B, POD_PORT), (WORLD, WEB), TCP_SYN);
+    assert_eq!(h.run("to_netdev", &syn), (TC_ACT_OK, syn));
+    assert!(events(&mut h).is_empty());
+}
+
+/// Pod A's packet as `from_container` sees it.
+fn from_pod_a(sport: u16, dst: ([u8; 4], u16), flags: u8) -> Vec<u8> {
+    tcp_frame((LXC_A_MAC, POD_A_MAC), (POD_A, sport), dst, flags)
+}
+
+#[test]
+fn iptables_mode_hands_pod_traffic_to_the_stack_but_not_service_replies() {
+    root_only!();
+    let mut spaces = Namespaces::new();
+    let node = spaces.create("masq-ipt-node");
+    let peer = spaces.create("masq-ipt-peer");
+    let (native, peer_mac) = wire_native(&node, &peer, v4(NODE_IP), v4(REMOTE_NODE));
+    ip(
+        &node,
+        &[
+            "neigh",
+            "replace",
+            "192.168.10.2",
+            "lladdr",
+            &format_mac(peer_mac),
+            "dev",
+            "nat0",
+            "nud",
+            "permanent",
+        ],
+    );
+    ip(
+        &node,
+        &["route", "add", "10.10.0.0/16", "via", "192.168.10.2"],
+    );
+    sysctls(&node, &[("net/ipv4/conf/nat0/forwarding", "1")]);
+
+    in_netns(&node, move || {
+        let mut h = harness(0);
+        let mut cfg = config(0);
+        cfg.native_ifindex = native.index;
+        h.maps.config.set(0, cfg, 0).unwrap();
+        // Pod A is the backend of a NodePort, reached from outside.
+        h.maps
+            .lb4_backends
+            .insert(
+                1,
+                Lb4Backend::new(v4(POD_A), 8080, IPPROTO_TCP, BE_STATE_ACTIVE),
+                0,
+            )
+            .unwrap();
+        let np = |slot| {
+            Lb4Key::new(
+                Ipv4Addr::UNSPECIFIED,
+                30080,
+                IPPROTO_TCP,
+                LB_SCOPE_EXTERNAL,
+                slot,
+            )
+        };
+        h.maps
+            .lb4_services
+            .insert(
+                np(1),
+                Lb4Service {
+                    backend_id: 1,
+                    ..Lb4Service::default()
+                },
+                0,
+            )
+            .unwrap();
+        let svc = Lb4Service {
+            rev_nat_index: 9,
+            count: 1,
+            flags: SVC_F_NODEPORT,
+            ..Lb4Service::default()
+        };
+        h.maps.lb4_services.insert(np(0), svc, 0).unwrap();
+        h.maps
+            .lb4_reverse_nat
+            .insert(9, Lb4ReverseNat::new(Ipv4Addr::UNSPECIFIED, 30080), 0)
+            .unwrap();
+        let client = ([10, 10, 1, 50], 50000);
+        let to_np = arriving(client, (NODE_IP, 30080), TCP_SYN);
+        assert_eq!(h.run("from_netdev", &to_np).0, TC_ACT_REDIRECT);
+        let np_reply = from_pod_a(8080, client, TCP_SYN | TCP_ACK);
+        let to_world = from_pod_a(POD_PORT, (WORLD, WEB), TCP_SYN);
+
+        // BPF mode (or none): both leave through the FIB.
+        for packet in [&to_world, &np_reply] {
+            assert_eq!(h.run("from_container", packet).0, TC_ACT_REDIRECT);
+        }
+        events(&mut h);
+
+        // iptables mode: the pod's own traffic goes to the stack untouched,
+        // the NodePort reply (source now the node IP) still leaves by the FIB.
+        cfg.masquerade = MASQ_F_IPTABLES;
+        h.maps.config.set(0, cfg, 0).unwrap();
+        assert_eq!(
+            h.run("from_container", &to_world),
+            (TC_ACT_OK, to_world.clone())
+        );
+        let ev = h.next_event().unwrap();
+        assert_eq!((ev.reason, ev.dir), (TRACE_TO_STACK, METRIC_EGRESS));
+        let (verdict, out) = h.run("from_container", &np_reply);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(tuple_of(&out).src, (NODE_IP, 30080));
+        let ev = h.next_event().unwrap();
+        assert_eq!(ev.reason, TRACE_TO_NETDEV);
+        // Pods and nodes are still reached without the stack.
+        let to_pod = from_pod_a(POD_PORT, (POD_B, WEB), TCP_SYN);
+        assert_eq!(h.run("from_container", &to_pod).0, TC_ACT_REDIRECT);
+    });
+}
+
+/// An ICMP error from `router` to the node about `quoted` (an Ethernet
+/// frame as it left): its IP header and first 8 bytes of L4.
+fn icmp_error(router: [u8; 4], kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut i = vec![kind, code, 0, 0, 0, 0, 0x05, 0x78];
+    i.extend_from_slice(&quoted[14..14 + 28]);
+    let c = checksum(&i);
+    i[2..4].copy_from_slice(&c.to_be_bytes());
+    eth(
+        DEV_MAC,
+        NET_MAC,
+        0x0800,
+        &ipv4(router, NODE_IP, 64, ICMP, &i),
+    )
+}
+
+#[test]
+fn icmp_errors_about_masqueraded_packets_reach_the_pod() {
+    root_only!();
+    let h = harness(MASQ_F_BPF);
+    let router = [10, 10, 0, 254];
+    let syn = seg((POD_B, POD_PORT), (WORLD, WEB), TCP_SYN);
+    let (_, left) = h.run("to_netdev", &syn);
+    let udp = udp_frame((NET_MAC, DEV_MAC), (POD_B, 5353), (WORLD, 53), true);
+    let (_, left_udp) = h.run("to_netdev", &udp);
+    let request = echo(POD_B, WORLD, 8, 7);
+    let (_, left_echo) = h.run("to_netdev", &request);
+
+    // Fragmentation needed (TCP), port unreachable (UDP), time exceeded (ping).
+    for (kind, code, quoted, original) in [
+        (3, 4, &left, &syn),
+        (3, 3, &left_udp, &udp),
+        (11, 0, &left_echo, &request),
+    ] {
+        let error = icmp_error(router, kind, code, quoted);
+        let (verdict, out) = h.run("from_netdev", &error);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "type {kind} delivered to the pod");
+        assert_eq!(addrs(&out), (router, POD_B), "outer destination is the pod");
+        assert_icmp_checksums(&out);
+        // The quote is the packet as the pod sent it, but for its own L4
+        // checksum (UDP's, ICMP's; TCP's is beyond 8 bytes), left as it was:
+        // receivers do not check it.
+        let masked = |quote: &[u8]| {
+            let mut q = quote[..28].to_vec();
+            let at = if q[9] == IPPROTO_UDP { 26 } else { 22 };
+            if q[9] != IPPROTO_TCP {
+                q[at..at + 2].copy_from_slice(&[0, 0]);
+            }
+            q
+        };
+        assert_eq!(masked(&out[42..]), masked(&original[14..]), "type {kind}");
+        assert_eq!(checksum(&out[42..62]), 0, "quoted IP header checksum");
+        assert_eq!(&out[0..6], &POD_B_MAC);
+    }
+
+    // An error about a packet that was not masqueraded goes on to the stack.
+    let other = seg((NODE_IP, 40000), (WORLD, WEB), TCP_SYN);
+    let error = icmp_error(router, 3, 4, &other);
+    assert_eq!(h.run("from_netdev", &error), (TC_ACT_OK, error));
+}
