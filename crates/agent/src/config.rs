@@ -85,6 +85,8 @@ pub struct BpfConfig {
     /// Per-node directory on a bpffs for every pin of this agent.
     #[serde(default = "default_bpf_root")]
     pub root: PathBuf,
+    /// Masquerade in the datapath (true, the default) or with iptables (false).
+    pub masquerade: Option<bool>,
 }
 
 fn default_bpf_root() -> PathBuf {
@@ -95,6 +97,7 @@ impl Default for BpfConfig {
     fn default() -> Self {
         Self {
             root: default_bpf_root(),
+            masquerade: None,
         }
     }
 }
@@ -113,6 +116,24 @@ pub struct EtcdFileConfig {
     /// `http://192.168.10.1:2379`; several for a cluster.
     #[serde(default)]
     pub endpoints: Vec<String>,
+}
+
+/// `ipMasqAgent.config`: the list the agent's own file gives.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpMasqInlineFileConfig {
+    #[serde(rename = "nonMasqueradeCIDRs")]
+    pub non_masquerade_cidrs: Option<Vec<String>>,
+    pub masq_link_local: Option<bool>,
+}
+
+/// `ipMasqAgent.*` (Cilium's `enable-ip-masq-agent`, `ip-masq-agent-config-path`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpMasqAgentFileConfig {
+    pub enabled: Option<bool>,
+    pub config: Option<IpMasqInlineFileConfig>,
+    pub config_path: Option<PathBuf>,
 }
 
 /// The file as written by people; every key optional.
@@ -159,6 +180,10 @@ pub struct FileConfig {
     /// Seconds between sweeps of expired conntrack and NAT entries.
     #[serde(rename = "conntrackGCInterval")]
     pub conntrack_gc_interval: Option<u64>,
+    /// Masquerade pod traffic that leaves the cluster (default true).
+    #[serde(rename = "enableIPv4Masquerade")]
+    pub enable_ipv4_masquerade: Option<bool>,
+    pub ip_masq_agent: Option<IpMasqAgentFileConfig>,
 }
 
 /// Flags that override the file (all optional).
@@ -224,6 +249,29 @@ impl Default for CtTimeouts {
     }
 }
 
+/// How pod traffic leaving the cluster gets the node's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MasqueradeMode {
+    /// `enableIPv4Masquerade: false`.
+    Off,
+    /// `bpf.masquerade: true`: `to_netdev` SNATs.
+    Bpf,
+    /// `bpf.masquerade: false`: the agent's `CILIATE_POST_nat` chain does.
+    Iptables,
+}
+
+/// `ipMasqAgent.*`, validated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpMasqAgentConfig {
+    pub enabled: bool,
+    /// `ipMasqAgent.config.nonMasqueradeCIDRs`; `None` when not given.
+    pub non_masquerade_cidrs: Option<Vec<Ipv4Net>>,
+    /// `ipMasqAgent.config.masqLinkLocal`.
+    pub masq_link_local: bool,
+    /// `ipMasqAgent.configPath`: a file polled for the list.
+    pub config_path: Option<PathBuf>,
+}
+
 /// The validated configuration the agent runs with.
 ///
 /// The PodCIDR is only known here in host-scope IPAM (`ipv4Range`); with
@@ -261,6 +309,9 @@ pub struct Config {
     pub ct_timeouts: CtTimeouts,
     /// `conntrackGCInterval`.
     pub conntrack_gc_interval: std::time::Duration,
+    /// `enableIPv4Masquerade` and `bpf.masquerade`.
+    pub masquerade: MasqueradeMode,
+    pub ip_masq_agent: IpMasqAgentConfig,
 }
 
 impl Config {
@@ -374,6 +425,34 @@ impl Config {
             .ipv4_native_routing_cidr
             .map(|text| parse_cidr("ipv4NativeRoutingCIDR", &text, 0..=32))
             .transpose()?;
+        let masquerade = match (
+            file.enable_ipv4_masquerade.unwrap_or(true),
+            file.bpf.masquerade.unwrap_or(true),
+        ) {
+            (false, _) => MasqueradeMode::Off,
+            (true, true) => MasqueradeMode::Bpf,
+            (true, false) => MasqueradeMode::Iptables,
+        };
+        // As Cilium: without the CIDR the native network is reached in, pod
+        // traffic to other nodes' pods would be masqueraded.
+        if routing_mode == RoutingMode::Native
+            && masquerade != MasqueradeMode::Off
+            && native_routing_cidr.is_none()
+        {
+            return Err(ConfigError::Invalid {
+                key: "ipv4NativeRoutingCIDR",
+                value: String::new(),
+                allowed: "a CIDR such as 172.20.0.0/16 (the pods' network, never masqueraded) is required with routingMode native and enableIPv4Masquerade true (or set enableIPv4Masquerade: false)".into(),
+            });
+        }
+        let ip_masq_agent = resolve_ip_masq_agent(file.ip_masq_agent.unwrap_or_default())?;
+        if ip_masq_agent.enabled && masquerade == MasqueradeMode::Off {
+            return Err(ConfigError::Invalid {
+                key: "ipMasqAgent.enabled",
+                value: "true".into(),
+                allowed: "false with enableIPv4Masquerade false (ip-masq-agent only narrows masquerading)".into(),
+            });
+        }
         let lease_secs = file.kvstore_lease_ttl.unwrap_or(DEFAULT_LEASE_TTL_SECS);
         if !(2..=3600).contains(&lease_secs) {
             return Err(ConfigError::Invalid {
@@ -508,8 +587,38 @@ impl Config {
             node_port_range,
             ct_timeouts,
             conntrack_gc_interval: std::time::Duration::from_secs(gc_secs),
+            masquerade,
+            ip_masq_agent,
         })
     }
+}
+
+/// Checks `ipMasqAgent.*`: every inline CIDR (by index) and the path.
+fn resolve_ip_masq_agent(file: IpMasqAgentFileConfig) -> Result<IpMasqAgentConfig, ConfigError> {
+    let inline = file.config.unwrap_or_default();
+    let non_masquerade_cidrs = inline
+        .non_masquerade_cidrs
+        .map(|list| {
+            list.iter()
+                .enumerate()
+                .map(|(index, text)| {
+                    crate::ipmasq::parse_entry(text).map_err(|allowed| ConfigError::Parse {
+                        key: format!("ipMasqAgent.config.nonMasqueradeCIDRs[{index}]"),
+                        message: format!("value {text:?} is not allowed: {allowed}"),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    if let Some(path) = &file.config_path {
+        absolute("ipMasqAgent.configPath", path)?;
+    }
+    Ok(IpMasqAgentConfig {
+        enabled: file.enabled.unwrap_or(false),
+        non_masquerade_cidrs,
+        masq_link_local: inline.masq_link_local.unwrap_or(false),
+        config_path: file.config_path,
+    })
 }
 
 /// `nodePort.range`: `MIN,MAX` as Cilium writes it (`MIN-MAX` as Kubernetes
@@ -663,7 +772,7 @@ mod tests {
     #[test]
     fn full_file_is_read() {
         let c = load(
-            "nodeName: n1\nipv4Range: 10.1.0.0/24\nbpf:\n  root: /sys/fs/bpf/x\nmtu: 1450\nroutingMode: native\nipam:\n  mode: host-scope\n",
+            "nodeName: n1\nipv4Range: 10.1.0.0/24\nbpf:\n  root: /sys/fs/bpf/x\nmtu: 1450\nroutingMode: native\nipv4NativeRoutingCIDR: 10.0.0.0/8\nipam:\n  mode: host-scope\n",
         )
         .unwrap();
         assert_eq!(c.node_name, "n1");
@@ -994,6 +1103,86 @@ mod tests {
                 "kubeProxyReplacement: strict\n",
                 "kubeProxyReplacement",
                 "strict",
+            ),
+        ];
+        for (extra, key, hint) in cases {
+            let err = load(&format!("ipv4Range: 10.0.0.0/24\n{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(hint), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn masquerade_keys_and_defaults() {
+        let c = load("ipv4Range: 10.0.0.0/24\n").unwrap();
+        assert_eq!(c.masquerade, MasqueradeMode::Bpf);
+        assert_eq!(c.ip_masq_agent, IpMasqAgentConfig::default());
+        let c = load("ipv4Range: 10.0.0.0/24\nbpf: {masquerade: false}\n").unwrap();
+        assert_eq!(c.masquerade, MasqueradeMode::Iptables);
+        let c =
+            load("ipv4Range: 10.0.0.0/24\nenableIPv4Masquerade: false\nbpf: {masquerade: false}\n")
+                .unwrap();
+        assert_eq!(c.masquerade, MasqueradeMode::Off);
+        let c = load("ipv4Range: 10.0.0.0/24\nipMasqAgent:\n  enabled: true\n  configPath: /etc/ip-masq-agent/config\n  config:\n    nonMasqueradeCIDRs: [10.10.1.0/24, 10.10.2.0/24]\n    masqLinkLocal: true\n").unwrap();
+        assert_eq!(
+            c.ip_masq_agent,
+            IpMasqAgentConfig {
+                enabled: true,
+                non_masquerade_cidrs: Some(vec![
+                    "10.10.1.0/24".parse().unwrap(),
+                    "10.10.2.0/24".parse().unwrap()
+                ]),
+                masq_link_local: true,
+                config_path: Some("/etc/ip-masq-agent/config".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn native_routing_with_masquerade_needs_the_native_cidr() {
+        let err = load("ipv4Range: 10.0.0.0/24\nroutingMode: native\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ipv4NativeRoutingCIDR")
+                && err.contains("routingMode native")
+                && err.contains("enableIPv4Masquerade"),
+            "{err}"
+        );
+        let c = load("ipv4Range: 10.0.0.0/24\nroutingMode: native\nenableIPv4Masquerade: false\n")
+            .unwrap();
+        assert_eq!(c.masquerade, MasqueradeMode::Off);
+        let c = load("ipv4Range: 10.0.0.0/24\nroutingMode: native\nbpf: {masquerade: false}\nipv4NativeRoutingCIDR: 10.0.0.0/16\n")
+            .unwrap();
+        assert_eq!(c.masquerade, MasqueradeMode::Iptables);
+    }
+
+    #[test]
+    fn bad_masquerade_values_are_named() {
+        let cases = [
+            ("enableIPv4Masquerade: maybe\n", "enableIPv4Masquerade", "maybe"),
+            ("bpf: {masquerade: 1}\n", "bpf.masquerade", "boolean"),
+            (
+                "ipMasqAgent: {config: {nonMasqueradeCIDRs: [10.10.1.0/24, 10.10.2.0/24, 10.10.1.0/33]}}\n",
+                "ipMasqAgent.config.nonMasqueradeCIDRs[2]",
+                "10.10.1.0/33",
+            ),
+            (
+                "ipMasqAgent: {config: {nonMasqueradeCIDRs: [10.10.1.1/24]}}\n",
+                "nonMasqueradeCIDRs[0]",
+                "10.10.1.0/24?",
+            ),
+            (
+                "ipMasqAgent: {configPath: relative/file}\n",
+                "ipMasqAgent.configPath",
+                "absolute",
+            ),
+            ("ipMasqAgent: {enable: true}\n", "ipMasqAgent", "enable"),
+            (
+                "enableIPv4Masquerade: false\nipMasqAgent: {enabled: true}\n",
+                "ipMasqAgent.enabled",
+                "enableIPv4Masquerade",
             ),
         ];
         for (extra, key, hint) in cases {

@@ -7,9 +7,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use ciliate_api::{
-    DatapathStatus, Endpoint, EndpointCreateRequest, EndpointState, IpamAllocateRequest,
-    IpamAllocation, IpamOwner, IpamStatus, KprDevice, KubeProxyReplacementStatus, Node,
-    ProgramStatus, ServiceEntry, Status,
+    DatapathStatus, Endpoint, EndpointCreateRequest, EndpointState, IpMasqState,
+    IpamAllocateRequest, IpamAllocation, IpamOwner, IpamStatus, KprDevice,
+    KubeProxyReplacementStatus, MasqueradingStatus, Node, ProgramStatus, ServiceEntry, Status,
 };
 use ciliate_datapath::loader::{Datapath, Maps, HOST_ATTACH, NETDEV_ATTACH, OVERLAY_ATTACH};
 use ciliate_datapath::maps::{DatapathConfig, EndpointKey};
@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::addressing::NodeAddressing;
-use crate::config::{Config, IpamMode};
+use crate::config::{Config, IpamMode, MasqueradeMode};
 use crate::endpoints::{self, EndpointRef, Registry};
 use crate::error::AgentError;
 use crate::ipam::{Allocation, Ipam};
@@ -36,6 +36,8 @@ pub struct Daemon {
     cluster: Cluster,
     /// The frontends the service manager programmed (`GET /v1/service`).
     services: watch::Sender<Vec<ServiceEntry>>,
+    /// ip-masq-agent's list in force (`GET /v1/ipmasq`).
+    ipmasq: watch::Sender<IpMasqState>,
     started: Instant,
     inner: Mutex<Inner>,
 }
@@ -115,6 +117,7 @@ impl Daemon {
             host_ifindex,
             cluster,
             services: watch::Sender::new(Vec::new()),
+            ipmasq: watch::Sender::new(IpMasqState::default()),
             started: Instant::now(),
             inner: Mutex::new(Inner {
                 ipam,
@@ -166,6 +169,50 @@ impl Daemon {
     /// Every programmed frontend, by id (`GET /v1/service`).
     pub fn services(&self) -> Vec<ServiceEntry> {
         self.services.borrow().clone()
+    }
+
+    /// Where the masquerading manager publishes ip-masq-agent's state.
+    pub fn ipmasq_publisher(&self) -> watch::Sender<IpMasqState> {
+        self.ipmasq.clone()
+    }
+
+    /// ip-masq-agent's list in force (`GET /v1/ipmasq`).
+    pub fn ipmasq(&self) -> IpMasqState {
+        self.ipmasq.borrow().clone()
+    }
+
+    /// Whether the stack forwards pod traffic (iptables masquerading).
+    fn stack_forwards(&self) -> bool {
+        self.config.masquerade == MasqueradeMode::Iptables
+    }
+
+    /// `Masquerading:` of `ciliate status`.
+    pub fn masquerading(&self) -> MasqueradingStatus {
+        let mode = match self.config.masquerade {
+            MasqueradeMode::Off => return MasqueradingStatus::default(),
+            MasqueradeMode::Bpf => "BPF",
+            MasqueradeMode::Iptables => "IPTables",
+        };
+        MasqueradingStatus {
+            enabled: true,
+            mode: mode.into(),
+            devices: self
+                .addressing
+                .native
+                .iter()
+                .map(|n| KprDevice {
+                    name: n.name.clone(),
+                    ip: n.ip,
+                })
+                .collect(),
+            snat_exclusion_cidr: Some(
+                self.config
+                    .native_routing_cidr
+                    .unwrap_or(self.addressing.pod.cidr)
+                    .to_string(),
+            ),
+            ip_masq_agent: self.config.ip_masq_agent.enabled,
+        }
     }
 
     /// ifindex of `ciliate_host`.
@@ -226,7 +273,14 @@ impl Daemon {
             let device = nl.link_by_name(&ep.host_ifname)?;
             if device.is_some_and(|d| d.index == ep.host_ifindex) {
                 inner.registry.set_state(ep.id, EndpointState::Restoring);
-                match endpoints::plumb(&ep, router, &mut inner.datapath, &mut inner.maps, &nl) {
+                match endpoints::plumb(
+                    &ep,
+                    router,
+                    &mut inner.datapath,
+                    &mut inner.maps,
+                    &nl,
+                    self.stack_forwards(),
+                ) {
                     Ok(()) => {
                         inner.registry.set_state(ep.id, EndpointState::Ready);
                         info!(id = ep.id, ip = %ep.ip, device = %ep.host_ifname, "restored endpoint");
@@ -380,6 +434,7 @@ impl Daemon {
             &mut inner.datapath,
             &mut inner.maps,
             &nl,
+            self.stack_forwards(),
         )?;
         inner.registry.insert(ep.clone());
         if let Err(e) = self.persist(inner) {
@@ -536,8 +591,7 @@ impl Daemon {
                     Vec::new()
                 },
             },
-            // Filled in by the masquerading issue's agent work.
-            masquerading: ciliate_api::MasqueradingStatus::default(),
+            masquerading: self.masquerading(),
         }
     }
 
@@ -573,7 +627,29 @@ fn datapath_config(
         ct_timeout_tcp_syn: config.ct_timeouts.tcp_syn,
         ct_timeout_tcp_fin: config.ct_timeouts.tcp_fin,
         ct_timeout_any: config.ct_timeouts.any,
+        masquerade: masquerade_flags(config),
+        native_routing_cidr: config
+            .native_routing_cidr
+            .map_or(0, |net| ciliate_datapath::maps::be_addr(net.network())),
+        native_routing_prefixlen: config
+            .native_routing_cidr
+            .map_or(0, |net| u32::from(net.prefix_len())),
         ..DatapathConfig::new(addressing.pod.router, trace)
+    }
+}
+
+/// `DatapathConfig::masquerade`: the mode, and whether ip-masq-agent's map counts.
+pub fn masquerade_flags(config: &Config) -> u32 {
+    use ciliate_datapath::maps::{MASQ_F_BPF, MASQ_F_IPTABLES, MASQ_F_IP_MASQ_AGENT};
+    let mode = match config.masquerade {
+        MasqueradeMode::Off => return 0,
+        MasqueradeMode::Bpf => MASQ_F_BPF,
+        MasqueradeMode::Iptables => MASQ_F_IPTABLES,
+    };
+    if config.ip_masq_agent.enabled {
+        mode | MASQ_F_IP_MASQ_AGENT
+    } else {
+        mode
     }
 }
 

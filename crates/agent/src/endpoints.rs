@@ -164,14 +164,18 @@ pub fn host_route(ep: &Endpoint, router: Ipv4Addr) -> Route {
 }
 
 /// Programs the kernel for `ep`. On error, undoes what it did.
+///
+/// `stack_forwards`: iptables masquerading, where the datapath hands pod
+/// traffic leaving the node to the stack, which must forward it.
 pub fn plumb(
     ep: &Endpoint,
     router: Ipv4Addr,
     datapath: &mut Datapath,
     maps: &mut Maps,
     nl: &Netlink,
+    stack_forwards: bool,
 ) -> Result<(), AgentError> {
-    isolate_from_kernel_routing(&ep.host_ifname)?;
+    isolate_from_kernel_routing(&ep.host_ifname, stack_forwards)?;
     datapath.attach(&ep.host_ifname, LXC_ATTACH)?;
     let (key, info) = map_entry(ep);
     if let Err(source) = maps.endpoints.insert(key, info, 0) {
@@ -194,8 +198,13 @@ pub fn plumb(
 /// the node itself but never routes it on, and with `arp_ignore=1` the node
 /// does not answer the pod's ARP (the lxc device has no address); so without
 /// our programs a pod reaches nothing, and with them every path is theirs.
-fn isolate_from_kernel_routing(device: &str) -> Result<(), AgentError> {
-    for (key, value) in [("forwarding", "0"), ("arp_ignore", "1")] {
+///
+/// The one exception is iptables masquerading (`stack_forwards`): there the
+/// datapath passes pod traffic that leaves the node to the stack so that
+/// netfilter's POSTROUTING masquerades it, and the stack must forward it.
+fn isolate_from_kernel_routing(device: &str, stack_forwards: bool) -> Result<(), AgentError> {
+    let forwarding = if stack_forwards { "1" } else { "0" };
+    for (key, value) in [("forwarding", forwarding), ("arp_ignore", "1")] {
         sysctl::set(&format!("net/ipv4/conf/{device}/{key}"), value)?;
     }
     Ok(())

@@ -11,6 +11,8 @@ pub mod error;
 pub mod health;
 pub mod health_server;
 pub mod ipam;
+pub mod ipmasq;
+pub mod iptables;
 pub mod kvstore;
 pub mod monitor;
 pub mod nodes;

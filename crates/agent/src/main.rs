@@ -10,7 +10,7 @@ use ciliate_agent::config::{Config, IpamMode, Overrides};
 use ciliate_agent::daemon::Daemon;
 use ciliate_agent::kvstore::{self, Cluster};
 use ciliate_agent::server::{self, Api};
-use ciliate_agent::{devices, monitor, nodes, services, state};
+use ciliate_agent::{devices, ipmasq, iptables, monitor, nodes, services, state};
 use ciliate_api::Node;
 use ciliate_datapath::loader::Maps;
 use ciliate_datapath::netlink::Netlink;
@@ -25,7 +25,8 @@ struct Args {
     /// YAML configuration file (Cilium's Helm-style keys: nodeName, ipam.mode,
     /// ipv4Range, etcd.endpoints, bpf.root, routingMode, devices, mtu, stateDir,
     /// socketPath, healthNetns, kubeProxyReplacement, nodePort.range,
-    /// bpfCTTimeoutRegular*, conntrackGCInterval, ...).
+    /// bpfCTTimeoutRegular*, conntrackGCInterval, enableIPv4Masquerade,
+    /// bpf.masquerade, ipMasqAgent.*, ...).
     #[arg(long, short)]
     config: Option<PathBuf>,
     #[command(flatten)]
@@ -156,6 +157,70 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(serve(daemon, config, store, stop_tx, stop_rx))
 }
 
+/// Removes what another masquerading mode left (the iptables chain, the
+/// ip-masq-agent map's entries) and starts the manager of this mode's.
+fn start_masquerading(
+    daemon: &Arc<Daemon>,
+    config: &Config,
+    store: Option<&Store>,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    use ciliate_agent::config::MasqueradeMode;
+    use ipmasq::manager::{Enforcer as _, Manager, MapEnforcer, Settings};
+    if config.masquerade != MasqueradeMode::Iptables {
+        match tokio::task::block_in_place(iptables::remove) {
+            Ok(true) => info!(
+                chain = iptables::CHAIN,
+                "removed the iptables masquerading chain of an earlier run"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %services::chain(&e), "cannot remove the iptables masquerading chain of an earlier run");
+            }
+        }
+    }
+    let mut map = MapEnforcer {
+        map: Maps::open(&config.bpf_root)
+            .context("opening ciliate_ipmasq4")?
+            .ipmasq4,
+    };
+    if config.masquerade != MasqueradeMode::Bpf {
+        tokio::task::block_in_place(|| map.enforce(&[], &[]))
+            .map_err(anyhow::Error::msg)
+            .context("emptying ciliate_ipmasq4")?;
+    }
+    let settings = Settings {
+        agent: config.ip_masq_agent.clone(),
+        has_store: store.is_some(),
+    };
+    let publisher = daemon.ipmasq_publisher();
+    let task = match config.masquerade {
+        MasqueradeMode::Off => return Ok(None),
+        MasqueradeMode::Bpf => tokio::spawn(ipmasq::manager::run(
+            Manager::new(settings, map, publisher),
+            store.cloned(),
+            None,
+            stop_rx.clone(),
+        )),
+        MasqueradeMode::Iptables => {
+            let enforcer = iptables::IptablesEnforcer {
+                spec: iptables::ChainSpec {
+                    pod_cidr: daemon.addressing.pod.cidr,
+                    device: daemon.addressing.native.as_ref().map(|n| n.name.clone()),
+                    native_routing_cidr: config.native_routing_cidr,
+                },
+            };
+            tokio::spawn(ipmasq::manager::run(
+                Manager::new(settings, enforcer, publisher),
+                store.cloned(),
+                Some(daemon.nodes_watch()),
+                stop_rx.clone(),
+            ))
+        }
+    };
+    Ok(Some(task))
+}
+
 /// Records the PodCIDR in the node's registration.
 fn set_pod_network(cluster: &Cluster, pod: PodNetwork) {
     cluster.local.send_modify(|local| {
@@ -213,7 +278,11 @@ async fn serve(
     let ring = Maps::open_events(&config.bpf_root).context("opening the event ring buffer")?;
     let monitor_task = tokio::spawn(monitor::run(ring, events.clone()));
 
-    // Expired conntrack and NAT entries go whatever else runs.
+    let masquerading = start_masquerading(&daemon, &config, store.as_ref(), &stop_rx)
+        .context("setting up masquerading")?;
+
+    // Expired conntrack and NAT entries go whatever else runs (masquerading's
+    // mappings included).
     let gc_maps = services::gc::GcMaps::from_maps(
         Maps::open(&config.bpf_root).context("opening the conntrack maps")?,
     );
@@ -322,6 +391,10 @@ async fn serve(
     info!("stopping: pinned programs, maps and links stay, traffic keeps flowing");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+    if let Some(task) = masquerading {
+        // iptables mode removes its chain on the way out.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+    }
     monitor_task.abort();
     let _ = std::fs::remove_file(socket);
     Ok(())

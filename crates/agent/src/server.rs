@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ciliate_api::{
-    ClusterHealth, Endpoint, EndpointCreateRequest, IpamAllocateRequest, IpamAllocation,
-    MonitorEvent, Node, ServiceEntry, Status,
+    ClusterHealth, Endpoint, EndpointCreateRequest, IpMasqState, IpamAllocateRequest,
+    IpamAllocation, MonitorEvent, Node, ServiceEntry, Status,
 };
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
@@ -45,6 +45,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/node", get(list_nodes))
         .route("/v1/service", get(list_services))
+        .route("/v1/ipmasq", get(ipmasq))
         .with_state(api)
 }
 
@@ -152,6 +153,11 @@ async fn list_nodes(State(api): State<Api>) -> Json<Vec<Node>> {
 /// Every frontend the agent programmed, by id (empty without kubeProxyReplacement).
 async fn list_services(State(api): State<Api>) -> Json<Vec<ServiceEntry>> {
     Json(api.daemon.services())
+}
+
+/// ip-masq-agent's list in force, where it came from, and the last refusal.
+async fn ipmasq(State(api): State<Api>) -> Json<IpMasqState> {
+    Json(api.daemon.ipmasq())
 }
 
 #[derive(Deserialize)]

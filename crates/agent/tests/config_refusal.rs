@@ -109,3 +109,23 @@ fn multi_node_settings_are_checked() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("clusterHealthPort"), "{err}");
 }
+
+#[test]
+fn native_routing_with_masquerade_needs_the_native_cidr() {
+    let (code, err) = start_with("nodeName: n\nipv4Range: 10.0.0.0/24\nroutingMode: native\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("ipv4NativeRoutingCIDR")
+            && err.contains("routingMode native")
+            && err.contains("enableIPv4Masquerade"),
+        "{err}"
+    );
+    let (code, err) = start_with(
+        "nodeName: n\nipv4Range: 10.0.0.0/24\nipMasqAgent: {config: {nonMasqueradeCIDRs: [10.10.1.0/24, 10.10.1.0/33]}}\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("ipMasqAgent.config.nonMasqueradeCIDRs[1]") && err.contains("10.10.1.0/33"),
+        "{err}"
+    );
+}

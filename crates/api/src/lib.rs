@@ -13,6 +13,8 @@
 //! | GET | /v1/monitor[?type=drop] | | stream of [`MonitorEvent`], one JSON per line |
 //! | GET | /v1/node | | `[Node]`, this node included |
 //! | GET | /v1/health | | [`ClusterHealth`] |
+//! | GET | /v1/service | | `[ServiceEntry]` |
+//! | GET | /v1/ipmasq | | [`IpMasqState`] |
 //!
 //! `{id}` is the numeric endpoint id or `container-id:<id>`. Errors come back as
 //! [`ApiError`] with a 4xx/5xx status.

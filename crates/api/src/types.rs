@@ -417,6 +417,55 @@ impl std::fmt::Display for MonitorEvent {
                 &self.l3
             },
             self.length
-        )
+        )?;
+        match (&self.nat, self.reason.as_str()) {
+            (None, _) => Ok(()),
+            (Some(nat), "snat") => write!(f, " SNAT to {nat}"),
+            (Some(nat), "rev-snat") => write!(f, " rev-SNAT from {nat}"),
+            (Some(nat), _) => write!(f, " NAT {nat}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(reason: &str, nat: Option<&str>) -> MonitorEvent {
+        MonitorEvent {
+            kind: "trace".into(),
+            code: 11,
+            reason: reason.into(),
+            direction: "egress".into(),
+            ifindex: 2,
+            dst_ifindex: 0,
+            src_endpoint: 12,
+            dst_endpoint: 0,
+            l3: "IPv4".into(),
+            src: "172.20.0.5".into(),
+            dst: "10.10.1.200".into(),
+            protocol: "TCP".into(),
+            src_port: 40000,
+            dst_port: 80,
+            length: 60,
+            ktime_ns: 0,
+            nat: nat.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn monitor_lines_show_the_nat_address() {
+        assert_eq!(
+            event("snat", Some("192.168.10.100:61000")).to_string(),
+            "-> snat egress ifindex 2 ep 12 -> ep 0: 172.20.0.5:40000 -> 10.10.1.200:80 TCP 60 bytes SNAT to 192.168.10.100:61000"
+        );
+        assert!(event("rev-snat", Some("192.168.10.100:61000"))
+            .to_string()
+            .ends_with("60 bytes rev-SNAT from 192.168.10.100:61000"));
+        assert!(event("to-stack", None)
+            .to_string()
+            .ends_with("TCP 60 bytes"));
+        let json = serde_json::to_value(event("to-stack", None)).unwrap();
+        assert!(json.get("nat").is_none());
     }
 }

@@ -1,4 +1,4 @@
-//! `ciliate bpf <map> list` (endpoint, ipcache, tunnel, lb, ct, nat),
+//! `ciliate bpf <map> list` (endpoint, ipcache, tunnel, lb, ct, nat, ipmasq),
 //! `ciliate bpf ct flush global` and `ciliate metrics list`: read the pinned
 //! maps directly, with the same typed views the agent writes them through.
 
@@ -10,9 +10,10 @@ use ciliate_datapath::loader::Maps;
 use ciliate_datapath::maps::{
     addr_of, Ct4Entry, Ct4Key, Lb4Backend, Lb4Key, Lb4Service, Nat4Entry, BE_STATE_TERMINATING,
     CT4_ANY_MAP, CT4_TCP_MAP, CT_F_LOOPBACK, CT_F_NODEPORT, CT_F_RX_CLOSING, CT_F_SEEN_REPLY,
-    CT_F_SNAT, CT_F_TX_CLOSING, CT_KEY_SERVICE, IPPROTO_TCP, IPPROTO_UDP, LB_SCOPE_INTERNAL,
-    METRIC_INGRESS, NAT_DIR_INGRESS, NAT_F_MASQUERADE, NAT_F_NODEPORT, SNAT4_MAP, SVC_F_AFFINITY,
-    SVC_F_CLUSTER_IP, SVC_F_EXTERNAL_IP, SVC_F_LOADBALANCER, SVC_F_NODEPORT, SVC_F_TWO_SCOPES,
+    CT_F_SNAT, CT_F_TX_CLOSING, CT_KEY_SERVICE, IPMASQ4_MAP, IPPROTO_TCP, IPPROTO_UDP,
+    LB_SCOPE_INTERNAL, METRIC_INGRESS, NAT_DIR_INGRESS, NAT_F_MASQUERADE, NAT_F_NODEPORT,
+    SNAT4_MAP, SVC_F_AFFINITY, SVC_F_CLUSTER_IP, SVC_F_EXTERNAL_IP, SVC_F_LOADBALANCER,
+    SVC_F_NODEPORT, SVC_F_TWO_SCOPES,
 };
 use ciliate_datapath::netlink::format_mac;
 use ciliate_datapath::reasons::drop_reason_name;
@@ -53,6 +54,9 @@ pub enum BpfCommand {
     /// Source NAT mappings (ciliate_snat4).
     #[command(subcommand)]
     Nat(ListOnly),
+    /// ip-masq-agent's nonMasqueradeCIDRs in force (ciliate_ipmasq4).
+    #[command(subcommand)]
+    Ipmasq(ListOnly),
 }
 
 #[derive(Subcommand)]
@@ -110,6 +114,9 @@ pub fn run(client: &Client, cmd: BpfCommand) -> anyhow::Result<()> {
             ct_flush(&mut open_maps(client, &args.map)?, &args.map.output)
         }
         BpfCommand::Nat(ListOnly::List(args)) => nat_list(&open_maps(client, &args)?, &args.output),
+        BpfCommand::Ipmasq(ListOnly::List(args)) => {
+            ipmasq_list(&open_maps(client, &args)?, &args.output)
+        }
     }
 }
 
@@ -646,5 +653,35 @@ fn nat_list(maps: &Maps, output: &OutputArgs) -> anyhow::Result<()> {
             e.flags.join(","),
         );
     }
+    Ok(())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IpmasqEntry {
+    prefix: String,
+}
+
+/// Every prefix of ciliate_ipmasq4, by address then prefix length, as
+/// `cilium-dbg bpf ipmasq list` prints them.
+fn ipmasq_list(maps: &Maps, output: &OutputArgs) -> anyhow::Result<()> {
+    let mut prefixes = Vec::new();
+    for key in maps.ipmasq4.keys() {
+        let key = key.with_context(|| format!("reading {IPMASQ4_MAP}"))?;
+        let ip = std::net::Ipv4Addr::from(key.data().to_ne_bytes());
+        prefixes.push((ip, key.prefix_len()));
+    }
+    prefixes.sort_unstable();
+    let entries: Vec<IpmasqEntry> = prefixes
+        .into_iter()
+        .map(|(ip, len)| IpmasqEntry {
+            prefix: format!("{ip}/{len}"),
+        })
+        .collect();
+    if output.format == Format::Json {
+        return print_json(&entries);
+    }
+    let rows: Vec<Vec<String>> = entries.iter().map(|e| vec![e.prefix.clone()]).collect();
+    print_table(&["IP PREFIX/ADDRESS"], &rows);
     Ok(())
 }

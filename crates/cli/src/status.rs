@@ -1,8 +1,8 @@
 use std::time::{Duration, SystemTime};
 
 use ciliate_api::{
-    Client, ClusterHealth, HealthSummary, KubeProxyReplacementStatus, NodeHealth, PathHealth,
-    ProbeResult, Status,
+    Client, ClusterHealth, HealthSummary, KubeProxyReplacementStatus, MasqueradingStatus,
+    NodeHealth, PathHealth, ProbeResult, Status,
 };
 
 use crate::output::{print_json, Format, OutputArgs};
@@ -46,6 +46,7 @@ pub fn run(client: &Client, args: &StatusArgs) -> anyhow::Result<()> {
         "KubeProxyReplacement",
         kube_proxy_replacement_line(&status.kube_proxy_replacement),
     );
+    row("Masquerading", masquerading_line(&status.masquerading));
     row(
         "Host device",
         format!(
@@ -120,6 +121,31 @@ fn kube_proxy_replacement_line(kpr: &KubeProxyReplacementStatus) -> String {
         .map(|d| format!("{} {}", d.name, d.ip))
         .collect();
     format!("True [{}]", devices.join(", "))
+}
+
+/// `BPF (ip-masq-agent) [eth0 192.168.10.100] 10.200.0.0/16 [IPv4: Enabled]`
+/// or `Disabled`, as `cilium status` shows it.
+fn masquerading_line(m: &MasqueradingStatus) -> String {
+    if !m.enabled {
+        return "Disabled".into();
+    }
+    let agent = if m.ip_masq_agent {
+        " (ip-masq-agent)"
+    } else {
+        ""
+    };
+    let line = format!("{}{agent}", m.mode);
+    let devices: Vec<String> = m
+        .devices
+        .iter()
+        .map(|d| format!("{} {}", d.name, d.ip))
+        .collect();
+    let cidr = m
+        .snat_exclusion_cidr
+        .as_ref()
+        .map(|c| format!(" {c}"))
+        .unwrap_or_default();
+    format!("{line} [{}]{cidr} [IPv4: Enabled]", devices.join(", "))
 }
 
 fn unix_now() -> u64 {
@@ -262,6 +288,31 @@ mod tests {
             kube_proxy_replacement_line(&kpr),
             "True [eth0 192.168.10.100]"
         );
+    }
+
+    #[test]
+    fn masquerading_line_like_cilium() {
+        let mut m = MasqueradingStatus::default();
+        assert_eq!(masquerading_line(&m), "Disabled");
+        m = MasqueradingStatus {
+            enabled: true,
+            mode: "BPF".into(),
+            devices: vec![ciliate_api::KprDevice {
+                name: "eth0".into(),
+                ip: "192.168.10.100".parse().unwrap(),
+            }],
+            snat_exclusion_cidr: Some("10.200.0.0/16".into()),
+            ip_masq_agent: true,
+        };
+        assert_eq!(
+            masquerading_line(&m),
+            "BPF (ip-masq-agent) [eth0 192.168.10.100] 10.200.0.0/16 [IPv4: Enabled]"
+        );
+        m.mode = "IPTables".into();
+        m.ip_masq_agent = false;
+        m.devices.clear();
+        m.snat_exclusion_cidr = None;
+        assert_eq!(masquerading_line(&m), "IPTables [] [IPv4: Enabled]");
     }
 
     fn ok(us: u64) -> ProbeResult {

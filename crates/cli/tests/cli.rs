@@ -91,7 +91,17 @@ fn status_endpoints_maps_metrics_and_monitor() {
     );
     assert!(text.contains(&format!("{} (web/a)", a.ip)), "{text}");
     assert!(text.contains("(health)"), "{text}");
+    // BPF masquerading is the default; the line reads like cilium's.
+    let masq = text
+        .lines()
+        .find(|l| l.starts_with("Masquerading:"))
+        .unwrap_or_else(|| panic!("no Masquerading line in {text}"));
+    assert!(
+        masq.contains(" BPF [") && masq.ends_with(" [IPv4: Enabled]"),
+        "{masq}"
+    );
     let status = json(&lab, &["status", "-o", "json"]);
+    assert_eq!(status["masquerading"]["mode"], "BPF");
     assert_eq!(status["nodeName"], "node0");
     assert_eq!(status["endpointsReady"], 3);
 

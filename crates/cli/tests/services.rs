@@ -15,8 +15,8 @@ use ciliate_datapath::maps::{
     be_addr, monotonic_seconds, Ct4Entry, Ct4Key, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service,
     Nat4Entry, BE_STATE_ACTIVE, BE_STATE_TERMINATING, CT_F_NODEPORT, CT_F_SEEN_REPLY,
     CT_KEY_SERVICE, IPPROTO_TCP, IPPROTO_UDP, LB_SCOPE_EXTERNAL, LB_SCOPE_INTERNAL, NAT_DIR_EGRESS,
-    NAT_DIR_INGRESS, NAT_F_NODEPORT, SVC_F_AFFINITY, SVC_F_CLUSTER_IP, SVC_F_NODEPORT,
-    SVC_F_TWO_SCOPES,
+    NAT_DIR_INGRESS, NAT_F_MASQUERADE, NAT_F_NODEPORT, SVC_F_AFFINITY, SVC_F_CLUSTER_IP,
+    SVC_F_NODEPORT, SVC_F_TWO_SCOPES,
 };
 use serde_json::{json, Value};
 
@@ -347,6 +347,63 @@ fn bpf_nat_list() {
         text.contains(
             "TCP IN 172.20.1.5:8080 -> 192.168.10.100:51000 XLATE_DST 192.168.10.200:51000"
         ),
+        "{text}"
+    );
+}
+
+#[test]
+fn bpf_ipmasq_list_and_masquerade_nat_entries() {
+    ciliate_datapath::require_root!("a bpffs and loading the datapath");
+    let pinned = PinnedMaps::new();
+    let mut maps = pinned.maps();
+    for cidr in [
+        "169.254.0.0/16",
+        "10.10.2.0/24",
+        "10.10.1.0/24",
+        "10.0.0.0/8",
+    ] {
+        maps.ipmasq4
+            .insert(
+                &ciliate_datapath::maps::ipcache_key(cidr.parse().unwrap()),
+                ciliate_datapath::maps::IpmasqValue::default(),
+                0,
+            )
+            .unwrap();
+    }
+    assert_eq!(
+        pinned.json(&["bpf", "ipmasq", "list"]),
+        json!([{"prefix": "10.0.0.0/8"}, {"prefix": "10.10.1.0/24"}, {"prefix": "10.10.2.0/24"}, {"prefix": "169.254.0.0/16"}])
+    );
+    assert_eq!(
+        pinned.ciliate(&["bpf", "ipmasq", "list"]),
+        "IP PREFIX/ADDRESS\n10.0.0.0/8\n10.10.1.0/24\n10.10.2.0/24\n169.254.0.0/16\n"
+    );
+
+    // A pod's connection to the outside, masqueraded to the node's address.
+    let now = monotonic_seconds();
+    let pod = ip("172.20.0.5");
+    let node = ip("192.168.10.100");
+    let outside = ip("10.10.1.200");
+    maps.snat4
+        .insert(
+            Ct4Key::new(pod, 40000, outside, 80, IPPROTO_TCP, NAT_DIR_EGRESS),
+            Nat4Entry {
+                to_addr: be_addr(node),
+                to_port: 61000u16.to_be(),
+                flags: NAT_F_MASQUERADE,
+                lifetime: now + 60,
+                created: now,
+            },
+            0,
+        )
+        .unwrap();
+    let list = pinned.json(&["bpf", "nat", "list"]);
+    assert_eq!(list[0]["flags"], json!(["masquerade"]));
+    assert_eq!(list[0]["to"], "192.168.10.100:61000");
+    let text = pinned.ciliate(&["bpf", "nat", "list"]);
+    assert!(
+        text.contains("TCP OUT 172.20.0.5:40000 -> 10.10.1.200:80 XLATE_SRC 192.168.10.100:61000")
+            && text.contains("Flags=[masquerade]"),
         "{text}"
     );
 }
