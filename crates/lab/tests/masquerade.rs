@@ -281,6 +281,8 @@ fn endpoint(text: &str) -> Option<(Ipv4Addr, Option<u16>)> {
 struct Capture {
     child: Option<Child>,
     lines: Option<std::thread::JoinHandle<Vec<String>>>,
+    /// What tcpdump says when it stops (packets captured, dropped by the kernel).
+    summary: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Capture {
@@ -290,6 +292,9 @@ impl Capture {
             "-n",
             "-l",
             "--immediate-mode",
+            // A ring big enough for bursts (150 SYNs at once): no kernel drops.
+            "-B",
+            "32768",
             "-i",
             "eth0",
             filter,
@@ -324,10 +329,15 @@ impl Capture {
             }
             assert!(n > 0, "tcpdump on the router did not start: {said}");
         }
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let summary = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            rest
+        });
         Self {
             child: Some(child),
             lines: Some(lines),
+            summary: Some(summary),
         }
     }
 
@@ -337,6 +347,13 @@ impl Capture {
         std::thread::sleep(Duration::from_millis(300));
         self.kill();
         let lines = self.lines.take().unwrap().join().unwrap();
+        let summary = self.summary.take().unwrap().join().unwrap();
+        assert!(
+            summary
+                .lines()
+                .any(|l| l.trim() == "0 packets dropped by kernel"),
+            "tcpdump on the router lost packets: {summary}"
+        );
         lines.iter().filter_map(|l| Packet::parse(l)).collect()
     }
 
