@@ -7,7 +7,8 @@
 # and the tools are installed (scripts/install-deps.sh). As root.
 # Environment: CILIATE (the ciliate binary; default: target/release or
 # target/debug), CILIATE_LAB (the lab's name; default "ciliate"),
-# ROUTING (tunnel or native; default tunnel), NODES (default 3).
+# ROUTING (tunnel or native; default tunnel), NODES (default 3),
+# MASQUERADE (bpf, iptables or off; default bpf).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,7 @@ fi
 export CILIATE_LAB=${CILIATE_LAB:-ciliate}
 ROUTING=${ROUTING:-tunnel}
 NODES=${NODES:-3}
+MASQUERADE=${MASQUERADE:-bpf}
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
@@ -35,8 +37,8 @@ run() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
 say "Remove whatever an earlier run left (idempotent)"
 run "$CILIATE" lab down
 
-say "Create the lab: bridge + etcd + operator at 192.168.10.1, $NODES nodes from 192.168.10.100, the outside host router at .200, routing $ROUTING"
-run "$CILIATE" lab up --nodes "$NODES" --routing "$ROUTING"
+say "Create the lab: bridge + etcd + operator at 192.168.10.1, $NODES nodes from 192.168.10.100, the outside host router at .200 (owning 10.10.1.0/24 and 10.10.2.0/24), routing $ROUTING, masquerade $MASQUERADE"
+run "$CILIATE" lab up --nodes "$NODES" --routing "$ROUTING" --masquerade "$MASQUERADE"
 
 say "Create two pods through ciliate-cni, as a container runtime would"
 run "$CILIATE" lab apply -f examples/pods.yaml
@@ -87,7 +89,10 @@ else
     echo "(this ciliate has no \`service list\` yet: the service is in the store, not served)"
 fi
 
-say "The connectivity test: pods on the same and on other nodes, hosts, the outside host, services and NodePorts, health, drops"
+say "Pod to world: the client fetches http://10.10.1.200/ from the router, which answers with the source it saw (node0's IP when masqueraded)"
+run "$CILIATE" lab exec client -- curl -sS --max-time 3 http://10.10.1.200/ || true
+
+say "The connectivity test: pods on the same and on other nodes, hosts, the outside host, services and NodePorts, pod to world, health, drops"
 status=0
 run "$CILIATE" connectivity test || status=$?
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 
 use crate::lab::{ApplyOutcome, Lab, LabSpec, LabStatus};
-use crate::state::{IpamMode, RoutingMode};
+use crate::state::{IpamMode, Masquerade, RoutingMode};
 use crate::{manifest, names};
 
 #[derive(clap::Args, Debug)]
@@ -36,6 +36,13 @@ pub enum LabCommand {
         /// PodCIDR and agents use no store (single-node work).
         #[arg(long, value_enum, default_value_t = IpamMode::ClusterPool)]
         ipam: IpamMode,
+        /// How pod traffic leaving the cluster is masqueraded to the node's
+        /// IP: in BPF (bpf.masquerade: true), by the agent's iptables chain
+        /// (bpf.masquerade: false), or not at all (enableIPv4Masquerade:
+        /// false). With cluster-pool IPAM ip-masq-agent is on with an empty
+        /// list until a ConfigMap kube-system/ip-masq-agent is applied.
+        #[arg(long, value_enum, default_value_t = Masquerade::Bpf)]
+        masquerade: Masquerade,
         /// Directory with ciliate-agent, ciliate-cni and ciliate-operator (default: next to this program).
         #[arg(long, env = "CILIATE_BIN_DIR")]
         bin_dir: Option<PathBuf>,
@@ -45,20 +52,23 @@ pub enum LabCommand {
     },
     /// Remove everything the lab made, even after a crash. Idempotent.
     Down,
-    /// Create the Pods, Services and EndpointSlices of a Kubernetes YAML file
-    /// ("-" for stdin). Services get a clusterIP (10.96.0.0/16) and nodePorts
-    /// (30000-32767) when they have none; a Service with a selector gets its
-    /// EndpointSlices from the matching pods, kept up to date as pods come and go.
+    /// Create the Pods, Services, EndpointSlices and ConfigMaps of a Kubernetes
+    /// YAML file ("-" for stdin). Services get a clusterIP (10.96.0.0/16) and
+    /// nodePorts (30000-32767) when they have none; a Service with a selector
+    /// gets its EndpointSlices from the matching pods, kept up to date as pods
+    /// come and go. ConfigMaps are stored as given (the agents read
+    /// kube-system/ip-masq-agent).
     Apply {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// Delete the Pods, Services and EndpointSlices of a file, or
-    /// `delete pod|service|endpointslice NAME...`.
+    /// Delete the Pods, Services, EndpointSlices and ConfigMaps of a file, or
+    /// `delete pod|service|endpointslice|configmap NAME...`.
     Delete {
         #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "pods"])]
         file: Option<PathBuf>,
-        /// `pod` (`pods`, `po`), `service` (`services`, `svc`) or `endpointslice`.
+        /// `pod` (`pods`, `po`), `service` (`services`, `svc`), `endpointslice`
+        /// or `configmap` (`configmaps`, `cm`).
         #[arg(required_unless_present = "file")]
         kind: Option<String>,
         /// Names: `name` or `namespace/name`.
@@ -73,11 +83,24 @@ pub enum LabCommand {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Add or remove `PodCIDR via node IP` routes on the outside router, so
+    /// that it can answer pods that reach it unmasqueraded (destinations in
+    /// ip-masq-agent's nonMasqueradeCIDRs, or --masquerade off). Idempotent.
+    RouterRoutes {
+        #[arg(value_enum)]
+        action: RouteAction,
+    },
     /// Nodes and pods with their addresses and processes.
     Status {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteAction {
+    Add,
+    Del,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,12 +117,14 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
             nodes,
             routing,
             ipam,
+            masquerade,
             bin_dir,
             timeout,
         } => {
             let spec = LabSpec {
                 routing,
                 ipam,
+                masquerade,
                 bin_dir,
                 agent_timeout: Duration::from_secs(timeout),
                 ..LabSpec::new(&name, nodes)
@@ -109,10 +134,11 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
                 println!("lab {name} is up already and healthy; nothing to do");
             } else {
                 println!(
-                    "lab {name} is up: {} node(s), routing {}, IPAM {}, on bridge br0 in namespace {}, state in {}",
+                    "lab {name} is up: {} node(s), routing {}, IPAM {}, masquerade {}, on bridge br0 in namespace {}, state in {}",
                     lab.nodes().len(),
                     lab.state().routing,
                     lab.state().ipam,
+                    lab.state().masquerade,
                     lab.state().fabric_netns,
                     lab.dir().display()
                 );
@@ -175,6 +201,13 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
                             .with_context(|| format!("applying endpointslice {key}"))?;
                         println!("endpointslice/{key} {change}");
                     }
+                    manifest::Object::ConfigMap(map) => {
+                        let key = crate::services::key_of(&map.metadata);
+                        let change = lab
+                            .apply_config_map(map)
+                            .with_context(|| format!("applying configmap {key}"))?;
+                        println!("configmap/{key} {change}");
+                    }
                     manifest::Object::Skipped { .. } => {}
                 }
             }
@@ -197,6 +230,9 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
                         manifest::Object::EndpointSlice(s) => {
                             Some(("endpointslice", crate::services::key_of(&s.metadata)))
                         }
+                        manifest::Object::ConfigMap(m) => {
+                            Some(("configmap", crate::services::key_of(&m.metadata)))
+                        }
                         manifest::Object::Skipped { .. } => None,
                     })
                     .collect()
@@ -206,7 +242,8 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
                     "pod" | "pods" | "po" => "pod",
                     "service" | "services" | "svc" => "service",
                     "endpointslice" | "endpointslices" => "endpointslice",
-                    _ => bail!("resource type {kind:?} is not supported: the lab deletes pod, service and endpointslice (`ciliate lab delete pod NAME`)"),
+                    "configmap" | "configmaps" | "cm" => "configmap",
+                    _ => bail!("resource type {kind:?} is not supported: the lab deletes pod, service, endpointslice and configmap (`ciliate lab delete pod NAME`)"),
                 };
                 if pods.is_empty() {
                     bail!("no {kind} named: `ciliate lab delete {kind} NAME...`");
@@ -218,6 +255,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
                 let existed = match kind {
                     "pod" => lab.delete_pod(&target),
                     "service" => lab.delete_service(&target),
+                    "configmap" => lab.delete_config_map(&target),
                     _ => lab.delete_endpoint_slice(&target),
                 }
                 .with_context(|| format!("deleting {kind} {target}"))?;
@@ -234,6 +272,20 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
             let lab = Lab::open(&name)?;
             let status = lab.exec_inherit(&target, &cmd)?;
             Ok(exit_code(status))
+        }
+        LabCommand::RouterRoutes { action } => {
+            let lab = Lab::open(&name)?;
+            let add = action == RouteAction::Add;
+            let routes = lab
+                .router_routes(add)
+                .with_context(|| format!("changing the router's routes in lab {name}"))?;
+            for (cidr, via) in routes {
+                println!(
+                    "router: {cidr} via {via} {}",
+                    if add { "present" } else { "absent" }
+                );
+            }
+            Ok(0)
         }
         LabCommand::Status { output } => {
             let lab = Lab::open(&name)?;
@@ -315,6 +367,27 @@ pub fn print_status(status: &LabStatus) {
         println!(
             "outside host: router at {} (namespace {}; `ciliate lab exec router -- CMD`)",
             router.ip, router.netns
+        );
+        let networks: Vec<String> = router.networks.iter().map(ToString::to_string).collect();
+        let server = match (router.server_pid, router.server_alive) {
+            (Some(pid), true) => format!("HTTP :80 pid {pid} running"),
+            (Some(pid), false) => format!("HTTP :80 pid {pid} dead"),
+            (None, _) => "no HTTP server".into(),
+        };
+        let routes = if router.pod_cidr_routes.is_empty() {
+            "no PodCIDR routes (`ciliate lab router-routes add`)".to_string()
+        } else {
+            let r: Vec<String> = router
+                .pod_cidr_routes
+                .iter()
+                .map(|(c, v)| format!("{c} via {v}"))
+                .collect();
+            format!("routes {}", r.join(", "))
+        };
+        println!(
+            "  networks {} on lo, {server}, {routes}; masquerade {}",
+            networks.join(", "),
+            status.masquerade
         );
     }
     let mut rows = vec![vec![

@@ -45,7 +45,7 @@ pub const HTTP_PORT: u16 = 8080;
 pub const ECHO_PORT: u16 = 9000;
 
 /// Every scenario, in the order they run.
-pub const SCENARIOS: [&str; 12] = [
+pub const SCENARIOS: [&str; 14] = [
     "pod-to-pod-same-node",
     "pod-to-pod-other-node",
     "pod-to-host",
@@ -56,6 +56,8 @@ pub const SCENARIOS: [&str; 12] = [
     "pod-to-remote-nodeport",
     "outside-to-nodeport",
     "pod-to-itself-via-service",
+    "pod-to-world",
+    "to-cidr",
     "health",
     "no-unexpected-drops",
 ];
@@ -417,6 +419,8 @@ pub fn run(lab: &mut Lab, options: &Options, out: &mut dyn Write) -> Result<Repo
             }
             "outside-to-nodeport" => env.with_services(outside_to_nodeport),
             "pod-to-itself-via-service" => env.with_services(pod_to_itself),
+            "pod-to-world" => pod_to_world(&env),
+            "to-cidr" => to_cidr(&env),
             "health" => health(&env, options),
             "no-unexpected-drops" => Ok(no_unexpected_drops(
                 lab,
@@ -1051,6 +1055,122 @@ fn pod_to_itself(env: &Env<'_>, info: &ServicesInfo) -> std::result::Result<Vec<
         &format!("http://{ip}:{SVC_HTTP_PORT}/"),
         CLIENT,
     )])
+}
+
+/// The pods that reach the world: one per node (the client on node0, the
+/// echo pod on node1).
+fn world_clients<'e>(env: &'e Env<'_>) -> Vec<&'e PodInfo> {
+    [CLIENT, ECHO_OTHER]
+        .iter()
+        .filter_map(|n| env.pods.get(*n))
+        .collect()
+}
+
+/// What the router should see from each pod for `dests`; the scenario
+/// cannot run (Err, why) when a pod would arrive with its own address and
+/// the router has no route back to it: its answers could not leave.
+fn plan_world<'e>(
+    env: &'e Env<'_>,
+    dests: &[Ipv4Addr],
+) -> std::result::Result<Vec<(&'e PodInfo, Vec<crate::outside::ExpectedSource>)>, String> {
+    let mut plan = Vec::new();
+    for pod in world_clients(env) {
+        let mut expected = Vec::new();
+        for &dest in dests {
+            let e = crate::outside::expected_source(env.lab, pod, dest)?;
+            if !e.masqueraded && !crate::outside::router_routes_to(env.lab, pod) {
+                return Err(format!(
+                    "{} -> {dest} is not masqueraded ({}) and the router has no route back to \
+                     {}: its answers could not reach the pod; run `ciliate lab router-routes add`",
+                    pod.name, e.why, pod.ip
+                ));
+            }
+            expected.push(e);
+        }
+        plan.push((pod, expected));
+    }
+    Ok(plan)
+}
+
+/// `curl http://dest/` from `pod`: the router answers with the source it
+/// saw, which must be `expected`.
+fn http_source(
+    env: &Env<'_>,
+    pod: &PodInfo,
+    dest: Ipv4Addr,
+    e: &crate::outside::ExpectedSource,
+) -> Action {
+    let url = format!("http://{dest}:{}/", crate::fabric::ROUTER_HTTP_PORT);
+    let name = format!(
+        "TCP {} ({}) -> {url}: the router sees {} ({})",
+        pod.name, pod.node, e.source, e.why
+    );
+    let error = match env
+        .lab
+        .exec(&pod.key(), &["curl", "-sS", "--max-time", "5", &url])
+    {
+        Err(e) => Some(format!("cannot run curl in {}: {e}", pod.key())),
+        Ok(out) if !out.status.success() => Some(format!(
+            "`curl {url}` exit {}: {}",
+            out.status
+                .code()
+                .map_or_else(|| "by signal".into(), |c| c.to_string()),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(out) => {
+            let body = String::from_utf8_lossy(&out.stdout);
+            match crate::outside::client_address(&body) {
+                Some(seen) if seen == e.source => None,
+                Some(seen) => Some(format!(
+                    "the router saw {seen}, not {} ({})",
+                    e.source, e.why
+                )),
+                None => Some(format!(
+                    "the answer is not `client <address>`: {:?}",
+                    body.trim()
+                )),
+            }
+        }
+    };
+    Action { name, error }
+}
+
+/// Pods on each node ping the router's fabric address and fetch
+/// http://10.10.1.200/ (an outside network); the router must see the source
+/// the agent's masquerading settings say.
+fn pod_to_world(env: &Env<'_>) -> std::result::Result<Vec<Action>, String> {
+    let router = env.lab.router().map_err(|e| e.to_string())?.ip();
+    let world = outside_address(0)?;
+    let plan = plan_world(env, &[router, world])?;
+    let mut actions = Vec::new();
+    for (pod, expected) in plan {
+        actions.push(env.ping(
+            &pod.key(),
+            &format!("{} ({})", pod.name, pod.node),
+            router,
+            "the router",
+        ));
+        actions.push(http_source(env, pod, world, &expected[1]));
+    }
+    Ok(actions)
+}
+
+/// Pods on each node fetch http://10.10.2.200/ (the other outside network).
+fn to_cidr(env: &Env<'_>) -> std::result::Result<Vec<Action>, String> {
+    let dest = outside_address(1)?;
+    let plan = plan_world(env, &[dest])?;
+    Ok(plan
+        .into_iter()
+        .map(|(pod, expected)| http_source(env, pod, dest, &expected[0]))
+        .collect())
+}
+
+/// The router's address in its `i`-th outside network.
+fn outside_address(i: usize) -> std::result::Result<Ipv4Addr, String> {
+    crate::fabric::outside_networks()
+        .get(i)
+        .map(ipnet::Ipv4Net::addr)
+        .ok_or_else(|| format!("the router has no outside network {i}"))
 }
 
 fn pod_to_host(env: &Env<'_>) -> Vec<Action> {

@@ -115,11 +115,34 @@ pub fn plug_node(fabric: &str, port: &str, node_netns: &Path, address: Ipv4Net) 
     Ok(())
 }
 
+/// The outside networks the router owns (on its loopback), addressed by
+/// their `.200`: what pods reach "in the world" (`pod-to-world`, `to-cidr`).
+pub const OUTSIDE_NETWORKS: [&str; 2] = ["10.10.1.200/24", "10.10.2.200/24"];
+/// What the nodes route via the router: every outside network.
+pub const OUTSIDE_SUMMARY: &str = "10.10.0.0/16";
+/// The router's HTTP port, on every address it has.
+pub const ROUTER_HTTP_PORT: u16 = 80;
+
+/// The outside networks, parsed.
+pub fn outside_networks() -> Vec<Ipv4Net> {
+    OUTSIDE_NETWORKS
+        .iter()
+        .map(|n| n.parse().expect("valid constant"))
+        .collect()
+}
+
+/// The route the nodes take to the outside networks.
+pub fn outside_summary() -> Ipv4Net {
+    OUTSIDE_SUMMARY.parse().expect("valid constant")
+}
+
 /// Creates the outside host: its own namespace (no forwarding), plugged into
-/// the fabric like a node (port `router` on `br0`, `eth0` inside) with only
-/// the fabric's connected route: it knows no PodCIDR, so it reaches the
-/// cluster only through node addresses (NodePorts), as a client outside
-/// the cluster does.
+/// the fabric like a node (port `router` on `br0`, `eth0` inside), owning the
+/// outside networks on its loopback, with only the fabric's connected route:
+/// it knows no PodCIDR (until `router-routes add`), so it reaches the cluster
+/// only through node addresses (NodePorts, masqueraded pod traffic), as a
+/// host outside the cluster does. No default route either: a reply to a pod
+/// address has nowhere to go.
 pub fn create_router(fabric: &str, router: &crate::state::RouterInfo) -> Result<()> {
     create_netns(&router.netns, &[("net.ipv4.ip_forward", "0")])?;
     plug_node(
@@ -127,6 +150,80 @@ pub fn create_router(fabric: &str, router: &crate::state::RouterInfo) -> Result<
         crate::names::ROUTER,
         &router.netns_path,
         router.address,
+    )?;
+    let nl = Netlink::new_in(&router.netns_path)?;
+    let lo = nl
+        .link_by_name("lo")?
+        .ok_or_else(|| crate::LabError::Command {
+            what: format!("addressing lo in {}", router.netns),
+            argv: vec![],
+            detail: "no loopback device".into(),
+        })?;
+    for net in &router.networks {
+        nl.add_address(lo.index, net.addr(), net.prefix_len())?;
+    }
+    Ok(())
+}
+
+/// A one-line Python HTTP server on `port` (every address) that answers
+/// every GET with `client <the source address it saw>` and a newline: what
+/// the outside sees of a pod, masqueraded or not. Threaded with a deep
+/// accept queue, for many connections at once. No quotes or backslashes
+/// beyond the single quotes of Python strings.
+pub fn client_echo_server(port: u16) -> String {
+    format!(
+        "import http.server as h;H=type('H',(h.BaseHTTPRequestHandler,),{{'do_GET':lambda s:\
+         (b:=('client '+s.client_address[0]+chr(10)).encode(),s.send_response(200),\
+         s.send_header('Content-Length',str(len(b))),s.end_headers(),s.wfile.write(b)),\
+         'log_message':lambda s,*a:None}});S=type('S',(h.ThreadingHTTPServer,),\
+         {{'request_queue_size':1024,'daemon_threads':True}});S(('0.0.0.0',{port}),H).serve_forever()"
+    )
+}
+
+/// Adds (`add`) or removes routes on the router: `PodCIDR via node IP` for
+/// each of `routes`. Adding replaces what is there; removing a route that
+/// is absent is fine. Both are idempotent.
+pub fn router_routes(netns: &str, routes: &[(Ipv4Net, Ipv4Addr)], add: bool) -> Result<()> {
+    for (cidr, node) in routes {
+        let (cidr, node) = (cidr.to_string(), node.to_string());
+        if add {
+            sys::ip(
+                "routing a PodCIDR on the router",
+                &[
+                    "-n", netns, "route", "replace", &cidr, "via", &node, "dev", "eth0",
+                ],
+            )?;
+        } else {
+            match sys::ip(
+                "removing a PodCIDR route from the router",
+                &[
+                    "-n", netns, "route", "del", &cidr, "via", &node, "dev", "eth0",
+                ],
+            ) {
+                Err(crate::LabError::Command { detail, .. })
+                    if detail.contains("No such process") => {}
+                other => other?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Routes the outside networks of a node via the router.
+pub fn route_outside(node_netns: &str, router: Ipv4Addr) -> Result<()> {
+    sys::ip(
+        "routing the outside networks via the router",
+        &[
+            "-n",
+            node_netns,
+            "route",
+            "replace",
+            OUTSIDE_SUMMARY,
+            "via",
+            &router.to_string(),
+            "dev",
+            "eth0",
+        ],
     )
 }
 

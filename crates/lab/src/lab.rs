@@ -32,8 +32,8 @@ use crate::manifest::{self, Manifest, PodManifest};
 use crate::names;
 use crate::services::{self, Change};
 use crate::state::{
-    ContainerInfo, EtcdInfo, IpamMode, LabLock, LabState, NodeInfo, OperatorInfo, PodCondition,
-    PodInfo, ProcessRecord, RouterInfo, RoutingMode, STATE_VERSION,
+    ContainerInfo, EtcdInfo, IpamMode, LabLock, LabState, Masquerade, NodeInfo, OperatorInfo,
+    PodCondition, PodInfo, ProcessRecord, RouterInfo, RoutingMode, STATE_VERSION,
 };
 use crate::sys;
 use crate::{cni, fabric};
@@ -80,6 +80,8 @@ pub struct LabSpec {
     pub router_host: u32,
     /// Write `kubeProxyReplacement: true` into the agents' config.
     pub kube_proxy_replacement: bool,
+    /// How the agents masquerade traffic leaving the cluster.
+    pub masquerade: Masquerade,
     /// Node `i` gets the `i`-th subnet of this pool as its `PodCIDR`.
     pub pod_cidr_pool: Ipv4Net,
     pub pod_cidr_prefix: u8,
@@ -103,6 +105,7 @@ impl Default for LabSpec {
             node_host_offset: 100,
             router_host: ROUTER_HOST,
             kube_proxy_replacement: true,
+            masquerade: Masquerade::default(),
             pod_cidr_pool: "172.20.0.0/16".parse().expect("valid"),
             pod_cidr_prefix: 24,
             agent_config: serde_yaml::Mapping::new(),
@@ -245,6 +248,10 @@ pub enum ApplyOutcome {
         slice: String,
         change: Change,
     },
+    ConfigMap {
+        config_map: String,
+        change: Change,
+    },
     Skipped {
         kind: String,
         name: String,
@@ -319,9 +326,12 @@ impl std::fmt::Display for ApplyOutcome {
                 Ok(())
             }
             Self::EndpointSlice { slice, change } => write!(f, "endpointslice/{slice} {change}"),
+            Self::ConfigMap { config_map, change } => {
+                write!(f, "configmap/{config_map} {change}")
+            }
             Self::Skipped { kind, name } => write!(
                 f,
-                "{kind}/{name} skipped: the lab handles Pods, Services and EndpointSlices"
+                "{kind}/{name} skipped: the lab handles Pods, Services, EndpointSlices and ConfigMaps"
             ),
         }
     }
@@ -360,6 +370,8 @@ pub struct LabStatus {
     pub router: Option<RouterStatus>,
     /// Whether the agents replace kube-proxy (serve Services).
     pub kube_proxy_replacement: bool,
+    /// How the agents masquerade.
+    pub masquerade: Masquerade,
     pub nodes: Vec<NodeStatus>,
     pub pods: Vec<PodStatus>,
 }
@@ -370,6 +382,13 @@ pub struct LabStatus {
 pub struct RouterStatus {
     pub ip: Ipv4Addr,
     pub netns: String,
+    /// The outside networks on its loopback.
+    pub networks: Vec<Ipv4Net>,
+    /// Its HTTP server (port 80, answers `client <source>`).
+    pub server_pid: Option<i32>,
+    pub server_alive: bool,
+    /// `PodCIDR via node` routes it has (`lab router-routes add`).
+    pub pod_cidr_routes: Vec<(Ipv4Net, Ipv4Addr)>,
 }
 
 /// A cluster-wide process of the lab (etcd, the operator).
@@ -472,6 +491,12 @@ impl Lab {
                     lab.state.ipam, spec.ipam
                 ));
             }
+            if lab.state.masquerade != spec.masquerade {
+                problems.push(format!(
+                    "it uses masquerade {}, not {}",
+                    lab.state.masquerade, spec.masquerade
+                ));
+            }
             if problems.is_empty() {
                 return Ok(Self {
                     already_up: true,
@@ -557,6 +582,7 @@ impl Lab {
             operator: None,
             router: None,
             kube_proxy_replacement: false,
+            masquerade: spec.masquerade,
             nodes: Vec::new(),
             pods: Vec::new(),
             next_node: 0,
@@ -568,10 +594,17 @@ impl Lab {
             netns: names::router_netns(name),
             netns_path: netns::named_path(&names::router_netns(name)),
             address: spec.router_address(),
+            networks: fabric::outside_networks(),
+            server: None,
         };
         state.router = Some(router.clone());
         state.save(dir)?;
         fabric::create_router(&state.fabric_netns, &router)?;
+        let server = start_router_server(dir, &router, spec.agent_timeout)?;
+        if let Some(r) = state.router.as_mut() {
+            r.server = Some(server);
+        }
+        state.save(dir)?;
         state.kube_proxy_replacement = spec.kube_proxy_replacement;
         state.save(dir)?;
         state.etcd = Some(start_etcd(&state, etcd_binary, spec.agent_timeout)?);
@@ -639,6 +672,9 @@ impl Lab {
             &node.netns_path,
             node.address,
         )?;
+        if let Some(router) = &state.router {
+            fabric::route_outside(&node.netns, router.ip())?;
+        }
 
         for d in [
             node.dir.clone(),
@@ -1018,6 +1054,10 @@ impl Lab {
                     slice: services::key_of(&slice.metadata),
                     change: self.apply_endpoint_slice(slice)?,
                 },
+                manifest::Object::ConfigMap(map) => ApplyOutcome::ConfigMap {
+                    config_map: services::key_of(&map.metadata),
+                    change: self.apply_config_map(map)?,
+                },
                 manifest::Object::Skipped { kind, name } => ApplyOutcome::Skipped {
                     kind: kind.clone(),
                     name: name.clone(),
@@ -1206,7 +1246,7 @@ impl Lab {
             .collect()
     }
 
-    /// Deletes the Pods, Services and EndpointSlices of a Kubernetes YAML
+    /// Deletes the Pods, Services, EndpointSlices and ConfigMaps of a Kubernetes YAML
     /// text; returns the ones that existed (`pod/ns/name`, `service/...`).
     pub fn delete_yaml(&mut self, yaml: &str) -> Result<Vec<String>> {
         let manifest = manifest::parse(yaml)?;
@@ -1225,6 +1265,10 @@ impl Lab {
                         key.clone(),
                         self.delete_endpoint_slice(&key)?,
                     )
+                }
+                manifest::Object::ConfigMap(map) => {
+                    let key = services::key_of(&map.metadata);
+                    ("configmap", key.clone(), self.delete_config_map(&key)?)
                 }
                 manifest::Object::Skipped { .. } => continue,
             };
@@ -1343,6 +1387,69 @@ impl Lab {
         self.sync_endpoint_slices()
     }
 
+    /// `PodCIDR via node IP` for every node whose PodCIDR is known.
+    pub fn pod_cidr_routes(&self) -> Vec<(Ipv4Net, Ipv4Addr)> {
+        self.state
+            .nodes
+            .iter()
+            .filter_map(|n| n.pod_cidr.map(|c| (c, n.ip())))
+            .collect()
+    }
+
+    /// Installs (`add`) or removes the `PodCIDR via node IP` routes on the
+    /// router, so that it can (or cannot) answer pods that reach it with
+    /// their own address. Idempotent; returns the routes.
+    pub fn router_routes(&self, add: bool) -> Result<Vec<(Ipv4Net, Ipv4Addr)>> {
+        let netns = self.router()?.netns.clone();
+        let routes = self.pod_cidr_routes();
+        if add && routes.len() < self.state.nodes.len() {
+            return Err(LabError::Invalid {
+                field: "router-routes add".into(),
+                value: format!(
+                    "{} of {} nodes have a known PodCIDR",
+                    routes.len(),
+                    self.state.nodes.len()
+                ),
+                allowed: "a lab whose agents all reported their PodCIDR (`ciliate lab status`)"
+                    .into(),
+            });
+        }
+        fabric::router_routes(&netns, &routes, add)?;
+        Ok(routes)
+    }
+
+    /// The router's routes with a gateway (`PodCIDR via node IP`).
+    pub fn router_pod_routes(&self) -> Result<Vec<(Ipv4Net, Ipv4Addr)>> {
+        let netns_path = self.router()?.netns_path.clone();
+        let out = sys::command_in(&netns_path, "ip")?
+            .args(["-j", "-4", "route", "show"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| LabError::Spawn {
+                what: "listing the router's routes".into(),
+                argv: vec!["ip".into(), "-j".into(), "-4".into(), "route".into()],
+                source,
+            })?;
+        let table: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        Ok(table
+            .iter()
+            .filter_map(|r| {
+                let dst: Ipv4Net = r.get("dst")?.as_str()?.parse().ok()?;
+                let via: Ipv4Addr = r.get("gateway")?.as_str()?.parse().ok()?;
+                Some((dst, via))
+            })
+            .collect())
+    }
+
+    /// The outside host, or why this lab has none.
+    pub fn router(&self) -> Result<&RouterInfo> {
+        self.state.router.as_ref().ok_or_else(|| LabError::Invalid {
+            field: format!("lab {}", self.state.name),
+            value: "no router".into(),
+            allowed: "a lab made by this ciliate (take it down and up again)".into(),
+        })
+    }
+
     /// Problems that make the lab unusable (missing namespaces, dead agents).
     pub fn health_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -1352,6 +1459,12 @@ impl Lab {
         if let Some(router) = &self.state.router {
             if !router.netns_path.exists() {
                 problems.push(format!("namespace {} is missing", router.netns));
+            }
+            if let Some(server) = router.server.as_ref().filter(|p| !sys::alive(p)) {
+                problems.push(format!(
+                    "the router's HTTP server (pid {}) is not running",
+                    server.pid
+                ));
             }
         }
         if sys::mounts_under(&self.state.bpffs).is_empty() {
@@ -1453,7 +1566,12 @@ impl Lab {
             router: self.state.router.as_ref().map(|r| RouterStatus {
                 ip: r.ip(),
                 netns: r.netns.clone(),
+                networks: r.networks.clone(),
+                server_pid: r.server.as_ref().map(|p| p.pid),
+                server_alive: r.server.as_ref().is_some_and(sys::alive),
+                pod_cidr_routes: self.router_pod_routes().unwrap_or_default(),
             }),
+            masquerade: self.state.masquerade,
             kube_proxy_replacement: self.state.kube_proxy_replacement,
             nodes,
             pods,
@@ -1514,6 +1632,7 @@ impl Lab {
                     )
                     .chain(s.etcd.iter().filter_map(|e| e.process.clone()))
                     .chain(s.operator.iter().filter_map(|o| o.process.clone()))
+                    .chain(s.router.iter().filter_map(|r| r.server.clone()))
             })
             .collect();
 
@@ -1731,16 +1850,48 @@ pub fn agent_config(node: &NodeInfo, spec: &LabSpec, etcd: Option<&str>) -> serd
         }
     }
     config.insert(s("routingMode"), s(&spec.routing.to_string()));
-    if spec.ipam == IpamMode::ClusterPool && spec.routing == RoutingMode::Native {
-        config.insert(s("autoDirectNodeRoutes"), serde_yaml::Value::Bool(true));
+    if spec.routing == RoutingMode::Native {
+        if spec.ipam == IpamMode::ClusterPool {
+            config.insert(s("autoDirectNodeRoutes"), serde_yaml::Value::Bool(true));
+        }
+        // Pod traffic inside the pool is never masqueraded (and the agent
+        // refuses native routing with masquerading but without it).
         config.insert(
             s("ipv4NativeRoutingCIDR"),
             s(&spec.pod_cidr_pool.to_string()),
         );
     }
+    let masquerade = spec.masquerade != Masquerade::Off;
+    config.insert(
+        s("enableIPv4Masquerade"),
+        serde_yaml::Value::Bool(masquerade),
+    );
     let mut bpf = serde_yaml::Mapping::new();
     bpf.insert(s("root"), p(&node.bpf_root));
+    if masquerade {
+        bpf.insert(
+            s("masquerade"),
+            serde_yaml::Value::Bool(spec.masquerade == Masquerade::Bpf),
+        );
+    }
     config.insert(s("bpf"), serde_yaml::Value::Mapping(bpf));
+    if masquerade && spec.ipam == IpamMode::ClusterPool {
+        // ip-masq-agent on, its list from the store's ConfigMap
+        // kube-system/ip-masq-agent once one is applied. Until then (and
+        // after it is deleted) an empty inline list is in force, so that
+        // everything outside the cluster is masqueraded: without it the
+        // agent would fall back to Cilium's default list, which excludes
+        // 10.0.0.0/8 and 192.168.0.0/16 - the lab's whole outside world.
+        let mut masq_config = serde_yaml::Mapping::new();
+        masq_config.insert(
+            s("nonMasqueradeCIDRs"),
+            serde_yaml::Value::Sequence(Vec::new()),
+        );
+        let mut agent = serde_yaml::Mapping::new();
+        agent.insert(s("enabled"), serde_yaml::Value::Bool(true));
+        agent.insert(s("config"), serde_yaml::Value::Mapping(masq_config));
+        config.insert(s("ipMasqAgent"), serde_yaml::Value::Mapping(agent));
+    }
     config.insert(s("stateDir"), p(&node.dir.join("state")));
     config.insert(s("socketPath"), p(&node.socket));
     config.insert(s("healthNetns"), s(&node.health_netns));
@@ -1951,6 +2102,53 @@ fn start_etcd(state: &LabState, binary: &Path, timeout: Duration) -> Result<Etcd
         binary: binary.to_owned(),
         process: Some(rec),
     })
+}
+
+/// Starts the router's HTTP server (every address, port 80) and waits until
+/// it accepts on the router's fabric address.
+fn start_router_server(
+    dir: &Path,
+    router: &RouterInfo,
+    timeout: Duration,
+) -> Result<ProcessRecord> {
+    let argv = vec![
+        "python3".to_string(),
+        "-c".to_string(),
+        fabric::client_echo_server(fabric::ROUTER_HTTP_PORT),
+    ];
+    let log = dir.join("router-http.log");
+    let rec = sys::spawn_detached(&sys::Detached {
+        what: "the router's HTTP server".into(),
+        netns: &router.netns_path,
+        argv: &argv,
+        env: &[],
+        env_remove: &[ciliate_api::SOCKET_ENV],
+        cwd: None,
+        log: &log,
+    })?;
+    let addr = std::net::SocketAddr::from((router.ip(), fabric::ROUTER_HTTP_PORT));
+    let deadline = Instant::now() + timeout;
+    loop {
+        let up = netns::run_in(&router.netns_path, move || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+        })?;
+        if up {
+            return Ok(rec);
+        }
+        if !sys::alive(&rec) || Instant::now() >= deadline {
+            return Err(LabError::ServiceNotReady {
+                what: "the router's HTTP server".into(),
+                problem: if sys::alive(&rec) {
+                    format!("did not accept on {addr} within {} s", timeout.as_secs())
+                } else {
+                    format!("exited (pid {})", rec.pid)
+                },
+                log: log.clone(),
+                log_tail: sys::tail(&log, 15),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `http://<address>:2379`.

@@ -14,12 +14,14 @@
 
 pub mod cli;
 pub mod cni;
+pub mod configmaps;
 pub mod connectivity;
 pub mod error;
 pub mod fabric;
 pub mod lab;
 pub mod manifest;
 pub mod names;
+pub mod outside;
 pub mod services;
 pub mod state;
 pub mod sys;
@@ -30,6 +32,6 @@ pub use lab::{
     NodeStatus, PodStatus, RouterStatus, ServiceStatus, Target,
 };
 pub use state::{
-    ContainerInfo, EtcdInfo, IpamMode, LabState, NodeInfo, OperatorInfo, PodCondition, PodInfo,
-    ProcessRecord, RouterInfo, RoutingMode,
+    ContainerInfo, EtcdInfo, IpamMode, LabState, Masquerade, NodeInfo, OperatorInfo, PodCondition,
+    PodInfo, ProcessRecord, RouterInfo, RoutingMode,
 };

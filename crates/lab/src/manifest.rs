@@ -1,11 +1,11 @@
 //! Kubernetes YAML as the lab reads it: multi-document files (and `kind: List`),
-//! Pods, Services and EndpointSlices parsed with the k8s-openapi types and
+//! Pods, Services, EndpointSlices and ConfigMaps parsed with the k8s-openapi types and
 //! checked, everything else skipped with a warning. Images are ignored: a
 //! container is its `command` + `args`.
 
 use std::fmt::Write as _;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -54,6 +54,8 @@ pub enum Object {
     Service(Box<Service>),
     /// Stored as given (for services without a selector).
     EndpointSlice(Box<EndpointSlice>),
+    /// Stored as given (e.g. `kube-system/ip-masq-agent`, which the agents read).
+    ConfigMap(Box<ConfigMap>),
     /// A kind the lab does not handle yet.
     Skipped {
         kind: String,
@@ -197,6 +199,27 @@ fn parse_object(doc: usize, value: serde_yaml::Value, manifest: &mut Manifest) -
                 .objects
                 .push(Object::EndpointSlice(Box::new(slice)));
         }
+        "ConfigMap" => {
+            if api_version != "v1" {
+                return Err(bad(format!(
+                    "apiVersion: {api_version:?} is not valid for kind ConfigMap; allowed: v1"
+                )));
+            }
+            let mut map: ConfigMap = serde_path_to_error::deserialize(value)
+                .map_err(|e| bad(format!("ConfigMap {name}: {}: {}", e.path(), e.inner())))?;
+            named(&mut map.metadata).map_err(|e| in_object(&bad, "ConfigMap", &name, e))?;
+            let key = services::key_of(&map.metadata);
+            if manifest
+                .objects
+                .iter()
+                .any(|o| matches!(o, Object::ConfigMap(m) if services::key_of(&m.metadata) == key))
+            {
+                return Err(bad(format!(
+                    "ConfigMap {key} appears twice in the manifest"
+                )));
+            }
+            manifest.objects.push(Object::ConfigMap(Box::new(map)));
+        }
         "List" => {
             let items = match value.get("items") {
                 Some(serde_yaml::Value::Sequence(items)) => items.clone(),
@@ -214,7 +237,7 @@ fn parse_object(doc: usize, value: serde_yaml::Value, manifest: &mut Manifest) -
         }
         _ => {
             manifest.warnings.push(format!(
-                "document {doc}: skipping {kind} {name}: the lab handles Pods, Services and EndpointSlices"
+                "document {doc}: skipping {kind} {name}: the lab handles Pods, Services, EndpointSlices and ConfigMaps"
             ));
             manifest.objects.push(Object::Skipped { kind, name });
         }

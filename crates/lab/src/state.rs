@@ -47,6 +47,9 @@ pub struct LabState {
     /// service datapath); false when asked not to.
     #[serde(default)]
     pub kube_proxy_replacement: bool,
+    /// How the agents masquerade pod traffic leaving the cluster.
+    #[serde(default)]
+    pub masquerade: Masquerade,
     pub nodes: Vec<NodeInfo>,
     pub pods: Vec<PodInfo>,
     /// Round-robin cursor for pods without `spec.nodeName`.
@@ -55,7 +58,9 @@ pub struct LabState {
 }
 
 /// The outside host: a namespace on the fabric bridge with only the fabric's
-/// route, no PodCIDR routes: a client outside the cluster (for NodePorts).
+/// route, no PodCIDR routes unless `lab router-routes add` put them there:
+/// a client outside the cluster (for NodePorts) and the world pods reach
+/// (its networks, for masquerading).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RouterInfo {
@@ -63,6 +68,13 @@ pub struct RouterInfo {
     pub netns_path: PathBuf,
     /// `eth0`'s address with its prefix length.
     pub address: Ipv4Net,
+    /// Addresses on its loopback (`10.10.1.200/24`, `10.10.2.200/24`): the
+    /// outside networks it owns, which the nodes route via it.
+    #[serde(default)]
+    pub networks: Vec<Ipv4Net>,
+    /// The HTTP server on port 80 answering `client <source address>`.
+    #[serde(default)]
+    pub server: Option<ProcessRecord>,
 }
 
 impl RouterInfo {
@@ -116,6 +128,31 @@ impl std::fmt::Display for RoutingMode {
         f.write_str(match self {
             Self::Tunnel => "tunnel",
             Self::Native => "native",
+        })
+    }
+}
+
+/// How the agents masquerade pod traffic that leaves the cluster
+/// (`enableIPv4Masquerade` and `bpf.masquerade`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Masquerade {
+    /// SNAT to the node's IP in BPF (`to_netdev`), `bpf.masquerade: true`.
+    #[default]
+    Bpf,
+    /// The agent's iptables MASQUERADE chain, `bpf.masquerade: false`.
+    Iptables,
+    /// No masquerading: pods reach the outside with their own address
+    /// (`enableIPv4Masquerade: false`).
+    Off,
+}
+
+impl std::fmt::Display for Masquerade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Bpf => "bpf",
+            Self::Iptables => "iptables",
+            Self::Off => "off",
         })
     }
 }

@@ -72,10 +72,10 @@ spec:
 fn other_kinds_are_skipped_and_lists_expanded() {
     let m = manifest::parse(
         r"
-apiVersion: v1
-kind: ConfigMap
+apiVersion: apps/v1
+kind: Deployment
 metadata: {name: web}
-data: {a: b}
+spec: {}
 ---
 ---
 apiVersion: v1
@@ -90,11 +90,11 @@ items:
     .unwrap();
     assert_eq!(m.objects.len(), 2);
     assert!(
-        matches!(&m.objects[0], Object::Skipped { kind, name } if kind == "ConfigMap" && name == "web")
+        matches!(&m.objects[0], Object::Skipped { kind, name } if kind == "Deployment" && name == "web")
     );
     assert!(matches!(&m.objects[1], Object::Pod(p) if p.key() == "team-a/a"));
     assert!(
-        m.warnings[0].contains("skipping ConfigMap web"),
+        m.warnings[0].contains("skipping Deployment web"),
         "{:?}",
         m.warnings
     );
@@ -301,8 +301,11 @@ fn state_round_trip() {
             netns: names::router_netns("rt"),
             netns_path: "/run/netns/rt-router".into(),
             address: "192.168.10.200/24".parse().unwrap(),
+            networks: ciliate_lab::fabric::outside_networks(),
+            server: None,
         }),
         kube_proxy_replacement: true,
+        masquerade: ciliate_lab::Masquerade::Iptables,
         next_node: 3,
     };
     state.save(dir.path()).unwrap();
@@ -403,7 +406,8 @@ fn agent_config_host_scope_merges_extra_keys() {
             "nodeName: node0
 ipv4Range: 172.20.0.0/24
 routingMode: tunnel
-bpf: {root: /run/ciliate-lab/cfg/bpffs/node0, mapSize: 10}
+enableIPv4Masquerade: true
+bpf: {root: /run/ciliate-lab/cfg/bpffs/node0, masquerade: true, mapSize: 10}
 stateDir: /run/ciliate-lab/cfg/node0/state
 socketPath: /run/ciliate-lab/cfg/node0/ciliate.sock
 healthNetns: cfg-node0-health
@@ -425,7 +429,9 @@ fn agent_config_cluster_pool_tunnel_and_native() {
 ipam: {mode: cluster-pool}
 etcd: {endpoints: [\"http://192.168.10.1:2379\"]}
 devices: [eth0]
-bpf: {root: /run/ciliate-lab/cfg/bpffs/node0}
+enableIPv4Masquerade: true
+bpf: {root: /run/ciliate-lab/cfg/bpffs/node0, masquerade: true}
+ipMasqAgent: {enabled: true, config: {nonMasqueradeCIDRs: []}}
 stateDir: /run/ciliate-lab/cfg/node0/state
 socketPath: /run/ciliate-lab/cfg/node0/ciliate.sock
 healthNetns: cfg-node0-health
@@ -444,6 +450,95 @@ healthNetns: cfg-node0-health
             "{common}routingMode: native\nautoDirectNodeRoutes: true\nipv4NativeRoutingCIDR: 172.20.0.0/16\n"
         ))
     );
+}
+
+#[test]
+fn agent_config_masquerade_modes() {
+    use ciliate_lab::Masquerade::{Bpf, Iptables, Off};
+    let endpoint = "http://192.168.10.1:2379";
+    let get = |m: ciliate_lab::Masquerade, ipam: IpamMode, routing: RoutingMode| {
+        let spec = LabSpec {
+            masquerade: m,
+            ipam,
+            routing,
+            ..LabSpec::new("cfg", 2)
+        };
+        lab::agent_config(&node_of(&spec), &spec, Some(endpoint))
+    };
+    let c = get(Iptables, IpamMode::ClusterPool, RoutingMode::Tunnel);
+    assert_eq!(c["enableIPv4Masquerade"], yaml("true"));
+    assert_eq!(c["bpf"]["masquerade"], yaml("false"));
+    assert_eq!(
+        c["ipMasqAgent"],
+        yaml("{enabled: true, config: {nonMasqueradeCIDRs: []}}")
+    );
+    let c = get(Off, IpamMode::ClusterPool, RoutingMode::Tunnel);
+    assert_eq!(c["enableIPv4Masquerade"], yaml("false"));
+    assert!(c["bpf"].get("masquerade").is_none(), "{c:?}");
+    assert!(c.get("ipMasqAgent").is_none(), "{c:?}");
+    // Host-scope agents have no store to read the ConfigMap from; native
+    // routing always says what is inside the cluster.
+    let c = get(Bpf, IpamMode::HostScope, RoutingMode::Native);
+    assert!(c.get("ipMasqAgent").is_none(), "{c:?}");
+    assert!(c.get("autoDirectNodeRoutes").is_none(), "{c:?}");
+    assert_eq!(c["ipv4NativeRoutingCIDR"], yaml("172.20.0.0/16"));
+    assert_eq!(c["bpf"]["masquerade"], yaml("true"));
+}
+
+#[test]
+fn manifest_takes_config_maps_and_the_ip_masq_agent_helper_writes_one() {
+    let text = ciliate_lab::configmaps::ip_masq_agent_yaml(&["10.10.1.0/24", "10.10.2.0/24"]);
+    let m = manifest::parse(&text).unwrap();
+    let [manifest::Object::ConfigMap(map)] = m.objects.as_slice() else {
+        panic!("one ConfigMap: {:?}", m.objects);
+    };
+    assert_eq!(
+        ciliate_lab::services::key_of(&map.metadata),
+        ciliate_lab::configmaps::IP_MASQ_AGENT
+    );
+    let config = &map.data.as_ref().unwrap()["config"];
+    let parsed: serde_json::Value = serde_json::from_str(config).unwrap();
+    assert_eq!(
+        parsed,
+        json!({"nonMasqueradeCIDRs": ["10.10.1.0/24", "10.10.2.0/24"]})
+    );
+    // Default namespace, and a wrong apiVersion named.
+    let m = manifest::parse("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").unwrap();
+    let [manifest::Object::ConfigMap(map)] = m.objects.as_slice() else {
+        panic!("one ConfigMap");
+    };
+    assert_eq!(map.metadata.namespace.as_deref(), Some("default"));
+    let e = manifest::parse("apiVersion: v2\nkind: ConfigMap\nmetadata: {name: x}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ConfigMap") && e.contains("v2"), "{e}");
+}
+
+#[test]
+fn router_answers_are_parsed_and_exclusions_matched() {
+    use ciliate_lab::outside::{client_address, excluded_by};
+    assert_eq!(
+        client_address("client 192.168.10.100\n"),
+        Some(Ipv4Addr::new(192, 168, 10, 100))
+    );
+    assert_eq!(client_address("hello"), None);
+    let state = ciliate_api::IpMasqState {
+        enabled: true,
+        source: "configmap kube-system/ip-masq-agent".into(),
+        cidrs: vec!["10.10.1.0/24".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        excluded_by(&state, Ipv4Addr::new(10, 10, 1, 200)).as_deref(),
+        Some("10.10.1.0/24")
+    );
+    assert_eq!(excluded_by(&state, Ipv4Addr::new(10, 10, 2, 200)), None);
+    assert!(excluded_by(&state, Ipv4Addr::new(169, 254, 1, 1)).is_some());
+    let off = ciliate_api::IpMasqState {
+        enabled: false,
+        ..state
+    };
+    assert_eq!(excluded_by(&off, Ipv4Addr::new(10, 10, 1, 200)), None);
 }
 
 #[test]
