@@ -12,8 +12,9 @@ pub enum ConnectivityCommand {
     /// pod-to-pod (same and other node: ICMP, TCP, UDP, a full-size transfer),
     /// pod-to-host, host-to-pod, pod-to-remote-host, pod-to-service,
     /// pod-to-local-nodeport, pod-to-remote-nodeport, outside-to-nodeport (from
-    /// the router through every node), pod-to-itself-via-service, cluster
-    /// health and drop counters.
+    /// the router through every node), pod-to-itself-via-service, pod-to-world
+    /// and to-cidr (the router's networks, checking the source it saw against
+    /// the masquerading config), cluster health and drop counters.
     /// Exit code 1 when a test fails; a test asked for with --test that
     /// cannot run fails too.
     Test(TestArgs),
