@@ -28,6 +28,23 @@
 #include "lb.h"
 #include "nat.h"
 
+/* Is addr in the cluster as far as the datapath knows without ip-masq-agent:
+ * a pod or node (the ipcache) or in ipv4NativeRoutingCIDR. */
+static __always_inline int masq_in_cluster(const struct datapath_config *cfg, __be32 addr)
+{
+	__u32 plen = cfg->native_routing_prefixlen;
+
+	if (ipcache(addr))
+		return 1;
+	if (plen) {
+		__be32 mask = plen >= 32 ? 0xffffffff : bpf_htonl(~((1U << (32 - plen)) - 1));
+
+		if ((addr & mask) == (cfg->native_routing_cidr & mask))
+			return 1;
+	}
+	return 0;
+}
+
 /* Is daddr inside the cluster or a network reachable without NAT: pods and
  * nodes (the ipcache), ipv4NativeRoutingCIDR, and with ip-masq-agent its
  * nonMasqueradeCIDRs (link-local included unless masqLinkLocal: the agent
@@ -35,16 +52,9 @@
 static __always_inline int masq_excluded(const struct datapath_config *cfg, __be32 daddr)
 {
 	struct ipmasq_key key = { .prefixlen = 32, .ip4 = daddr };
-	__u32 plen = cfg->native_routing_prefixlen;
 
-	if (ipcache(daddr))
+	if (masq_in_cluster(cfg, daddr))
 		return 1;
-	if (plen) {
-		__be32 mask = plen >= 32 ? 0xffffffff : bpf_htonl(~((1U << (32 - plen)) - 1));
-
-		if ((daddr & mask) == (cfg->native_routing_cidr & mask))
-			return 1;
-	}
 	if ((cfg->masquerade & MASQ_F_IP_MASQ_AGENT) &&
 	    bpf_map_lookup_elem(&ciliate_ipmasq4, &key))
 		return 1;
@@ -66,14 +76,20 @@ static __always_inline int masq_needed(const struct datapath_config *cfg, struct
 
 /* iptables mode: from_container hands the pod's packet that it would route
  * out itself (fib_redirect) to the stack instead, so netfilter's POSTROUTING
- * (the agent's CILIATE_POST_nat chain) masquerades it. Only while the source
- * is still the pod's own address pod_ip: a service reply whose source
- * from_container already made the frontend (a NodePort reply from the node
- * IP) must not be masqueraded again. */
+ * (the agent's CILIATE_POST_nat chain) masquerades it. Only traffic that
+ * leaves the cluster: towards a pod or node on another node (native routing)
+ * fib_redirect keeps both directions of the flow out of host conntrack
+ * (replies come back by from_netdev, never through netfilter, which would
+ * see one direction only and drop it as INVALID). ip-masq-agent's CIDRs are
+ * the chain's business (RETURN rules). Only while the source is still the
+ * pod's own address pod_ip: a service reply whose source from_container
+ * already made the frontend (a NodePort reply from the node IP) must not be
+ * masqueraded again. */
 static __always_inline int masq_via_stack(const struct datapath_config *cfg,
 					  const struct pkt_info *pi, __be32 pod_ip)
 {
-	return (cfg->masquerade & MASQ_F_IPTABLES) && pi->src_ip == pod_ip;
+	return (cfg->masquerade & MASQ_F_IPTABLES) && pi->src_ip == pod_ip &&
+	       !masq_in_cluster(cfg, pi->dst_ip);
 }
 
 /* to_netdev in BPF mode: SNATs pi's packet to the node IP when masq_needed.

@@ -553,10 +553,9 @@ fn iptables_mode_hands_pod_traffic_to_the_stack_but_not_service_replies() {
             "permanent",
         ],
     );
-    ip(
-        &node,
-        &["route", "add", "10.10.0.0/16", "via", "192.168.10.2"],
-    );
+    for net in ["10.10.0.0/16", "10.78.0.0/24", "172.20.0.0/16"] {
+        ip(&node, &["route", "add", net, "via", "192.168.10.2"]);
+    }
     sysctls(&node, &[("net/ipv4/conf/nat0/forwarding", "1")]);
 
     in_netns(&node, move || {
@@ -631,9 +630,28 @@ fn iptables_mode_hands_pod_traffic_to_the_stack_but_not_service_replies() {
         assert_eq!(tuple_of(&out).src, (NODE_IP, 30080));
         let ev = h.next_event().unwrap();
         assert_eq!(ev.reason, TRACE_TO_NETDEV);
-        // Pods and nodes are still reached without the stack.
+        // Pods and nodes are still reached without the stack: here and on
+        // other nodes (native routing), where host conntrack would see one
+        // direction only.
         let to_pod = from_pod_a(POD_PORT, (POD_B, WEB), TCP_SYN);
         assert_eq!(h.run("from_container", &to_pod).0, TC_ACT_REDIRECT);
+        events(&mut h);
+        for (dst, what) in [
+            (REMOTE_POD, "a pod on another node (ipcache)"),
+            (REMOTE_NODE, "another node (ipcache)"),
+            (NATIVE_CIDR_HOST, "ipv4NativeRoutingCIDR"),
+        ] {
+            let packet = from_pod_a(POD_PORT, (dst, WEB), TCP_SYN);
+            let (verdict, out) = h.run("from_container", &packet);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{what}: redirected by the FIB");
+            assert_eq!(
+                tuple_of(&out).src,
+                (POD_A, POD_PORT),
+                "{what}: untranslated"
+            );
+            let ev = h.next_event().unwrap();
+            assert_eq!(ev.reason, TRACE_TO_NETDEV, "{what}");
+        }
     });
 }
 
