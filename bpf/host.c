@@ -95,19 +95,25 @@ int from_netdev(struct __sk_buff *skb)
 	/* A reply to a connection this node SNATed: of a pod that reached
 	 * outside (masquerading), or from a backend on another node (NodePort,
 	 * native routing). One lookup tells which. An ICMP echo reply's
-	 * identifier is its "port" here. */
+	 * identifier is its "port" here. Masquerade mappings count only while
+	 * BPF masquerades: pinned ones left from before a switch to iptables
+	 * (or off) must not capture replies netfilter's conntrack owns now. */
 	if (pi.proto == IPPROTO_ICMP)
 		parse_icmp_echo(data, data_end, &pi);
-	nat = snat4_reply_mapping(&pi, cfg, NAT_F_NODEPORT | NAT_F_MASQUERADE);
+	nat = snat4_reply_mapping(&pi, cfg,
+				  NAT_F_NODEPORT |
+					  ((cfg->masquerade & MASQ_F_BPF) ? NAT_F_MASQUERADE : 0));
 	if (nat) {
 		if (nat->flags & NAT_F_MASQUERADE)
 			return masq_reply(skb, &pi, cfg, nat);
 		return nodeport_reply(skb, &pi, cfg, nat);
 	}
 	/* An ICMP error about a masqueraded packet goes to its pod. */
-	ret = masq_icmp_error(skb, &pi, cfg);
-	if (ret != LB_NONE)
-		return ret;
+	if (cfg->masquerade & MASQ_F_BPF) {
+		ret = masq_icmp_error(skb, &pi, cfg);
+		if (ret != LB_NONE)
+			return ret;
+	}
 	/* A new or established connection to an outside-reachable frontend. */
 	ret = nodeport_lb(skb, &pi, cfg);
 	if (ret != LB_NONE)

@@ -714,3 +714,34 @@ fn icmp_errors_about_masqueraded_packets_reach_the_pod() {
     let error = icmp_error(router, 3, 4, &other);
     assert_eq!(h.run("from_netdev", &error), (TC_ACT_OK, error));
 }
+
+/// Pod B's connections to outside made while masquerading was BPF, and
+/// their replies; after a switch to iptables (or off) the mappings pinned
+/// from before capture none of them: they go to the stack untouched.
+#[test]
+fn stale_masquerade_mappings_capture_no_replies_after_a_mode_switch() {
+    root_only!();
+    let mut h = harness(MASQ_F_BPF);
+    let port = open(&mut h, POD_PORT);
+    let (_, left_echo) = h.run("to_netdev", &echo(POD_B, WORLD, 8, 7));
+    let id = echo_id(&left_echo);
+    let syn_ack = arriving((WORLD, WEB), (NODE_IP, port), TCP_SYN | TCP_ACK);
+    let mut echo_reply = echo(WORLD, NODE_IP, 0, id);
+    echo_reply[0..12].copy_from_slice(&[DEV_MAC, NET_MAC].concat());
+    let left = seg((NODE_IP, port), (WORLD, WEB), TCP_SYN);
+    let error = icmp_error([10, 10, 0, 254], 3, 4, &left);
+    // While BPF masquerades, all three are the pod's.
+    for packet in [&syn_ack, &echo_reply, &error] {
+        assert_eq!(h.run("from_netdev", packet).0, TC_ACT_REDIRECT);
+    }
+    for masquerade in [MASQ_F_IPTABLES, 0] {
+        h.maps.config.set(0, config(masquerade), 0).unwrap();
+        for packet in [&syn_ack, &echo_reply, &error] {
+            assert_eq!(
+                h.run("from_netdev", packet),
+                (TC_ACT_OK, packet.clone()),
+                "masquerade flags {masquerade:#x}"
+            );
+        }
+    }
+}
