@@ -98,8 +98,13 @@ int from_netdev(struct __sk_buff *skb)
 	 * identifier is its "port" here. Masquerade mappings count only while
 	 * BPF masquerades: pinned ones left from before a switch to iptables
 	 * (or off) must not capture replies netfilter's conntrack owns now. */
-	if (pi.proto == IPPROTO_ICMP)
+	if (pi.proto == IPPROTO_ICMP) {
+		if (masq_pull(skb, MASQ_PULL_LEN) < 0)
+			return TC_ACT_OK;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
 		parse_icmp_echo(data, data_end, &pi);
+	}
 	nat = snat4_reply_mapping(&pi, cfg,
 				  NAT_F_NODEPORT |
 					  ((cfg->masquerade & MASQ_F_BPF) ? NAT_F_MASQUERADE : 0));
@@ -141,6 +146,11 @@ int to_netdev(struct __sk_buff *skb)
 	if ((void *)(eth + 1) > data_end || eth->h_proto != ETH_P_IP_BE)
 		return TC_ACT_OK;
 	pi.eth_proto = eth->h_proto;
+	/* The TCP flags and the ICMP echo header decide: they must be linear. */
+	if (masq_pull(skb, MASQ_PULL_LEN) < 0)
+		return TC_ACT_OK;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
 	if (parse_ipv4(data, data_end, &ip, &pi) < 0)
 		return TC_ACT_OK;
 	return masq_snat(skb, &pi, cfg);

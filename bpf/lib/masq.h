@@ -28,6 +28,26 @@
 #include "lb.h"
 #include "nat.h"
 
+/* What masq.h reads of a packet: Ethernet, an IPv4 header with the largest
+ * options, and a TCP header without options (whose flags decide) or, of an
+ * ICMP error, the outer ICMP header plus the quoted IP header and 8 bytes. */
+#define MASQ_PULL_LEN (sizeof(struct ethhdr) + 60 + 20)
+
+/* Makes the first len bytes of the packet (or all of a shorter one) linear,
+ * so data/data_end reach them: a driver or GRO may leave all but the first
+ * headers in page fragments, and an ICMP error's quote then looks truncated
+ * and a TCP header's flags absent. Costs nothing when they already are.
+ * Invalidates every packet pointer: callers load data/data_end again.
+ * Returns 0, or -1 when the pull failed. */
+static __always_inline int masq_pull(struct __sk_buff *skb, __u32 len)
+{
+	if (len > skb->len)
+		len = skb->len;
+	if ((void *)(long)skb->data + len <= (void *)(long)skb->data_end)
+		return 0;
+	return bpf_skb_pull_data(skb, len) < 0 ? -1 : 0;
+}
+
 /* Is addr in the cluster as far as the datapath knows without ip-masq-agent:
  * a pod or node (the ipcache) or in ipv4NativeRoutingCIDR. */
 static __always_inline int masq_in_cluster(const struct datapath_config *cfg, __be32 addr)
@@ -228,12 +248,9 @@ static __always_inline int masq_reply(struct __sk_buff *skb, struct pkt_info *pi
 static __always_inline int masq_icmp_error(struct __sk_buff *skb, struct pkt_info *pi,
 					   const struct datapath_config *cfg)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct iphdr *ip = data + sizeof(struct ethhdr);
-	struct iphdr *inner = data + ICMPERR_INNER_OFF;
-	__u8 *icmp = data + ICMPERR_OFF;
-	__u8 *l4 = data + ICMPERR_INNER_L4_OFF;
+	void *data, *data_end;
+	struct iphdr *ip, *inner;
+	__u8 *icmp, *l4;
 	__be32 old_addr, new_addr;
 	__be16 old_port, new_port;
 	__sum16 old_check, new_check;
@@ -244,6 +261,14 @@ static __always_inline int masq_icmp_error(struct __sk_buff *skb, struct pkt_inf
 
 	if (!cfg->node_ip || pi->dst_ip != cfg->node_ip || pi->proto != IPPROTO_ICMP)
 		return LB_NONE;
+	if (masq_pull(skb, ICMPERR_INNER_L4_OFF + 8) < 0)
+		return LB_NONE;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	ip = data + sizeof(struct ethhdr);
+	inner = data + ICMPERR_INNER_OFF;
+	icmp = data + ICMPERR_OFF;
+	l4 = data + ICMPERR_INNER_L4_OFF;
 	if (l4 + 8 > (__u8 *)data_end || ip->ihl != 5 || inner->ihl != 5)
 		return LB_NONE;
 	if (icmp[0] != ICMP_DEST_UNREACH_T && icmp[0] != ICMP_TIME_EXCEEDED_T)

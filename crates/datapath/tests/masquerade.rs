@@ -745,3 +745,24 @@ fn stale_masquerade_mappings_capture_no_replies_after_a_mode_switch() {
         }
     }
 }
+
+/// `BPF_PROG_TEST_RUN` builds linear packets, so this only shows that the
+/// pull in front of the quote's checks (masq_pull) lets a packet shorter
+/// than what it asks for through to the stack untouched, for every mode.
+#[test]
+fn a_truncated_icmp_error_goes_to_the_stack_untouched() {
+    root_only!();
+    let h = harness(MASQ_F_BPF);
+    let (_, left) = h.run("to_netdev", &seg((POD_B, POD_PORT), (WORLD, WEB), TCP_SYN));
+    let mut i = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+    i.extend_from_slice(&left[14..14 + 24]);
+    let c = checksum(&i);
+    i[2..4].copy_from_slice(&c.to_be_bytes());
+    let error = eth(
+        DEV_MAC,
+        NET_MAC,
+        0x0800,
+        &ipv4([10, 10, 0, 254], NODE_IP, 64, ICMP, &i),
+    );
+    assert_eq!(h.run("from_netdev", &error), (TC_ACT_OK, error));
+}
