@@ -89,6 +89,13 @@ int from_netdev(struct __sk_buff *skb)
 		ret = lb4_reply(skb, &pi, cfg, METRIC_INGRESS, &lifetime);
 		if (ret != LB_NONE && ret != LB_XLATED)
 			return ret;
+		/* Else perhaps a connection from outside, whose replies must
+		 * not be masqueraded. */
+		if (ret == LB_NONE) {
+			ret = masq_track_inbound(skb, &pi, cfg);
+			if (ret)
+				return ret;
+		}
 		return deliver_local(skb, &pi, cfg, dst, TRACE_FROM_NETDEV, METRIC_INGRESS,
 				     HOOK_INGRESS);
 	}

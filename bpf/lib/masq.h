@@ -14,7 +14,25 @@
  * together ct_timeout_tcp_fin after its last FIN/RST and the agent's GC
  * deletes them; an unanswered SYN lives ct_timeout_tcp_syn, UDP and ICMP
  * ct_timeout_any. State bits in the NAT entries would have saved a lookup
- * but duplicated the TCP state machine conntrack already has. */
+ * but duplicated the TCP state machine conntrack already has.
+ *
+ * Connections from outside to a pod (native routing, the source neither in
+ * the ipcache nor in ipv4NativeRoutingCIDR or ip-masq-agent's list) get a
+ * CT_KEY_MASQ entry with CT_F_INBOUND from from_netdev, under the same key
+ * as the pod's replies, so those leave with the pod's address, with the
+ * same lifetimes. A pod's TCP packet or echo reply that needs masquerading
+ * but has no mapping and no such entry (its mapping expired, or it was
+ * made before a restart of the maps) is dropped, DROP_MASQ_NO_MAPPING.
+ *
+ * Not handled (BPF mode):
+ * - IP fragments that would be masqueraded are dropped (DROP_FRAG_MASQ):
+ *   only the first carries ports.
+ * - Protocols other than TCP, UDP and ICMP echo (SCTP, GRE, the pod's own
+ *   ICMP errors) leave untranslated, with the pod's address.
+ * - An ICMP error about a pod's connection through a service to an outside
+ *   backend is translated back to the pod, but its quote keeps the backend
+ *   as destination, not the frontend the pod used: the pod's stack may not
+ *   match it to the socket. */
 #ifndef CILIATE_MASQ_H
 #define CILIATE_MASQ_H
 
@@ -114,9 +132,11 @@ static __always_inline int masq_via_stack(const struct datapath_config *cfg,
 
 /* to_netdev in BPF mode: SNATs pi's packet to the node IP when masq_needed.
  * A mapping is made only for a connection the pod starts (TCP SYN without
- * ACK, UDP, ICMP echo request); any packet of a flow that has one uses it;
- * anything else (a reply of a connection from outside: SYN-ACK, an echo
- * reply, the pod's ICMP errors; protocols without ports) leaves untouched.
+ * ACK, UDP, ICMP echo request); any packet of a flow that has one uses it.
+ * A reply of a connection from outside that masq_track_inbound recorded
+ * leaves untouched, as do the pod's ICMP errors and protocols without
+ * ports. A TCP packet or echo reply of neither kind is dropped
+ * (DROP_MASQ_NO_MAPPING) rather than leak the pod's address.
  * Returns TC_ACT_OK or a drop verdict. */
 static __always_inline int masq_snat(struct __sk_buff *skb, struct pkt_info *pi,
 				     const struct datapath_config *cfg)
@@ -157,16 +177,32 @@ static __always_inline int masq_snat(struct __sk_buff *skb, struct pkt_info *pi,
 	now = ct_now();
 	ct_key_of(&key, pi, CT_KEY_MASQ);
 	ct = ct_lookup(&key);
+	if (ct && (ct->flags & CT_F_INBOUND)) {
+		/* A closed inbound connection's tuple reused by a connection
+		 * the pod starts: that one is masqueraded. */
+		if (pi->proto == IPPROTO_TCP && new_conn &&
+		    (ct->flags & CT_F_CLOSING) == CT_F_CLOSING) {
+			bpf_map_delete_elem(ct_map(key.proto), &key);
+			ct = NULL;
+		} else {
+			/* The pod answers a connection from outside. */
+			ct_account(ct, cfg, pi, CT_RX, skb->len, now);
+			return TC_ACT_OK;
+		}
+	}
 	if (!ct) {
 		if (!new_conn) {
 			/* The connection entry was lost (LRU) but the flow
-			 * still has its mapping: it goes on with it. */
+			 * still has its mapping: it goes on with it. Without
+			 * one the packet belongs to no connection the pod
+			 * started nor one from_netdev saw come in: it must
+			 * not leave with the pod's private address. */
 			struct nat4_entry *m;
 
 			key.flags = NAT_DIR_EGRESS;
 			m = bpf_map_lookup_elem(&ciliate_snat4, &key);
 			if (!m || !(m->flags & NAT_F_MASQUERADE))
-				return TC_ACT_OK;
+				return drop(skb, pi, DROP_MASQ_NO_MAPPING, METRIC_EGRESS);
 			key.flags = CT_KEY_MASQ;
 			ct_flags = CT_F_SEEN_REPLY;
 		}
@@ -182,6 +218,63 @@ static __always_inline int masq_snat(struct __sk_buff *skb, struct pkt_info *pi,
 		return ret;
 	trace_nat(skb, &orig, cfg, TRACE_SNAT, METRIC_EGRESS, pi->src_ip, pi->sport);
 	return TC_ACT_OK;
+}
+
+/* from_netdev in BPF mode, before delivering pi's packet to a local pod:
+ * a connection from outside the cluster (a source whose replies to_netdev
+ * would masquerade) gets a CT_KEY_MASQ entry with CT_F_INBOUND, keyed by the
+ * pod's reply tuple as masq_snat looks it up, so the pod's replies leave
+ * untranslated (the client expects the address it connected to) and carry
+ * its state. Started by a TCP SYN without ACK, UDP, an ICMP echo request;
+ * later packets of the connection renew it. Returns 0, or a drop verdict. */
+static __always_inline int masq_track_inbound(struct __sk_buff *skb, struct pkt_info *pi,
+					      const struct datapath_config *cfg)
+{
+	struct ct4_key key;
+	struct ct4_entry *ct;
+	int start;
+	__u32 now;
+
+	if (!(cfg->masquerade & MASQ_F_BPF) || !cfg->node_ip)
+		return 0;
+	if (pi->proto == IPPROTO_ICMP) {
+		void *data, *data_end;
+
+		if (masq_pull(skb, MASQ_PULL_LEN) < 0)
+			return 0;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		if (parse_icmp_echo(data, data_end, pi) != ICMP_ECHO)
+			return 0;
+		start = 1;
+	} else if (pi->proto == IPPROTO_TCP || pi->proto == IPPROTO_UDP) {
+		if (!pi->has_ports || pi->is_frag)
+			return 0;
+		start = pi->proto == IPPROTO_UDP ||
+			(pi->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	} else {
+		return 0;
+	}
+	if (masq_excluded(cfg, pi->src_ip))
+		return 0;
+	ct_key_reverse_of(&key, pi);
+	key.flags = CT_KEY_MASQ;
+	now = ct_now();
+	ct = ct_lookup(&key);
+	if (!ct) {
+		if (!start)
+			return 0;
+		ct = ct_create(&key, 0, 0, 0, CT_F_INBOUND, now);
+		if (!ct)
+			return drop(skb, pi, DROP_CT_CREATE_FAILED, METRIC_INGRESS);
+	}
+	/* A connection the pod started on the same tuple is masqueraded:
+	 * its replies never come here. */
+	if (!(ct->flags & CT_F_INBOUND))
+		return 0;
+	/* The outside client is the connection's client (CT_TX). */
+	ct_account(ct, cfg, pi, CT_TX, skb->len, now);
+	return 0;
 }
 
 /* from_netdev: a reply to a masqueraded connection, whose INGRESS mapping nat

@@ -13,15 +13,15 @@ use std::net::Ipv4Addr;
 use ciliate_datapath::maps::{
     be_addr, ipcache_key, monotonic_seconds, Ct4Entry, Ct4Key, DatapathConfig, IpcacheValue,
     IpmasqValue, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, Nat4Entry, TraceEvent,
-    BE_STATE_ACTIVE, CT_F_RX_CLOSING, CT_F_SEEN_REPLY, CT_F_TX_CLOSING, CT_KEY_MASQ, EVENT_TRACE,
-    IPCACHE_F_HOST, IPPROTO_TCP, IPPROTO_UDP, LB_SCOPE_EXTERNAL, MASQ_F_BPF, MASQ_F_IPTABLES,
-    MASQ_F_IP_MASQ_AGENT, METRIC_EGRESS, METRIC_INGRESS, NAT_DIR_EGRESS, NAT_DIR_INGRESS,
-    NAT_F_MASQUERADE, NAT_F_NODEPORT, NAT_PORT_MAX, NAT_PORT_MIN, SVC_F_NODEPORT,
+    BE_STATE_ACTIVE, CT_F_INBOUND, CT_F_RX_CLOSING, CT_F_SEEN_REPLY, CT_F_TX_CLOSING, CT_KEY_MASQ,
+    EVENT_TRACE, IPCACHE_F_HOST, IPPROTO_TCP, IPPROTO_UDP, LB_SCOPE_EXTERNAL, MASQ_F_BPF,
+    MASQ_F_IPTABLES, MASQ_F_IP_MASQ_AGENT, METRIC_EGRESS, METRIC_INGRESS, NAT_DIR_EGRESS,
+    NAT_DIR_INGRESS, NAT_F_MASQUERADE, NAT_F_NODEPORT, NAT_PORT_MAX, NAT_PORT_MIN, SVC_F_NODEPORT,
 };
 use ciliate_datapath::netlink::format_mac;
 use ciliate_datapath::reasons::{
-    DROP_FRAG_MASQ, DROP_MASQ_NO_ENDPOINT, DROP_NAT_NO_MAPPING, TRACE_FROM_NETDEV, TRACE_REV_SNAT,
-    TRACE_SNAT, TRACE_TO_NETDEV, TRACE_TO_STACK,
+    DROP_FRAG_MASQ, DROP_MASQ_NO_ENDPOINT, DROP_MASQ_NO_MAPPING, DROP_NAT_NO_MAPPING,
+    TRACE_FROM_NETDEV, TRACE_REV_SNAT, TRACE_SNAT, TRACE_TO_NETDEV, TRACE_TO_STACK,
 };
 use common::*;
 
@@ -377,14 +377,21 @@ fn cluster_and_excluded_destinations_and_other_sources_are_not_translated() {
 fn only_connections_the_pod_starts_get_a_mapping() {
     root_only!();
     let mut h = harness(MASQ_F_BPF);
-    // Replies of connections from outside (native routing to the pod).
+    // Packets of no connection the pod started nor one from_netdev saw
+    // coming in: they would leave with the pod's private address.
     for packet in [
         seg((POD_B, 8080), (WORLD, 50000), TCP_SYN | TCP_ACK),
         seg((POD_B, 8080), (WORLD, 50000), TCP_ACK),
         seg((POD_B, 8080), (WORLD, 50000), TCP_RST),
         echo(POD_B, WORLD, 0, 99),
     ] {
-        assert_eq!(h.run("to_netdev", &packet), (TC_ACT_OK, packet));
+        expect_drop(
+            &mut h,
+            "to_netdev",
+            &packet,
+            DROP_MASQ_NO_MAPPING,
+            METRIC_EGRESS,
+        );
     }
     assert_eq!(nat_count(&h), 0, "no mapping made");
     // A fragment of what would be masqueraded never leaves with the pod's address.
@@ -744,6 +751,153 @@ fn stale_masquerade_mappings_capture_no_replies_after_a_mode_switch() {
             );
         }
     }
+}
+
+/// An arriving frame from outside (or another network) to pod B.
+fn udp_in(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
+    udp_frame((DEV_MAC, NET_MAC), src, dst, true)
+}
+
+fn udp_out(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
+    udp_frame((NET_MAC, DEV_MAC), src, dst, true)
+}
+
+#[test]
+fn replies_of_inbound_udp_and_echo_leave_untranslated() {
+    root_only!();
+    let mut h = harness(MASQ_F_BPF);
+    let client = (WORLD, 5000);
+    let request = udp_in(client, (POD_B, 53));
+    assert_eq!(h.run("from_netdev", &request).0, TC_ACT_REDIRECT);
+    let ct = masq_ct(&h, (POD_B, 53), client, IPPROTO_UDP);
+    assert_eq!(ct.flags & CT_F_INBOUND, CT_F_INBOUND, "{ct:?}");
+    assert_eq!((ct.tx_packets, ct.rx_packets), (1, 0));
+    assert_lifetime(ct.lifetime, T_ANY, "inbound UDP");
+
+    let reply = udp_out((POD_B, 53), client);
+    assert_eq!(h.run("to_netdev", &reply), (TC_ACT_OK, reply.clone()));
+    let ct = masq_ct(&h, (POD_B, 53), client, IPPROTO_UDP);
+    assert_eq!((ct.tx_packets, ct.rx_packets), (1, 1), "the reply counted");
+    assert_eq!(nat_count(&h), 0, "no mapping made");
+
+    // A ping from outside: its echo reply keeps the pod's address too.
+    let mut request = echo(WORLD, POD_B, 8, 99);
+    request[0..12].copy_from_slice(&[DEV_MAC, NET_MAC].concat());
+    assert_eq!(h.run("from_netdev", &request).0, TC_ACT_REDIRECT);
+    let ct = masq_ct(&h, (POD_B, 0), (WORLD, 99), ICMP);
+    assert_eq!(ct.flags & CT_F_INBOUND, CT_F_INBOUND);
+    let answer = echo(POD_B, WORLD, 0, 99);
+    assert_eq!(h.run("to_netdev", &answer), (TC_ACT_OK, answer.clone()));
+    assert_eq!(nat_count(&h), 0, "no mapping made");
+
+    // The pod's own flow to another port of the client is still masqueraded.
+    let (_, out) = h.run("to_netdev", &udp_out((POD_B, 53), (WORLD, 5001)));
+    assert_eq!(tuple_of(&out).src.0, NODE_IP);
+
+    // From inside the cluster nothing is recorded: the pod's replies are
+    // never masqueraded anyway.
+    let before = h.maps.ct4_any.keys().count();
+    let from_pod = udp_in((REMOTE_POD, 5000), (POD_B, 53));
+    assert_eq!(h.run("from_netdev", &from_pod).0, TC_ACT_REDIRECT);
+    assert_eq!(h.maps.ct4_any.keys().count(), before);
+    events(&mut h);
+}
+
+#[test]
+fn without_bpf_masquerading_inbound_flows_are_not_recorded() {
+    root_only!();
+    for masquerade in [0, MASQ_F_IPTABLES] {
+        let h = harness(masquerade);
+        let request = udp_in((WORLD, 5000), (POD_B, 53));
+        assert_eq!(h.run("from_netdev", &request).0, TC_ACT_REDIRECT);
+        let syn = arriving((WORLD, 50000), (POD_B, 8080), TCP_SYN);
+        assert_eq!(h.run("from_netdev", &syn).0, TC_ACT_REDIRECT);
+        assert_eq!(h.maps.ct4_any.keys().count(), 0);
+        assert_eq!(h.maps.ct4_tcp.keys().count(), 0);
+    }
+}
+
+#[test]
+fn replies_of_inbound_tcp_leave_untranslated_and_follow_its_state() {
+    root_only!();
+    let mut h = harness(MASQ_F_BPF);
+    let client = (WORLD, 50000);
+    let server = (POD_B, 8080);
+    let inbound = |flags| arriving(client, server, flags);
+    let outbound = |flags| seg(server, client, flags);
+    let state = |h: &Harness| masq_ct(h, server, client, IPPROTO_TCP);
+
+    assert_eq!(h.run("from_netdev", &inbound(TCP_SYN)).0, TC_ACT_REDIRECT);
+    let ct = state(&h);
+    assert_eq!(ct.flags, CT_F_INBOUND, "recorded, not answered yet");
+    assert_lifetime(ct.lifetime, T_SYN, "inbound SYN");
+
+    let syn_ack = outbound(TCP_SYN | TCP_ACK);
+    assert_eq!(h.run("to_netdev", &syn_ack), (TC_ACT_OK, syn_ack.clone()));
+    assert_lifetime(state(&h).lifetime, T_TCP, "answered");
+    assert_eq!(h.run("from_netdev", &inbound(TCP_ACK)).0, TC_ACT_REDIRECT);
+    let data = outbound(TCP_ACK | 0x08);
+    assert_eq!(h.run("to_netdev", &data), (TC_ACT_OK, data.clone()));
+    let fin = outbound(TCP_FIN | TCP_ACK);
+    assert_eq!(h.run("to_netdev", &fin), (TC_ACT_OK, fin.clone()));
+    assert_eq!(
+        h.run("from_netdev", &inbound(TCP_FIN | TCP_ACK)).0,
+        TC_ACT_REDIRECT
+    );
+    let ct = state(&h);
+    assert_lifetime(ct.lifetime, T_FIN, "FIN both ways");
+    assert_eq!((ct.tx_packets, ct.rx_packets), (3, 3));
+    let last_ack = outbound(TCP_ACK);
+    assert_eq!(h.run("to_netdev", &last_ack), (TC_ACT_OK, last_ack.clone()));
+    assert_eq!(nat_count(&h), 0, "no mapping made");
+    events(&mut h);
+
+    // Once it is closed, the pod may start its own connection on the tuple:
+    // that one is masqueraded.
+    let (verdict, out) = h.run("to_netdev", &outbound(TCP_SYN));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(tuple_of(&out).src.0, NODE_IP, "a new outgoing connection");
+    let ct = state(&h);
+    assert_eq!(ct.flags & CT_F_INBOUND, 0, "{ct:?}");
+}
+
+#[test]
+fn a_mid_stream_packet_without_mapping_or_inbound_entry_is_dropped() {
+    root_only!();
+    let mut h = harness(MASQ_F_BPF);
+    // The pod's established flow whose mapping is gone (GC, LRU, a restart).
+    let port = open(&mut h, POD_PORT);
+    let ack = seg((POD_B, POD_PORT), (WORLD, WEB), TCP_ACK);
+    assert_eq!(tuple_of(&h.run("to_netdev", &ack).1).src, (NODE_IP, port));
+    for key in [
+        egress_key((POD_B, POD_PORT), (WORLD, WEB), IPPROTO_TCP),
+        ingress_key((WORLD, WEB), port, IPPROTO_TCP),
+    ] {
+        h.maps.snat4.remove(&key).unwrap();
+    }
+    h.maps
+        .ct4_tcp
+        .remove(&Ct4Key::new(
+            v4(POD_B),
+            POD_PORT,
+            v4(WORLD),
+            WEB,
+            IPPROTO_TCP,
+            CT_KEY_MASQ,
+        ))
+        .unwrap();
+    events(&mut h);
+    expect_drop(
+        &mut h,
+        "to_netdev",
+        &ack,
+        DROP_MASQ_NO_MAPPING,
+        METRIC_EGRESS,
+    );
+    assert_eq!(nat_count(&h), 0, "no mapping made for it");
+    // A new SYN starts over with a new mapping.
+    let (_, out) = h.run("to_netdev", &seg((POD_B, POD_PORT), (WORLD, WEB), TCP_SYN));
+    assert_eq!(tuple_of(&out).src.0, NODE_IP);
 }
 
 /// `BPF_PROG_TEST_RUN` builds linear packets, so this only shows that the
