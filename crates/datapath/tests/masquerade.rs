@@ -680,7 +680,7 @@ fn icmp_error(router: [u8; 4], kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
 #[test]
 fn icmp_errors_about_masqueraded_packets_reach_the_pod() {
     root_only!();
-    let h = harness(MASQ_F_BPF);
+    let mut h = harness(MASQ_F_BPF);
     let router = [10, 10, 0, 254];
     let syn = seg((POD_B, POD_PORT), (WORLD, WEB), TCP_SYN);
     let (_, left) = h.run("to_netdev", &syn);
@@ -716,10 +716,35 @@ fn icmp_errors_about_masqueraded_packets_reach_the_pod() {
         assert_eq!(&out[0..6], &POD_B_MAC);
     }
 
-    // An error about a packet that was not masqueraded goes on to the stack.
-    let other = seg((NODE_IP, 40000), (WORLD, WEB), TCP_SYN);
-    let error = icmp_error(router, 3, 4, &other);
-    assert_eq!(h.run("from_netdev", &error), (TC_ACT_OK, error));
+    // Errors about packets that were not masqueraded go on to the stack:
+    // a port below the NAT range (no lookup), one in the range without a
+    // mapping, and one whose mapping is NodePort's.
+    let below = seg((NODE_IP, 40000), (WORLD, WEB), TCP_SYN);
+    let unmapped = seg((NODE_IP, IN_RANGE_PORT), (WORLD, WEB), TCP_SYN);
+    let nodeport = seg((NODE_IP, IN_RANGE_PORT + 1), (WORLD, WEB), TCP_SYN);
+    let np = Nat4Entry {
+        to_addr: be_addr(Ipv4Addr::new(10, 10, 1, 50)),
+        to_port: 50000u16.to_be(),
+        flags: NAT_F_NODEPORT,
+        lifetime: monotonic_seconds() + 1000,
+        created: monotonic_seconds(),
+    };
+    h.maps
+        .snat4
+        .insert(
+            ingress_key((WORLD, WEB), IN_RANGE_PORT + 1, IPPROTO_TCP),
+            np,
+            0,
+        )
+        .unwrap();
+    for (quoted, what) in [
+        (&below, "below the NAT range"),
+        (&unmapped, "no mapping"),
+        (&nodeport, "a NodePort mapping"),
+    ] {
+        let error = icmp_error(router, 3, 4, quoted);
+        assert_eq!(h.run("from_netdev", &error), (TC_ACT_OK, error), "{what}");
+    }
 }
 
 /// Pod B's connections to outside made while masquerading was BPF, and
