@@ -89,25 +89,43 @@ int from_netdev(struct __sk_buff *skb)
 		ret = lb4_reply(skb, &pi, cfg, METRIC_INGRESS, &lifetime);
 		if (ret != LB_NONE && ret != LB_XLATED)
 			return ret;
+		/* Else perhaps a connection from outside, whose replies must
+		 * not be masqueraded. */
+		if (ret == LB_NONE) {
+			ret = masq_track_inbound(skb, &pi, cfg);
+			if (ret)
+				return ret;
+		}
 		return deliver_local(skb, &pi, cfg, dst, TRACE_FROM_NETDEV, METRIC_INGRESS,
 				     HOOK_INGRESS);
 	}
 	/* A reply to a connection this node SNATed: of a pod that reached
 	 * outside (masquerading), or from a backend on another node (NodePort,
 	 * native routing). One lookup tells which. An ICMP echo reply's
-	 * identifier is its "port" here. */
-	if (pi.proto == IPPROTO_ICMP)
+	 * identifier is its "port" here. Masquerade mappings count only while
+	 * BPF masquerades: pinned ones left from before a switch to iptables
+	 * (or off) must not capture replies netfilter's conntrack owns now. */
+	if (pi.proto == IPPROTO_ICMP) {
+		if (masq_pull(skb, MASQ_PULL_LEN) < 0)
+			return TC_ACT_OK;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
 		parse_icmp_echo(data, data_end, &pi);
-	nat = snat4_reply_mapping(&pi, cfg, NAT_F_NODEPORT | NAT_F_MASQUERADE);
+	}
+	nat = snat4_reply_mapping(&pi, cfg,
+				  NAT_F_NODEPORT |
+					  ((cfg->masquerade & MASQ_F_BPF) ? NAT_F_MASQUERADE : 0));
 	if (nat) {
 		if (nat->flags & NAT_F_MASQUERADE)
 			return masq_reply(skb, &pi, cfg, nat);
 		return nodeport_reply(skb, &pi, cfg, nat);
 	}
 	/* An ICMP error about a masqueraded packet goes to its pod. */
-	ret = masq_icmp_error(skb, &pi, cfg);
-	if (ret != LB_NONE)
-		return ret;
+	if (cfg->masquerade & MASQ_F_BPF) {
+		ret = masq_icmp_error(skb, &pi, cfg);
+		if (ret != LB_NONE)
+			return ret;
+	}
 	/* A new or established connection to an outside-reachable frontend. */
 	ret = nodeport_lb(skb, &pi, cfg);
 	if (ret != LB_NONE)
@@ -135,6 +153,11 @@ int to_netdev(struct __sk_buff *skb)
 	if ((void *)(eth + 1) > data_end || eth->h_proto != ETH_P_IP_BE)
 		return TC_ACT_OK;
 	pi.eth_proto = eth->h_proto;
+	/* The TCP flags and the ICMP echo header decide: they must be linear. */
+	if (masq_pull(skb, MASQ_PULL_LEN) < 0)
+		return TC_ACT_OK;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
 	if (parse_ipv4(data, data_end, &ip, &pi) < 0)
 		return TC_ACT_OK;
 	return masq_snat(skb, &pi, cfg);

@@ -195,6 +195,11 @@ struct ct4_key {
 #define CT_F_NODEPORT 0x08   /* entered through a node's NodePort/LoadBalancer/externalIP */
 #define CT_F_LOOPBACK 0x10   /* hairpin: the client is its own backend, seen from IPV4_SVC_LOOPBACK */
 #define CT_F_SNAT 0x20       /* the source was translated too (NAT map has the mapping) */
+/* CT_KEY_MASQ entries only: a connection from outside the cluster to a pod
+ * (lib/masq.h), keyed by the pod's reply tuple so to_netdev finds it; its
+ * replies leave untranslated. tx_* count the outside client's packets,
+ * rx_* the pod's. */
+#define CT_F_INBOUND 0x40
 
 struct ct4_entry {
 	__u64 tx_packets; /* original direction */

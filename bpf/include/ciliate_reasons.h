@@ -27,6 +27,7 @@
 #define DROP_HOST_BACKEND_UNSUPPORTED 165 // NodePort to a host-network backend is not supported
 #define DROP_FRAG_MASQ 166 // Fragmented packet to masquerade
 #define DROP_MASQ_NO_ENDPOINT 167 // Masqueraded reply to a pod no longer on this node
+#define DROP_MASQ_NO_MAPPING 168 // No SNAT mapping for a packet leaving the cluster
 
 #define TRACE_TO_ENDPOINT 1 // to-endpoint
 #define TRACE_TO_STACK 2 // to-stack

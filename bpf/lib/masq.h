@@ -14,7 +14,25 @@
  * together ct_timeout_tcp_fin after its last FIN/RST and the agent's GC
  * deletes them; an unanswered SYN lives ct_timeout_tcp_syn, UDP and ICMP
  * ct_timeout_any. State bits in the NAT entries would have saved a lookup
- * but duplicated the TCP state machine conntrack already has. */
+ * but duplicated the TCP state machine conntrack already has.
+ *
+ * Connections from outside to a pod (native routing, the source neither in
+ * the ipcache nor in ipv4NativeRoutingCIDR or ip-masq-agent's list) get a
+ * CT_KEY_MASQ entry with CT_F_INBOUND from from_netdev, under the same key
+ * as the pod's replies, so those leave with the pod's address, with the
+ * same lifetimes. A pod's TCP packet or echo reply that needs masquerading
+ * but has no mapping and no such entry (its mapping expired, or it was
+ * made before a restart of the maps) is dropped, DROP_MASQ_NO_MAPPING.
+ *
+ * Not handled (BPF mode):
+ * - IP fragments that would be masqueraded are dropped (DROP_FRAG_MASQ):
+ *   only the first carries ports.
+ * - Protocols other than TCP, UDP and ICMP echo (SCTP, GRE, the pod's own
+ *   ICMP errors) leave untranslated, with the pod's address.
+ * - An ICMP error about a pod's connection through a service to an outside
+ *   backend is translated back to the pod, but its quote keeps the backend
+ *   as destination, not the frontend the pod used: the pod's stack may not
+ *   match it to the socket. */
 #ifndef CILIATE_MASQ_H
 #define CILIATE_MASQ_H
 
@@ -28,6 +46,43 @@
 #include "lb.h"
 #include "nat.h"
 
+/* What masq.h reads of a packet: Ethernet, an IPv4 header with the largest
+ * options, and a TCP header without options (whose flags decide) or, of an
+ * ICMP error, the outer ICMP header plus the quoted IP header and 8 bytes. */
+#define MASQ_PULL_LEN (sizeof(struct ethhdr) + 60 + 20)
+
+/* Makes the first len bytes of the packet (or all of a shorter one) linear,
+ * so data/data_end reach them: a driver or GRO may leave all but the first
+ * headers in page fragments, and an ICMP error's quote then looks truncated
+ * and a TCP header's flags absent. Costs nothing when they already are.
+ * Invalidates every packet pointer: callers load data/data_end again.
+ * Returns 0, or -1 when the pull failed. */
+static __always_inline int masq_pull(struct __sk_buff *skb, __u32 len)
+{
+	if (len > skb->len)
+		len = skb->len;
+	if ((void *)(long)skb->data + len <= (void *)(long)skb->data_end)
+		return 0;
+	return bpf_skb_pull_data(skb, len) < 0 ? -1 : 0;
+}
+
+/* Is addr in the cluster as far as the datapath knows without ip-masq-agent:
+ * a pod or node (the ipcache) or in ipv4NativeRoutingCIDR. */
+static __always_inline int masq_in_cluster(const struct datapath_config *cfg, __be32 addr)
+{
+	__u32 plen = cfg->native_routing_prefixlen;
+
+	if (ipcache(addr))
+		return 1;
+	if (plen) {
+		__be32 mask = plen >= 32 ? 0xffffffff : bpf_htonl(~((1U << (32 - plen)) - 1));
+
+		if ((addr & mask) == (cfg->native_routing_cidr & mask))
+			return 1;
+	}
+	return 0;
+}
+
 /* Is daddr inside the cluster or a network reachable without NAT: pods and
  * nodes (the ipcache), ipv4NativeRoutingCIDR, and with ip-masq-agent its
  * nonMasqueradeCIDRs (link-local included unless masqLinkLocal: the agent
@@ -35,16 +90,9 @@
 static __always_inline int masq_excluded(const struct datapath_config *cfg, __be32 daddr)
 {
 	struct ipmasq_key key = { .prefixlen = 32, .ip4 = daddr };
-	__u32 plen = cfg->native_routing_prefixlen;
 
-	if (ipcache(daddr))
+	if (masq_in_cluster(cfg, daddr))
 		return 1;
-	if (plen) {
-		__be32 mask = plen >= 32 ? 0xffffffff : bpf_htonl(~((1U << (32 - plen)) - 1));
-
-		if ((daddr & mask) == (cfg->native_routing_cidr & mask))
-			return 1;
-	}
 	if ((cfg->masquerade & MASQ_F_IP_MASQ_AGENT) &&
 	    bpf_map_lookup_elem(&ciliate_ipmasq4, &key))
 		return 1;
@@ -66,21 +114,29 @@ static __always_inline int masq_needed(const struct datapath_config *cfg, struct
 
 /* iptables mode: from_container hands the pod's packet that it would route
  * out itself (fib_redirect) to the stack instead, so netfilter's POSTROUTING
- * (the agent's CILIATE_POST_nat chain) masquerades it. Only while the source
- * is still the pod's own address pod_ip: a service reply whose source
- * from_container already made the frontend (a NodePort reply from the node
- * IP) must not be masqueraded again. */
+ * (the agent's CILIATE_POST_nat chain) masquerades it. Only traffic that
+ * leaves the cluster: towards a pod or node on another node (native routing)
+ * fib_redirect keeps both directions of the flow out of host conntrack
+ * (replies come back by from_netdev, never through netfilter, which would
+ * see one direction only and drop it as INVALID). ip-masq-agent's CIDRs are
+ * the chain's business (RETURN rules). Only while the source is still the
+ * pod's own address pod_ip: a service reply whose source from_container
+ * already made the frontend (a NodePort reply from the node IP) must not be
+ * masqueraded again. */
 static __always_inline int masq_via_stack(const struct datapath_config *cfg,
 					  const struct pkt_info *pi, __be32 pod_ip)
 {
-	return (cfg->masquerade & MASQ_F_IPTABLES) && pi->src_ip == pod_ip;
+	return (cfg->masquerade & MASQ_F_IPTABLES) && pi->src_ip == pod_ip &&
+	       !masq_in_cluster(cfg, pi->dst_ip);
 }
 
 /* to_netdev in BPF mode: SNATs pi's packet to the node IP when masq_needed.
  * A mapping is made only for a connection the pod starts (TCP SYN without
- * ACK, UDP, ICMP echo request); any packet of a flow that has one uses it;
- * anything else (a reply of a connection from outside: SYN-ACK, an echo
- * reply, the pod's ICMP errors; protocols without ports) leaves untouched.
+ * ACK, UDP, ICMP echo request); any packet of a flow that has one uses it.
+ * A reply of a connection from outside that masq_track_inbound recorded
+ * leaves untouched, as do the pod's ICMP errors and protocols without
+ * ports. A TCP packet or echo reply of neither kind is dropped
+ * (DROP_MASQ_NO_MAPPING) rather than leak the pod's address.
  * Returns TC_ACT_OK or a drop verdict. */
 static __always_inline int masq_snat(struct __sk_buff *skb, struct pkt_info *pi,
 				     const struct datapath_config *cfg)
@@ -121,16 +177,32 @@ static __always_inline int masq_snat(struct __sk_buff *skb, struct pkt_info *pi,
 	now = ct_now();
 	ct_key_of(&key, pi, CT_KEY_MASQ);
 	ct = ct_lookup(&key);
+	if (ct && (ct->flags & CT_F_INBOUND)) {
+		/* A closed inbound connection's tuple reused by a connection
+		 * the pod starts: that one is masqueraded. */
+		if (pi->proto == IPPROTO_TCP && new_conn &&
+		    (ct->flags & CT_F_CLOSING) == CT_F_CLOSING) {
+			bpf_map_delete_elem(ct_map(key.proto), &key);
+			ct = NULL;
+		} else {
+			/* The pod answers a connection from outside. */
+			ct_account(ct, cfg, pi, CT_RX, skb->len, now);
+			return TC_ACT_OK;
+		}
+	}
 	if (!ct) {
 		if (!new_conn) {
 			/* The connection entry was lost (LRU) but the flow
-			 * still has its mapping: it goes on with it. */
+			 * still has its mapping: it goes on with it. Without
+			 * one the packet belongs to no connection the pod
+			 * started nor one from_netdev saw come in: it must
+			 * not leave with the pod's private address. */
 			struct nat4_entry *m;
 
 			key.flags = NAT_DIR_EGRESS;
 			m = bpf_map_lookup_elem(&ciliate_snat4, &key);
 			if (!m || !(m->flags & NAT_F_MASQUERADE))
-				return TC_ACT_OK;
+				return drop(skb, pi, DROP_MASQ_NO_MAPPING, METRIC_EGRESS);
 			key.flags = CT_KEY_MASQ;
 			ct_flags = CT_F_SEEN_REPLY;
 		}
@@ -146,6 +218,63 @@ static __always_inline int masq_snat(struct __sk_buff *skb, struct pkt_info *pi,
 		return ret;
 	trace_nat(skb, &orig, cfg, TRACE_SNAT, METRIC_EGRESS, pi->src_ip, pi->sport);
 	return TC_ACT_OK;
+}
+
+/* from_netdev in BPF mode, before delivering pi's packet to a local pod:
+ * a connection from outside the cluster (a source whose replies to_netdev
+ * would masquerade) gets a CT_KEY_MASQ entry with CT_F_INBOUND, keyed by the
+ * pod's reply tuple as masq_snat looks it up, so the pod's replies leave
+ * untranslated (the client expects the address it connected to) and carry
+ * its state. Started by a TCP SYN without ACK, UDP, an ICMP echo request;
+ * later packets of the connection renew it. Returns 0, or a drop verdict. */
+static __always_inline int masq_track_inbound(struct __sk_buff *skb, struct pkt_info *pi,
+					      const struct datapath_config *cfg)
+{
+	struct ct4_key key;
+	struct ct4_entry *ct;
+	int start;
+	__u32 now;
+
+	if (!(cfg->masquerade & MASQ_F_BPF) || !cfg->node_ip)
+		return 0;
+	if (pi->proto == IPPROTO_ICMP) {
+		void *data, *data_end;
+
+		if (masq_pull(skb, MASQ_PULL_LEN) < 0)
+			return 0;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		if (parse_icmp_echo(data, data_end, pi) != ICMP_ECHO)
+			return 0;
+		start = 1;
+	} else if (pi->proto == IPPROTO_TCP || pi->proto == IPPROTO_UDP) {
+		if (!pi->has_ports || pi->is_frag)
+			return 0;
+		start = pi->proto == IPPROTO_UDP ||
+			(pi->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	} else {
+		return 0;
+	}
+	if (masq_excluded(cfg, pi->src_ip))
+		return 0;
+	ct_key_reverse_of(&key, pi);
+	key.flags = CT_KEY_MASQ;
+	now = ct_now();
+	ct = ct_lookup(&key);
+	if (!ct) {
+		if (!start)
+			return 0;
+		ct = ct_create(&key, 0, 0, 0, CT_F_INBOUND, now);
+		if (!ct)
+			return drop(skb, pi, DROP_CT_CREATE_FAILED, METRIC_INGRESS);
+	}
+	/* A connection the pod started on the same tuple is masqueraded:
+	 * its replies never come here. */
+	if (!(ct->flags & CT_F_INBOUND))
+		return 0;
+	/* The outside client is the connection's client (CT_TX). */
+	ct_account(ct, cfg, pi, CT_TX, skb->len, now);
+	return 0;
 }
 
 /* from_netdev: a reply to a masqueraded connection, whose INGRESS mapping nat
@@ -212,12 +341,9 @@ static __always_inline int masq_reply(struct __sk_buff *skb, struct pkt_info *pi
 static __always_inline int masq_icmp_error(struct __sk_buff *skb, struct pkt_info *pi,
 					   const struct datapath_config *cfg)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct iphdr *ip = data + sizeof(struct ethhdr);
-	struct iphdr *inner = data + ICMPERR_INNER_OFF;
-	__u8 *icmp = data + ICMPERR_OFF;
-	__u8 *l4 = data + ICMPERR_INNER_L4_OFF;
+	void *data, *data_end;
+	struct iphdr *ip, *inner;
+	__u8 *icmp, *l4;
 	__be32 old_addr, new_addr;
 	__be16 old_port, new_port;
 	__sum16 old_check, new_check;
@@ -228,6 +354,14 @@ static __always_inline int masq_icmp_error(struct __sk_buff *skb, struct pkt_inf
 
 	if (!cfg->node_ip || pi->dst_ip != cfg->node_ip || pi->proto != IPPROTO_ICMP)
 		return LB_NONE;
+	if (masq_pull(skb, ICMPERR_INNER_L4_OFF + 8) < 0)
+		return LB_NONE;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	ip = data + sizeof(struct ethhdr);
+	inner = data + ICMPERR_INNER_OFF;
+	icmp = data + ICMPERR_OFF;
+	l4 = data + ICMPERR_INNER_L4_OFF;
 	if (l4 + 8 > (__u8 *)data_end || ip->ihl != 5 || inner->ihl != 5)
 		return LB_NONE;
 	if (icmp[0] != ICMP_DEST_UNREACH_T && icmp[0] != ICMP_TIME_EXCEEDED_T)

@@ -65,6 +65,9 @@ pub const CT_F_SEEN_REPLY: u16 = 0x04;
 pub const CT_F_NODEPORT: u16 = 0x08;
 pub const CT_F_LOOPBACK: u16 = 0x10;
 pub const CT_F_SNAT: u16 = 0x20;
+/// `CT_KEY_MASQ` entries: a connection from outside to a pod, keyed by the
+/// pod's reply tuple; its replies leave untranslated.
+pub const CT_F_INBOUND: u16 = 0x40;
 pub const NAT_DIR_EGRESS: u8 = 0;
 pub const NAT_DIR_INGRESS: u8 = 1;
 pub const NAT_F_NODEPORT: u16 = 0x1;

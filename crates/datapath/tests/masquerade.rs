@@ -13,15 +13,15 @@ use std::net::Ipv4Addr;
 use ciliate_datapath::maps::{
     be_addr, ipcache_key, monotonic_seconds, Ct4Entry, Ct4Key, DatapathConfig, IpcacheValue,
     IpmasqValue, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, Nat4Entry, TraceEvent,
-    BE_STATE_ACTIVE, CT_F_RX_CLOSING, CT_F_SEEN_REPLY, CT_F_TX_CLOSING, CT_KEY_MASQ, EVENT_TRACE,
-    IPCACHE_F_HOST, IPPROTO_TCP, IPPROTO_UDP, LB_SCOPE_EXTERNAL, MASQ_F_BPF, MASQ_F_IPTABLES,
-    MASQ_F_IP_MASQ_AGENT, METRIC_EGRESS, METRIC_INGRESS, NAT_DIR_EGRESS, NAT_DIR_INGRESS,
-    NAT_F_MASQUERADE, NAT_F_NODEPORT, NAT_PORT_MAX, NAT_PORT_MIN, SVC_F_NODEPORT,
+    BE_STATE_ACTIVE, CT_F_INBOUND, CT_F_RX_CLOSING, CT_F_SEEN_REPLY, CT_F_TX_CLOSING, CT_KEY_MASQ,
+    EVENT_TRACE, IPCACHE_F_HOST, IPPROTO_TCP, IPPROTO_UDP, LB_SCOPE_EXTERNAL, MASQ_F_BPF,
+    MASQ_F_IPTABLES, MASQ_F_IP_MASQ_AGENT, METRIC_EGRESS, METRIC_INGRESS, NAT_DIR_EGRESS,
+    NAT_DIR_INGRESS, NAT_F_MASQUERADE, NAT_F_NODEPORT, NAT_PORT_MAX, NAT_PORT_MIN, SVC_F_NODEPORT,
 };
 use ciliate_datapath::netlink::format_mac;
 use ciliate_datapath::reasons::{
-    DROP_FRAG_MASQ, DROP_MASQ_NO_ENDPOINT, DROP_NAT_NO_MAPPING, TRACE_FROM_NETDEV, TRACE_REV_SNAT,
-    TRACE_SNAT, TRACE_TO_NETDEV, TRACE_TO_STACK,
+    DROP_FRAG_MASQ, DROP_MASQ_NO_ENDPOINT, DROP_MASQ_NO_MAPPING, DROP_NAT_NO_MAPPING,
+    TRACE_FROM_NETDEV, TRACE_REV_SNAT, TRACE_SNAT, TRACE_TO_NETDEV, TRACE_TO_STACK,
 };
 use common::*;
 
@@ -377,14 +377,21 @@ fn cluster_and_excluded_destinations_and_other_sources_are_not_translated() {
 fn only_connections_the_pod_starts_get_a_mapping() {
     root_only!();
     let mut h = harness(MASQ_F_BPF);
-    // Replies of connections from outside (native routing to the pod).
+    // Packets of no connection the pod started nor one from_netdev saw
+    // coming in: they would leave with the pod's private address.
     for packet in [
         seg((POD_B, 8080), (WORLD, 50000), TCP_SYN | TCP_ACK),
         seg((POD_B, 8080), (WORLD, 50000), TCP_ACK),
         seg((POD_B, 8080), (WORLD, 50000), TCP_RST),
         echo(POD_B, WORLD, 0, 99),
     ] {
-        assert_eq!(h.run("to_netdev", &packet), (TC_ACT_OK, packet));
+        expect_drop(
+            &mut h,
+            "to_netdev",
+            &packet,
+            DROP_MASQ_NO_MAPPING,
+            METRIC_EGRESS,
+        );
     }
     assert_eq!(nat_count(&h), 0, "no mapping made");
     // A fragment of what would be masqueraded never leaves with the pod's address.
@@ -553,10 +560,9 @@ fn iptables_mode_hands_pod_traffic_to_the_stack_but_not_service_replies() {
             "permanent",
         ],
     );
-    ip(
-        &node,
-        &["route", "add", "10.10.0.0/16", "via", "192.168.10.2"],
-    );
+    for net in ["10.10.0.0/16", "10.78.0.0/24", "172.20.0.0/16"] {
+        ip(&node, &["route", "add", net, "via", "192.168.10.2"]);
+    }
     sysctls(&node, &[("net/ipv4/conf/nat0/forwarding", "1")]);
 
     in_netns(&node, move || {
@@ -631,9 +637,28 @@ fn iptables_mode_hands_pod_traffic_to_the_stack_but_not_service_replies() {
         assert_eq!(tuple_of(&out).src, (NODE_IP, 30080));
         let ev = h.next_event().unwrap();
         assert_eq!(ev.reason, TRACE_TO_NETDEV);
-        // Pods and nodes are still reached without the stack.
+        // Pods and nodes are still reached without the stack: here and on
+        // other nodes (native routing), where host conntrack would see one
+        // direction only.
         let to_pod = from_pod_a(POD_PORT, (POD_B, WEB), TCP_SYN);
         assert_eq!(h.run("from_container", &to_pod).0, TC_ACT_REDIRECT);
+        events(&mut h);
+        for (dst, what) in [
+            (REMOTE_POD, "a pod on another node (ipcache)"),
+            (REMOTE_NODE, "another node (ipcache)"),
+            (NATIVE_CIDR_HOST, "ipv4NativeRoutingCIDR"),
+        ] {
+            let packet = from_pod_a(POD_PORT, (dst, WEB), TCP_SYN);
+            let (verdict, out) = h.run("from_container", &packet);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{what}: redirected by the FIB");
+            assert_eq!(
+                tuple_of(&out).src,
+                (POD_A, POD_PORT),
+                "{what}: untranslated"
+            );
+            let ev = h.next_event().unwrap();
+            assert_eq!(ev.reason, TRACE_TO_NETDEV, "{what}");
+        }
     });
 }
 
@@ -655,7 +680,7 @@ fn icmp_error(router: [u8; 4], kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
 #[test]
 fn icmp_errors_about_masqueraded_packets_reach_the_pod() {
     root_only!();
-    let h = harness(MASQ_F_BPF);
+    let mut h = harness(MASQ_F_BPF);
     let router = [10, 10, 0, 254];
     let syn = seg((POD_B, POD_PORT), (WORLD, WEB), TCP_SYN);
     let (_, left) = h.run("to_netdev", &syn);
@@ -691,8 +716,232 @@ fn icmp_errors_about_masqueraded_packets_reach_the_pod() {
         assert_eq!(&out[0..6], &POD_B_MAC);
     }
 
-    // An error about a packet that was not masqueraded goes on to the stack.
-    let other = seg((NODE_IP, 40000), (WORLD, WEB), TCP_SYN);
-    let error = icmp_error(router, 3, 4, &other);
+    // Errors about packets that were not masqueraded go on to the stack:
+    // a port below the NAT range (no lookup), one in the range without a
+    // mapping, and one whose mapping is NodePort's.
+    let below = seg((NODE_IP, 40000), (WORLD, WEB), TCP_SYN);
+    let unmapped = seg((NODE_IP, IN_RANGE_PORT), (WORLD, WEB), TCP_SYN);
+    let nodeport = seg((NODE_IP, IN_RANGE_PORT + 1), (WORLD, WEB), TCP_SYN);
+    let np = Nat4Entry {
+        to_addr: be_addr(Ipv4Addr::new(10, 10, 1, 50)),
+        to_port: 50000u16.to_be(),
+        flags: NAT_F_NODEPORT,
+        lifetime: monotonic_seconds() + 1000,
+        created: monotonic_seconds(),
+    };
+    h.maps
+        .snat4
+        .insert(
+            ingress_key((WORLD, WEB), IN_RANGE_PORT + 1, IPPROTO_TCP),
+            np,
+            0,
+        )
+        .unwrap();
+    for (quoted, what) in [
+        (&below, "below the NAT range"),
+        (&unmapped, "no mapping"),
+        (&nodeport, "a NodePort mapping"),
+    ] {
+        let error = icmp_error(router, 3, 4, quoted);
+        assert_eq!(h.run("from_netdev", &error), (TC_ACT_OK, error), "{what}");
+    }
+}
+
+/// Pod B's connections to outside made while masquerading was BPF, and
+/// their replies; after a switch to iptables (or off) the mappings pinned
+/// from before capture none of them: they go to the stack untouched.
+#[test]
+fn stale_masquerade_mappings_capture_no_replies_after_a_mode_switch() {
+    root_only!();
+    let mut h = harness(MASQ_F_BPF);
+    let port = open(&mut h, POD_PORT);
+    let (_, left_echo) = h.run("to_netdev", &echo(POD_B, WORLD, 8, 7));
+    let id = echo_id(&left_echo);
+    let syn_ack = arriving((WORLD, WEB), (NODE_IP, port), TCP_SYN | TCP_ACK);
+    let mut echo_reply = echo(WORLD, NODE_IP, 0, id);
+    echo_reply[0..12].copy_from_slice(&[DEV_MAC, NET_MAC].concat());
+    let left = seg((NODE_IP, port), (WORLD, WEB), TCP_SYN);
+    let error = icmp_error([10, 10, 0, 254], 3, 4, &left);
+    // While BPF masquerades, all three are the pod's.
+    for packet in [&syn_ack, &echo_reply, &error] {
+        assert_eq!(h.run("from_netdev", packet).0, TC_ACT_REDIRECT);
+    }
+    for masquerade in [MASQ_F_IPTABLES, 0] {
+        h.maps.config.set(0, config(masquerade), 0).unwrap();
+        for packet in [&syn_ack, &echo_reply, &error] {
+            assert_eq!(
+                h.run("from_netdev", packet),
+                (TC_ACT_OK, packet.clone()),
+                "masquerade flags {masquerade:#x}"
+            );
+        }
+    }
+}
+
+/// An arriving frame from outside (or another network) to pod B.
+fn udp_in(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
+    udp_frame((DEV_MAC, NET_MAC), src, dst, true)
+}
+
+fn udp_out(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Vec<u8> {
+    udp_frame((NET_MAC, DEV_MAC), src, dst, true)
+}
+
+#[test]
+fn replies_of_inbound_udp_and_echo_leave_untranslated() {
+    root_only!();
+    let mut h = harness(MASQ_F_BPF);
+    let client = (WORLD, 5000);
+    let request = udp_in(client, (POD_B, 53));
+    assert_eq!(h.run("from_netdev", &request).0, TC_ACT_REDIRECT);
+    let ct = masq_ct(&h, (POD_B, 53), client, IPPROTO_UDP);
+    assert_eq!(ct.flags & CT_F_INBOUND, CT_F_INBOUND, "{ct:?}");
+    assert_eq!((ct.tx_packets, ct.rx_packets), (1, 0));
+    assert_lifetime(ct.lifetime, T_ANY, "inbound UDP");
+
+    let reply = udp_out((POD_B, 53), client);
+    assert_eq!(h.run("to_netdev", &reply), (TC_ACT_OK, reply.clone()));
+    let ct = masq_ct(&h, (POD_B, 53), client, IPPROTO_UDP);
+    assert_eq!((ct.tx_packets, ct.rx_packets), (1, 1), "the reply counted");
+    assert_eq!(nat_count(&h), 0, "no mapping made");
+
+    // A ping from outside: its echo reply keeps the pod's address too.
+    let mut request = echo(WORLD, POD_B, 8, 99);
+    request[0..12].copy_from_slice(&[DEV_MAC, NET_MAC].concat());
+    assert_eq!(h.run("from_netdev", &request).0, TC_ACT_REDIRECT);
+    let ct = masq_ct(&h, (POD_B, 0), (WORLD, 99), ICMP);
+    assert_eq!(ct.flags & CT_F_INBOUND, CT_F_INBOUND);
+    let answer = echo(POD_B, WORLD, 0, 99);
+    assert_eq!(h.run("to_netdev", &answer), (TC_ACT_OK, answer.clone()));
+    assert_eq!(nat_count(&h), 0, "no mapping made");
+
+    // The pod's own flow to another port of the client is still masqueraded.
+    let (_, out) = h.run("to_netdev", &udp_out((POD_B, 53), (WORLD, 5001)));
+    assert_eq!(tuple_of(&out).src.0, NODE_IP);
+
+    // From inside the cluster nothing is recorded: the pod's replies are
+    // never masqueraded anyway.
+    let before = h.maps.ct4_any.keys().count();
+    let from_pod = udp_in((REMOTE_POD, 5000), (POD_B, 53));
+    assert_eq!(h.run("from_netdev", &from_pod).0, TC_ACT_REDIRECT);
+    assert_eq!(h.maps.ct4_any.keys().count(), before);
+    events(&mut h);
+}
+
+#[test]
+fn without_bpf_masquerading_inbound_flows_are_not_recorded() {
+    root_only!();
+    for masquerade in [0, MASQ_F_IPTABLES] {
+        let h = harness(masquerade);
+        let request = udp_in((WORLD, 5000), (POD_B, 53));
+        assert_eq!(h.run("from_netdev", &request).0, TC_ACT_REDIRECT);
+        let syn = arriving((WORLD, 50000), (POD_B, 8080), TCP_SYN);
+        assert_eq!(h.run("from_netdev", &syn).0, TC_ACT_REDIRECT);
+        assert_eq!(h.maps.ct4_any.keys().count(), 0);
+        assert_eq!(h.maps.ct4_tcp.keys().count(), 0);
+    }
+}
+
+#[test]
+fn replies_of_inbound_tcp_leave_untranslated_and_follow_its_state() {
+    root_only!();
+    let mut h = harness(MASQ_F_BPF);
+    let client = (WORLD, 50000);
+    let server = (POD_B, 8080);
+    let inbound = |flags| arriving(client, server, flags);
+    let outbound = |flags| seg(server, client, flags);
+    let state = |h: &Harness| masq_ct(h, server, client, IPPROTO_TCP);
+
+    assert_eq!(h.run("from_netdev", &inbound(TCP_SYN)).0, TC_ACT_REDIRECT);
+    let ct = state(&h);
+    assert_eq!(ct.flags, CT_F_INBOUND, "recorded, not answered yet");
+    assert_lifetime(ct.lifetime, T_SYN, "inbound SYN");
+
+    let syn_ack = outbound(TCP_SYN | TCP_ACK);
+    assert_eq!(h.run("to_netdev", &syn_ack), (TC_ACT_OK, syn_ack.clone()));
+    assert_lifetime(state(&h).lifetime, T_TCP, "answered");
+    assert_eq!(h.run("from_netdev", &inbound(TCP_ACK)).0, TC_ACT_REDIRECT);
+    let data = outbound(TCP_ACK | 0x08);
+    assert_eq!(h.run("to_netdev", &data), (TC_ACT_OK, data.clone()));
+    let fin = outbound(TCP_FIN | TCP_ACK);
+    assert_eq!(h.run("to_netdev", &fin), (TC_ACT_OK, fin.clone()));
+    assert_eq!(
+        h.run("from_netdev", &inbound(TCP_FIN | TCP_ACK)).0,
+        TC_ACT_REDIRECT
+    );
+    let ct = state(&h);
+    assert_lifetime(ct.lifetime, T_FIN, "FIN both ways");
+    assert_eq!((ct.tx_packets, ct.rx_packets), (3, 3));
+    let last_ack = outbound(TCP_ACK);
+    assert_eq!(h.run("to_netdev", &last_ack), (TC_ACT_OK, last_ack.clone()));
+    assert_eq!(nat_count(&h), 0, "no mapping made");
+    events(&mut h);
+
+    // Once it is closed, the pod may start its own connection on the tuple:
+    // that one is masqueraded.
+    let (verdict, out) = h.run("to_netdev", &outbound(TCP_SYN));
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(tuple_of(&out).src.0, NODE_IP, "a new outgoing connection");
+    let ct = state(&h);
+    assert_eq!(ct.flags & CT_F_INBOUND, 0, "{ct:?}");
+}
+
+#[test]
+fn a_mid_stream_packet_without_mapping_or_inbound_entry_is_dropped() {
+    root_only!();
+    let mut h = harness(MASQ_F_BPF);
+    // The pod's established flow whose mapping is gone (GC, LRU, a restart).
+    let port = open(&mut h, POD_PORT);
+    let ack = seg((POD_B, POD_PORT), (WORLD, WEB), TCP_ACK);
+    assert_eq!(tuple_of(&h.run("to_netdev", &ack).1).src, (NODE_IP, port));
+    for key in [
+        egress_key((POD_B, POD_PORT), (WORLD, WEB), IPPROTO_TCP),
+        ingress_key((WORLD, WEB), port, IPPROTO_TCP),
+    ] {
+        h.maps.snat4.remove(&key).unwrap();
+    }
+    h.maps
+        .ct4_tcp
+        .remove(&Ct4Key::new(
+            v4(POD_B),
+            POD_PORT,
+            v4(WORLD),
+            WEB,
+            IPPROTO_TCP,
+            CT_KEY_MASQ,
+        ))
+        .unwrap();
+    events(&mut h);
+    expect_drop(
+        &mut h,
+        "to_netdev",
+        &ack,
+        DROP_MASQ_NO_MAPPING,
+        METRIC_EGRESS,
+    );
+    assert_eq!(nat_count(&h), 0, "no mapping made for it");
+    // A new SYN starts over with a new mapping.
+    let (_, out) = h.run("to_netdev", &seg((POD_B, POD_PORT), (WORLD, WEB), TCP_SYN));
+    assert_eq!(tuple_of(&out).src.0, NODE_IP);
+}
+
+/// `BPF_PROG_TEST_RUN` builds linear packets, so this only shows that the
+/// pull in front of the quote's checks (masq_pull) lets a packet shorter
+/// than what it asks for through to the stack untouched, for every mode.
+#[test]
+fn a_truncated_icmp_error_goes_to_the_stack_untouched() {
+    root_only!();
+    let h = harness(MASQ_F_BPF);
+    let (_, left) = h.run("to_netdev", &seg((POD_B, POD_PORT), (WORLD, WEB), TCP_SYN));
+    let mut i = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+    i.extend_from_slice(&left[14..14 + 24]);
+    let c = checksum(&i);
+    i[2..4].copy_from_slice(&c.to_be_bytes());
+    let error = eth(
+        DEV_MAC,
+        NET_MAC,
+        0x0800,
+        &ipv4([10, 10, 0, 254], NODE_IP, 64, ICMP, &i),
+    );
     assert_eq!(h.run("from_netdev", &error), (TC_ACT_OK, error));
 }
