@@ -9,11 +9,11 @@ use ciliate_api::{Client, Status};
 use ciliate_datapath::loader::Maps;
 use ciliate_datapath::maps::{
     addr_of, Ct4Entry, Ct4Key, Lb4Backend, Lb4Key, Lb4Service, Nat4Entry, BE_STATE_TERMINATING,
-    CT4_ANY_MAP, CT4_TCP_MAP, CT_F_LOOPBACK, CT_F_NODEPORT, CT_F_RX_CLOSING, CT_F_SEEN_REPLY,
-    CT_F_SNAT, CT_F_TX_CLOSING, CT_KEY_SERVICE, IPMASQ4_MAP, IPPROTO_TCP, IPPROTO_UDP,
-    LB_SCOPE_INTERNAL, METRIC_INGRESS, NAT_DIR_INGRESS, NAT_F_MASQUERADE, NAT_F_NODEPORT,
-    SNAT4_MAP, SVC_F_AFFINITY, SVC_F_CLUSTER_IP, SVC_F_EXTERNAL_IP, SVC_F_LOADBALANCER,
-    SVC_F_NODEPORT, SVC_F_TWO_SCOPES,
+    CT4_ANY_MAP, CT4_TCP_MAP, CT_F_INBOUND, CT_F_LOOPBACK, CT_F_NODEPORT, CT_F_RX_CLOSING,
+    CT_F_SEEN_REPLY, CT_F_SNAT, CT_F_TX_CLOSING, CT_KEY_MASQ, CT_KEY_SERVICE, IPMASQ4_MAP,
+    IPPROTO_TCP, IPPROTO_UDP, LB_SCOPE_INTERNAL, METRIC_INGRESS, NAT_DIR_INGRESS, NAT_F_MASQUERADE,
+    NAT_F_NODEPORT, SNAT4_MAP, SVC_F_AFFINITY, SVC_F_CLUSTER_IP, SVC_F_EXTERNAL_IP,
+    SVC_F_LOADBALANCER, SVC_F_NODEPORT, SVC_F_TWO_SCOPES,
 };
 use ciliate_datapath::netlink::format_mac;
 use ciliate_datapath::reasons::drop_reason_name;
@@ -441,6 +441,7 @@ fn ct_flag_names(flags: u16) -> Vec<String> {
             (CT_F_NODEPORT, "nodeport"),
             (CT_F_LOOPBACK, "loopback"),
             (CT_F_SNAT, "snat"),
+            (CT_F_INBOUND, "inbound"),
         ],
     )
 }
@@ -454,6 +455,9 @@ struct CtEntry {
     /// The service entry (client to frontend, naming the backend) rather
     /// than the connection entry.
     service: bool,
+    /// A masqueraded connection (the pod's tuple before SNAT) or, with the
+    /// `inbound` flag, a connection from outside whose replies leave as they are.
+    masquerade: bool,
     /// CLOCK_MONOTONIC second of expiry, and seconds left (negative: expired,
     /// waiting for the GC).
     lifetime: u32,
@@ -487,6 +491,7 @@ fn ct_entries(maps: &Maps) -> anyhow::Result<Vec<CtEntry>> {
                 source: format!("{sip}:{sport}"),
                 destination: format!("{dip}:{dport}"),
                 service: k.flags & CT_KEY_SERVICE != 0,
+                masquerade: k.flags & CT_KEY_MASQ != 0,
                 lifetime: v.lifetime,
                 remaining: i64::from(v.lifetime) - now,
                 flags: ct_flag_names(v.flags),
@@ -509,7 +514,11 @@ fn ct_list(maps: &Maps, output: &OutputArgs) -> anyhow::Result<()> {
     }
     // One line per entry, as `cilium-dbg bpf ct list global` prints them.
     for e in &entries {
-        let kind = if e.service { " service" } else { "" };
+        let kind = match (e.service, e.masquerade) {
+            (true, _) => " service",
+            (false, true) => " masquerade",
+            (false, false) => "",
+        };
         println!(
             "{} OUT {} -> {}{kind} expires={} remaining={}s RxPackets={} RxBytes={} TxPackets={} TxBytes={} Flags=[{}] RevNatIndex={} BackendID={} Frontend={}",
             e.proto,
