@@ -11,6 +11,8 @@
 //! per lab); different labs run at the same time.
 //! Needs root, tcpdump and the workspace's binaries (`cargo build --workspace --bins`).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use ciliate_datapath::netns;
 use ciliate_lab::configmaps::{ip_masq_agent_yaml, IP_MASQ_AGENT};
 use ciliate_lab::{Lab, LabSpec, Masquerade, RoutingMode};
+use common::{ok, run};
 
 /// The router's fabric address and its first and second outside network.
 const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 200);
@@ -32,23 +35,6 @@ const MASQ_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 
 fn root() -> bool {
     ciliate_datapath::testing::running_as_root("namespaces, BPF, bpffs, etcd in a namespace")
-}
-
-fn run(lab: &Lab, target: &str, argv: &[&str]) -> std::process::Output {
-    lab.exec(target, argv).unwrap()
-}
-
-fn ok(lab: &Lab, target: &str, argv: &[&str]) -> String {
-    let out = run(lab, target, argv);
-    assert!(
-        out.status.success(),
-        "`{}` in {target} failed ({:?}): {}{}",
-        argv.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A lab of this file, held by one test at a time.

@@ -26,7 +26,7 @@ mod common;
 
 use ciliate_lab::connectivity::{self, Outcome};
 use ciliate_lab::{Lab, LabGuard, LabSpec, RoutingMode};
-use common::Stream;
+use common::{ok, Stream};
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
@@ -36,20 +36,6 @@ fn root() -> bool {
 
 fn cidr(i: usize) -> Ipv4Net {
     format!("172.20.{i}.0/24").parse().unwrap()
-}
-
-/// Runs a command in a node or pod and returns stdout; panics on failure.
-fn ok(lab: &Lab, target: &str, argv: &[&str]) -> String {
-    let out = lab.exec(target, argv).unwrap();
-    assert!(
-        out.status.success(),
-        "`{}` in {target} failed ({:?}): {}{}",
-        argv.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn json(lab: &Lab, target: &str, argv: &[&str]) -> Value {

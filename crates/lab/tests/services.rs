@@ -19,28 +19,10 @@ use std::time::{Duration, Instant};
 use ciliate_datapath::netns;
 use ciliate_lab::connectivity::{name_server, DropWatcher};
 use ciliate_lab::{names, IpamMode, Lab, LabGuard, LabSpec, PodCondition, RoutingMode};
-use common::Stream;
+use common::{ok, run, Stream};
 
 fn root() -> bool {
     ciliate_datapath::testing::running_as_root("namespaces, BPF, bpffs, etcd in a namespace")
-}
-
-/// Runs a command and returns its output (exit status unchecked).
-fn run(lab: &Lab, target: &str, argv: &[&str]) -> std::process::Output {
-    lab.exec(target, argv).unwrap()
-}
-
-fn ok(lab: &Lab, target: &str, argv: &[&str]) -> String {
-    let out = run(lab, target, argv);
-    assert!(
-        out.status.success(),
-        "`{}` in {target} failed ({:?}): {}{}",
-        argv.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A pod on `node` that answers HTTP on 8080 with its name and echoes TCP

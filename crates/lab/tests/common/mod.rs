@@ -1,4 +1,5 @@
-//! Helpers shared by the lab's integration tests.
+//! Helpers shared by the lab's integration tests. Each test file uses some.
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -84,4 +85,24 @@ impl Stream {
             .expect("the reader never saw a reset or error");
         (sent, self.received.load(Ordering::Relaxed))
     }
+}
+
+/// Runs a command in a node, pod or the router; the exit status is unchecked.
+pub fn run(lab: &ciliate_lab::Lab, target: &str, argv: &[&str]) -> std::process::Output {
+    lab.exec(target, argv).unwrap()
+}
+
+/// Runs a command in a node, pod or the router and returns its stdout;
+/// panics with both outputs when it fails.
+pub fn ok(lab: &ciliate_lab::Lab, target: &str, argv: &[&str]) -> String {
+    let out = run(lab, target, argv);
+    assert!(
+        out.status.success(),
+        "`{}` in {target} failed ({:?}): {}{}",
+        argv.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
