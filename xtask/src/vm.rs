@@ -127,6 +127,7 @@ pub fn run(opts: &Options) -> Result<bool> {
     interrupt::install()?;
     let suites = select(&opts.only)?;
     let workspace = workspace_root();
+    let targets = build::resolve(&workspace, &suites)?;
 
     eprintln!(
         "==> kernel {KERNEL_PACKAGE} {KERNEL_VERSION} (cache {})",
@@ -137,7 +138,7 @@ pub fn run(opts: &Options) -> Result<bool> {
     interrupt::check()?;
 
     let build_started = Instant::now();
-    let built = build::build(&workspace, &suites)?;
+    let built = build::build(&workspace, &targets)?;
     let build_secs = build_started.elapsed().as_secs_f64();
     interrupt::check()?;
 

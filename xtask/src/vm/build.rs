@@ -26,8 +26,17 @@ fn cargo(workspace: &Path) -> Command {
     c
 }
 
-/// Builds the binaries and the suites' test executables.
-pub fn build(workspace: &Path, suites: &[(String, String)]) -> Result<Vec<BuiltSuite>> {
+/// A suite's test target, known to exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub package: String,
+    pub target: String,
+    pub crate_dir: PathBuf,
+}
+
+/// Checks every suite names an existing test target (before anything
+/// slow happens) and finds its crate's directory.
+pub fn resolve(workspace: &Path, suites: &[(String, String)]) -> Result<Vec<Target>> {
     let metadata = cargo(workspace)
         .args(["metadata", "--no-deps", "--format-version", "1"])
         .stderr(Stdio::inherit())
@@ -38,11 +47,20 @@ pub fn build(workspace: &Path, suites: &[(String, String)]) -> Result<Vec<BuiltS
     }
     let metadata: Value =
         serde_json::from_slice(&metadata.stdout).context("parsing cargo metadata's output")?;
-    let mut dirs = Vec::new();
-    for (package, target) in suites {
-        dirs.push(check_target(&metadata, package, target)?);
-    }
+    suites
+        .iter()
+        .map(|(package, target)| {
+            Ok(Target {
+                package: package.clone(),
+                target: target.clone(),
+                crate_dir: check_target(&metadata, package, target)?,
+            })
+        })
+        .collect()
+}
 
+/// Builds the binaries and the suites' test executables.
+pub fn build(workspace: &Path, targets: &[Target]) -> Result<Vec<BuiltSuite>> {
     eprintln!("==> cargo build --workspace --bins");
     let st = cargo(workspace)
         .args(["build", "--workspace", "--bins"])
@@ -53,7 +71,12 @@ pub fn build(workspace: &Path, suites: &[(String, String)]) -> Result<Vec<BuiltS
     }
 
     let mut built = Vec::new();
-    for ((package, target), crate_dir) in suites.iter().zip(dirs) {
+    for Target {
+        package,
+        target,
+        crate_dir,
+    } in targets
+    {
         eprintln!("==> cargo test --no-run -p {package} --test {target}");
         let out = cargo(workspace)
             .args([
@@ -75,7 +98,7 @@ pub fn build(workspace: &Path, suites: &[(String, String)]) -> Result<Vec<BuiltS
             .with_context(|| format!("cargo built no test executable for {package}:{target}"))?;
         built.push(BuiltSuite {
             name: format!("{package}:{target}"),
-            crate_dir,
+            crate_dir: crate_dir.clone(),
             executable,
         });
     }
