@@ -30,17 +30,24 @@ PACKAGES=(
 # backports source lives in a private apt configuration, never in /etc/apt.
 BACKPORTS_PACKAGES=(qemu-system-x86)
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+# The packages among "$@" that are not installed, one a line.
+not_installed() {
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+  done
+}
 
-if ((${#missing[@]})); then
-  echo "ciliate: installing system packages: ${missing[*]}"
+need_root() {
   if [[ $EUID -ne 0 ]]; then
     echo "ciliate: installing packages needs root; rerun as root (or with sudo)" >&2
     exit 1
   fi
+}
+
+mapfile -t missing < <(not_installed "${PACKAGES[@]}")
+if ((${#missing[@]})); then
+  echo "ciliate: installing system packages: ${missing[*]}"
+  need_root
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -48,16 +55,10 @@ else
   echo "ciliate: system packages present (${PACKAGES[*]})"
 fi
 
-missing=()
-for p in "${BACKPORTS_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+mapfile -t missing < <(not_installed "${BACKPORTS_PACKAGES[@]}")
 if ((${#missing[@]})); then
   echo "ciliate: installing from bookworm-backports: ${missing[*]}"
-  if [[ $EUID -ne 0 ]]; then
-    echo "ciliate: installing packages needs root; rerun as root (or with sudo)" >&2
-    exit 1
-  fi
+  need_root
   apt_dir=$(mktemp -d)
   trap 'rm -rf "$apt_dir"' EXIT
   mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"

@@ -35,9 +35,15 @@ enum Command {
         /// Seconds until QEMU is killed and the run fails.
         #[arg(long, default_value_t = 2700)]
         timeout: u64,
+        /// Seconds for the guest to reach its suites before it is booted again.
+        #[arg(long, default_value_t = 120)]
+        boot_timeout: u64,
         /// Run only these suites (PACKAGE:TEST_TARGET, repeatable or comma-separated).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Added to the guest kernel's command line (repeatable), e.g. loglevel=7.
+        #[arg(long = "kernel-arg")]
+        kernel_args: Vec<String>,
         /// Passed to every test executable after --test-threads=1.
         #[arg(last = true)]
         test_args: Vec<String>,
@@ -119,15 +125,19 @@ fn main() -> Result<()> {
             cache,
             memory,
             timeout,
+            boot_timeout,
             only,
+            kernel_args,
             test_args,
         } => {
             let passed = vm::run(&vm::Options {
                 cache,
                 memory_mib: memory,
                 timeout: std::time::Duration::from_secs(timeout),
+                boot_timeout: std::time::Duration::from_secs(boot_timeout),
                 only,
                 test_args,
+                kernel_args,
             })?;
             if !passed {
                 std::process::exit(1);

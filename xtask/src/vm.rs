@@ -47,6 +47,12 @@ pub const SUITES: &[Suite] = &[
     Suite::new("ciliate-lab", "vm_modes"),
 ];
 
+/// Boots tried before giving up: a guest that has not reached its suites
+/// `--boot-timeout` after QEMU started is hung (under TCG on a loaded host, a
+/// boot rarely stalls in the kernel with a vCPU's timer interrupt lost) and
+/// is killed and booted again. A normal boot takes 10-25 s.
+pub const BOOT_ATTEMPTS: u32 = 3;
+
 /// Default for `--cache`.
 pub const DEFAULT_CACHE: &str = "/var/cache/ciliate-vm";
 
@@ -78,10 +84,14 @@ pub struct Options {
     pub memory_mib: u32,
     /// Overall limit for the boot, after which QEMU is killed.
     pub timeout: Duration,
+    /// Limit for one boot to reach the suites, after which it is retried.
+    pub boot_timeout: Duration,
     /// `PKG:TARGET` to run instead of [`SUITES`].
     pub only: Vec<String>,
     /// Passed to every test executable after `--test-threads=1` (filters).
     pub test_args: Vec<String>,
+    /// Appended to the guest kernel's command line (e.g. `loglevel=7`).
+    pub kernel_args: Vec<String>,
 }
 
 /// The workspace this xtask was built from.
@@ -175,13 +185,39 @@ pub fn run(opts: &Options) -> Result<bool> {
         initrd,
         memory_mib: opts.memory_mib,
         cpus: 2,
-        append: guest::kernel_cmdline(),
+        append: guest::kernel_cmdline(&opts.kernel_args),
         shares,
         console: out.join("console.log"),
         log: out.join("qemu.log"),
     };
     let mut progress = summary::Progress::new(&share, &names);
-    let ended = qemu::run(&machine, opts.timeout, || progress.poll())?;
+    let booted = share.join(guest::BOOTED);
+    let mut attempt = 1;
+    let ended = loop {
+        let left = opts.timeout.saturating_sub(vm_started.elapsed());
+        let ended = qemu::run(&machine, left, |elapsed| {
+            progress.poll();
+            if elapsed > opts.boot_timeout && !booted.exists() {
+                qemu::Control::Stop
+            } else {
+                qemu::Control::Continue
+            }
+        })?;
+        if ended != qemu::Ended::Stopped {
+            break ended;
+        }
+        let tail = summary::tail(&std::fs::read(&machine.console).unwrap_or_default(), 12);
+        eprintln!(
+            "==> the guest did not boot within {} s (attempt {attempt} of {BOOT_ATTEMPTS}); console:\n{tail}",
+            opts.boot_timeout.as_secs()
+        );
+        if attempt == BOOT_ATTEMPTS {
+            break ended;
+        }
+        let kept = out.join(format!("console-attempt-{attempt}.log"));
+        let _ = std::fs::rename(&machine.console, kept);
+        attempt += 1;
+    };
     progress.poll();
     let vm_secs = vm_started.elapsed().as_secs_f64();
 

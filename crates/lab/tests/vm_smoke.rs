@@ -7,23 +7,27 @@ use std::process::Command;
 
 use ciliate_datapath::testing::TestNetns;
 
-/// Runs `ip -n NETNS ARGS`; panics with its output when it fails.
-fn ip(ns: &TestNetns, args: &[&str]) -> String {
+/// Runs `ip -n NETNS ARGS` (the lab's own `ip` runner: it fails with ip's stderr).
+fn ip(ns: &TestNetns, args: &[&str]) {
+    let full: Vec<&str> = ["-n", ns.name.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    ciliate_lab::sys::ip("vm_smoke", &full).unwrap();
+}
+
+/// The kind (`linkinfo.info_kind`) of device `dev`, from `ip -j -d link show`.
+fn kind(ns: &TestNetns, dev: &str) -> String {
     let out = Command::new("ip")
-        .arg("-n")
-        .arg(&ns.name)
-        .args(args)
+        .args(["-n", &ns.name, "-j", "-d", "link", "show", "dev", dev])
         .output()
         .expect("running ip");
-    assert!(
-        out.status.success(),
-        "`ip -n {} {}` failed ({}): {}",
-        ns.name,
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{dev}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    links[0]["linkinfo"]["info_kind"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn in_vm() {
@@ -62,10 +66,8 @@ fn ipvlan_geneve_and_netkit_devices_can_be_made() {
     // iproute2 6.1 (the host's /usr) has no netkit options; the kernel's
     // defaults (L3 mode, the peer named nk%d, hence not nk0 here) prove it.
     ip(&ns, &["link", "add", "nkp0", "type", "netkit"]);
-    for (dev, kind) in [("ipvl0", "ipvlan"), ("gnv0", "geneve"), ("nkp0", "netkit")] {
-        let json = ip(&ns, &["-j", "-d", "link", "show", "dev", dev]);
-        let links: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(links[0]["linkinfo"]["info_kind"], kind, "{dev}: {json}");
+    for (dev, expected) in [("ipvl0", "ipvlan"), ("gnv0", "geneve"), ("nkp0", "netkit")] {
+        assert_eq!(kind(&ns, dev), expected, "{dev}");
     }
     // Dropping the namespace deletes it with every device in it.
 }

@@ -16,6 +16,8 @@ pub const RUN_SCRIPT: &str = "run.sh";
 pub const DONE: &str = "done";
 /// The run script's own output.
 pub const GUEST_LOG: &str = "guest.log";
+/// Written by init once everything is mounted, just before the suites.
+pub const BOOTED: &str = "booted";
 
 /// A host directory the guest mounts over 9p.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,9 +54,15 @@ pub fn shares(kernel_root: &Path, workspace: &Path, results: &Path) -> Vec<Share
 }
 
 /// The kernel command line: the serial console, quiet (the serial port is
-/// slow under TCG), a panic powers off at once (QEMU runs with -no-reboot).
-pub fn kernel_cmdline() -> String {
-    "console=ttyS0 quiet panic=-1 rdinit=/init".to_string()
+/// slow under TCG), a panic powers off at once (QEMU runs with -no-reboot),
+/// then `extra`.
+pub fn kernel_cmdline(extra: &[String]) -> String {
+    let mut line = "console=ttyS0 quiet panic=-1 rdinit=/init".to_string();
+    for a in extra {
+        line.push(' ');
+        line.push_str(a);
+    }
+    line
 }
 
 /// `s` as one word of sh/bash.
@@ -120,6 +128,7 @@ pub fn init_script(modules: &[String], shares: &[Share]) -> String {
          $B chmod 755 /run/modprobe\n\
          echo /run/modprobe > /proc/sys/kernel/modprobe\n\
          export CILIATE_VM=1 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin HOME=/root TERM=dumb\n\
+         : > /results/booted\n\
          say \"running the suites\"\n\
          cd /\n\
          /usr/bin/bash /results/run.sh > /results/guest.log 2>&1\n\
@@ -216,6 +225,7 @@ mod tests {
             "mount -t cgroup2",
             "mount -t bpf bpf /sys/fs/bpf",
             "mount -t devpts",
+            ": > /results/booted\n",
             "/usr/bin/bash /results/run.sh > /results/guest.log 2>&1\necho $? > /results/done\n",
         ] {
             assert!(init.contains(needed), "{needed} missing from:\n{init}");

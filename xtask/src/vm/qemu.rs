@@ -43,6 +43,16 @@ pub enum Ended {
     Failed(i32),
     TimedOut(Duration),
     Interrupted,
+    /// The caller's check stopped it: the guest did not boot in time.
+    Stopped,
+}
+
+/// What the caller's periodic check wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    /// Kill QEMU now.
+    Stop,
 }
 
 impl fmt::Display for Ended {
@@ -52,6 +62,7 @@ impl fmt::Display for Ended {
             Self::Failed(code) => write!(f, "QEMU failed with exit code {code}"),
             Self::TimedOut(t) => write!(f, "timed out after {} s, QEMU killed", t.as_secs()),
             Self::Interrupted => write!(f, "interrupted, QEMU killed"),
+            Self::Stopped => write!(f, "the guest did not boot in time, QEMU killed"),
         }
     }
 }
@@ -126,17 +137,23 @@ impl Drop for Guard {
 }
 
 /// Boots `m` and waits for QEMU to exit, at most `timeout`, calling `tick`
-/// about four times a second (progress).
-pub fn run(m: &Machine, timeout: Duration, tick: impl FnMut()) -> Result<Ended> {
+/// with the time since the start about four times a second (progress, and
+/// whether to go on).
+pub fn run(m: &Machine, timeout: Duration, tick: impl FnMut(Duration) -> Control) -> Result<Ended> {
     let log = File::create(&m.log).with_context(|| format!("creating {}", m.log.display()))?;
     let mut cmd = Command::new(QEMU);
     cmd.args(m.args()?).stdout(log.try_clone()?).stderr(log);
     supervise(cmd, timeout, tick)
 }
 
-/// Runs `cmd` (stdin closed) until it exits, the time limit passes or a
-/// signal arrives; in the last two cases it is killed and reaped.
-pub fn supervise(mut cmd: Command, timeout: Duration, mut tick: impl FnMut()) -> Result<Ended> {
+/// Runs `cmd` (stdin closed) until it exits, the time limit passes, a
+/// signal arrives or `tick` says stop; in the last three cases it is killed
+/// and reaped.
+pub fn supervise(
+    mut cmd: Command,
+    timeout: Duration,
+    mut tick: impl FnMut(Duration) -> Control,
+) -> Result<Ended> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     // Its own process group: Ctrl-C reaches us, and we kill QEMU, instead
     // of QEMU quitting under a guest that is mid-write.
@@ -168,7 +185,9 @@ pub fn supervise(mut cmd: Command, timeout: Duration, mut tick: impl FnMut()) ->
         if started.elapsed() >= timeout {
             return Ok(Ended::TimedOut(timeout));
         }
-        tick();
+        if tick(started.elapsed()) == Control::Stop {
+            return Ok(Ended::Stopped);
+        }
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -240,7 +259,7 @@ mod tests {
             console: dir.path().join("console"),
             ..machine()
         };
-        match run(&m, Duration::from_secs(30), || {}).unwrap() {
+        match run(&m, Duration::from_secs(30), |_| Control::Continue).unwrap() {
             Ended::Failed(code) => assert_ne!(code, 0),
             other => panic!("expected QEMU to fail on a missing kernel, got {other:?}"),
         }
@@ -257,7 +276,11 @@ mod tests {
             .arg(format!("echo $$ > {}; exec sleep 30", pidfile.display()));
         let started = Instant::now();
         let mut ticks = 0;
-        let ended = supervise(cmd, Duration::from_secs(1), || ticks += 1).unwrap();
+        let ended = supervise(cmd, Duration::from_secs(1), |_| {
+            ticks += 1;
+            Control::Continue
+        })
+        .unwrap();
         assert_eq!(ended, Ended::TimedOut(Duration::from_secs(1)));
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(ticks >= 2, "{ticks}");
@@ -269,11 +292,28 @@ mod tests {
     }
 
     #[test]
+    fn a_check_saying_stop_kills_the_process() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let started = Instant::now();
+        let ended = supervise(cmd, Duration::from_secs(30), |elapsed| {
+            if elapsed > Duration::from_millis(500) {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        })
+        .unwrap();
+        assert_eq!(ended, Ended::Stopped);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
     fn exit_codes_map_to_outcomes() {
         let sh = |script: &str| {
             let mut c = Command::new("sh");
             c.arg("-c").arg(script);
-            supervise(c, Duration::from_secs(30), || {}).unwrap()
+            supervise(c, Duration::from_secs(30), |_| Control::Continue).unwrap()
         };
         assert_eq!(sh("exit 0"), Ended::PoweredOff);
         assert_eq!(sh("exit 3"), Ended::Failed(3));
@@ -281,7 +321,7 @@ mod tests {
         let err = supervise(
             Command::new("/nonexistent/qemu"),
             Duration::from_secs(1),
-            || {},
+            |_| Control::Continue,
         )
         .unwrap_err()
         .to_string();
