@@ -770,6 +770,126 @@ impl Netlink {
             }
         }
     }
+
+    // ---- geneve ------------------------------------------------------------
+
+    /// Creates an external (collect_md) Geneve device on UDP `port`, the
+    /// Geneve twin of [`Self::create_vxlan_external`]: one device for all
+    /// remote nodes, the tunnel key (remote IP, VNI) set per packet by BPF.
+    /// Down on return.
+    pub fn create_geneve_external(&self, name: &str, port: u16, mtu: Option<u32>) -> Result<Link> {
+        use netlink_packet_route::link::InfoGeneve;
+        let operation = format!("creating external geneve device {name} on UDP port {port}");
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Geneve),
+            LinkInfo::Data(InfoData::Geneve(vec![
+                InfoGeneve::CollectMetadata,
+                InfoGeneve::Port(port),
+            ])),
+        ]));
+        self.new_link(msg, name, &operation)
+    }
+
+    // ---- netkit ------------------------------------------------------------
+
+    /// Creates a netkit pair in L2 mode (Ethernet headers, ARP: what the
+    /// datapath's programs parse) whose primary `name` stays in this namespace
+    /// and whose `peer_name` end is born in `peer_netns`. Both are down.
+    ///
+    /// A netkit device without programs applies its default policy. The
+    /// peer's (what the pod sends) is `blackhole`, so a pod never talks
+    /// unfiltered: nothing leaves it until `from_container` is attached as
+    /// its peer policy. The primary's stays `forward`, as Cilium has it: the
+    /// node reaches the pod only through routes the agent adds after
+    /// attaching. Returns the primary.
+    pub fn create_netkit_with_peer_in(
+        &self,
+        name: &str,
+        peer_name: &str,
+        mtu: Option<u32>,
+        peer_netns: BorrowedFd<'_>,
+    ) -> Result<Link> {
+        use netlink_packet_route::link::{InfoNetkit, NetkitMode, NetkitPolicy};
+        let operation =
+            format!("creating netkit pair {name} / {peer_name} (l2, peer policy blackhole) in another namespace");
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(peer_name.to_string()));
+        peer.attributes
+            .push(LinkAttribute::NetNsFd(peer_netns.as_raw_fd()));
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+            peer.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Netkit),
+            LinkInfo::Data(InfoData::Netkit(vec![
+                InfoNetkit::Mode(NetkitMode::L2),
+                InfoNetkit::Policy(NetkitPolicy::Pass),
+                InfoNetkit::PeerPolicy(NetkitPolicy::Drop),
+                InfoNetkit::Peer(peer),
+            ])),
+        ]));
+        self.new_link(msg, name, &operation)
+    }
+
+    /// The netkit settings of device `index`, or `None` if it is not a netkit device.
+    pub fn netkit_info(&self, index: u32) -> Result<Option<NetkitInfo>> {
+        use netlink_packet_route::link::{InfoNetkit, NetkitMode};
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        let answers = self
+            .request(RouteNetlinkMessage::GetLink(msg), NLM_F_ACK)
+            .map_err(|f| {
+                self.wrap_index(f, index, |dev| format!("reading netkit settings of {dev}"))
+            })?;
+        let infos = answers.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(link) => link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => Some(infos.clone()),
+                _ => None,
+            }),
+            _ => None,
+        });
+        let Some(infos) = infos else { return Ok(None) };
+        let data = infos.iter().find_map(|i| match i {
+            LinkInfo::Data(InfoData::Netkit(data)) => Some(data),
+            _ => None,
+        });
+        Ok(data.map(|data| {
+            let mut info = NetkitInfo::default();
+            for attr in data {
+                match attr {
+                    InfoNetkit::Mode(mode) => info.l2 = *mode == NetkitMode::L2,
+                    InfoNetkit::Policy(p) => info.policy = Some(u32::from(*p)),
+                    InfoNetkit::PeerPolicy(p) => info.peer_policy = Some(u32::from(*p)),
+                    InfoNetkit::Primary(primary) => info.primary = *primary,
+                    _ => {}
+                }
+            }
+            info
+        }))
+    }
+}
+
+/// What the kernel reports of a netkit device (policies as `NETKIT_*`:
+/// 0 forward, 2 blackhole).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetkitInfo {
+    /// L2 mode (Ethernet) rather than L3.
+    pub l2: bool,
+    /// This device's default policy.
+    pub policy: Option<u32>,
+    /// The other end's default policy (reported while the pair is whole).
+    pub peer_policy: Option<u32>,
+    /// The device is the primary of its pair.
+    pub primary: bool,
 }
 
 fn wrap(failure: Failure, operation: String, device: Option<String>) -> NetlinkError {
