@@ -72,7 +72,7 @@ pub fn create(host: &Netlink, spec: &PodNetSpec<'_>) -> Result<PodVeth, PodNetEr
 /// As [`create`], with a netkit pair (L2 mode) instead of a veth: the
 /// primary is the host end, the peer the pod's, and the peer drops whatever
 /// the pod sends until a program is attached as its policy (see
-/// [`Netlink::create_netkit_with_peer_in`]).
+/// [`Netlink::create_netkit_pair`]).
 pub fn create_netkit(host: &Netlink, spec: &PodNetSpec<'_>) -> Result<PodVeth, PodNetError> {
     create_pair(host, spec, PairKind::Netkit)
 }
@@ -104,11 +104,11 @@ fn create_pair(
             "veth",
         ),
         PairKind::Netkit => (
-            host.create_netkit_with_peer_in(
+            host.create_netkit_pair(
                 spec.host_ifname,
                 spec.ifname,
                 Some(spec.mtu),
-                netns_file.as_fd(),
+                Some(netns_file.as_fd()),
             ),
             "netkit",
         ),
