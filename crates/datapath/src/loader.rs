@@ -438,10 +438,7 @@ impl Datapath {
                 }
             };
             if path.exists() {
-                let live = netkit::open_pinned(&path)
-                    .and_then(|fd| netkit::link_info(fd.as_fd()))
-                    .is_ok_and(|info| info.netkit == Some((ifindex, Some(*end))));
-                if live {
+                if netkit::pinned_link_is_live(&path, ifindex, *end) {
                     continue;
                 }
                 std::fs::remove_file(&path).map_err(io("removing a stale link pin", &path))?;

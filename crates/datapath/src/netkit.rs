@@ -212,7 +212,9 @@ pub struct LinkInfo {
     pub id: u32,
     /// The attached program's id.
     pub prog_id: u32,
-    /// For a netkit link: the primary's ifindex (0 once the device is gone) and the end.
+    /// For a netkit link: the ifindex of the device the program runs on (the
+    /// primary's for [`NetkitAttach::Primary`], the peer's, in the pod's
+    /// namespace, for [`NetkitAttach::Peer`]; 0 once the pair is gone) and the end.
     pub netkit: Option<(u32, Option<NetkitAttach>)>,
 }
 
@@ -243,6 +245,32 @@ pub fn open_pinned_netkit(path: &Path) -> io::Result<Option<OwnedFd>> {
     let fd = open_pinned(path)?;
     let info = link_info(fd.as_fd())?;
     Ok((info.link_type == LINK_TYPE_NETKIT).then_some(fd))
+}
+
+/// Whether the link pinned at `path` is a live netkit link on `end` of the
+/// pair whose primary is `primary_ifindex` (in the calling thread's
+/// namespace). A pin whose pair was deleted, or that holds another link, is not.
+pub fn pinned_link_is_live(path: &Path, primary_ifindex: u32, end: NetkitAttach) -> bool {
+    use std::os::fd::AsFd as _;
+    let Ok(info) = open_pinned(path).and_then(|fd| link_info(fd.as_fd())) else {
+        return false;
+    };
+    let Some((index, Some(attached))) = info.netkit else {
+        return false;
+    };
+    if attached != end || index == 0 {
+        return false;
+    }
+    match end {
+        NetkitAttach::Primary => index == primary_ifindex,
+        // The kernel names the peer by its own ifindex, which the primary
+        // reports as its link (IFLA_LINK); without an answer, alive is enough.
+        NetkitAttach::Peer => crate::netlink::Netlink::new()
+            .ok()
+            .and_then(|nl| nl.link_by_index(primary_ifindex).ok().flatten())
+            .and_then(|link| link.link)
+            .is_none_or(|peer| peer == index),
+    }
 }
 
 /// The ifindex of `name` in the calling thread's network namespace.

@@ -47,6 +47,14 @@ fn node_ns(spaces: &mut Namespaces, tag: &str) -> String {
         &node,
         &["addr", "add", &format!("{ROUTER_IP}/32"), "dev", "lo"],
     );
+    // Two devices first, so that a pod's host end and its eth0 (index 2 in
+    // the pod) never share an ifindex by chance.
+    ip(
+        &node,
+        &[
+            "link", "add", "pad0", "type", "veth", "peer", "name", "pad1",
+        ],
+    );
     node
 }
 
@@ -423,13 +431,15 @@ fn pinned_netkit_links_outlive_the_loader_follow_a_new_object_and_go_with_their_
         let fd = netkit::open_pinned(&links.join(format!("lxcnkpin-{program}"))).unwrap();
         netkit::link_info(fd.as_fd()).unwrap()
     };
-    for (program, end) in [
-        ("from_container", NetkitAttach::Peer),
-        ("to_container", NetkitAttach::Primary),
+    // The kernel names each link by the device its program runs on: the
+    // peer (the pod's eth0, by its index in the pod) or the primary.
+    for (program, end, index) in [
+        ("from_container", NetkitAttach::Peer, pair.pod.index),
+        ("to_container", NetkitAttach::Primary, pair.host.index),
     ] {
         let info = link_of(program);
         assert_eq!(info.link_type, netkit::LINK_TYPE_NETKIT);
-        assert_eq!(info.netkit, Some((pair.host.index, Some(end))), "{program}");
+        assert_eq!(info.netkit, Some((index, Some(end))), "{program}");
     }
     assert!(
         ping(&pod, ROUTER_IP, 2, 10),
@@ -437,13 +447,10 @@ fn pinned_netkit_links_outlive_the_loader_follow_a_new_object_and_go_with_their_
     );
 
     // Attaching again keeps the live links.
-    let before = link_of("from_container").id;
+    let link_ids = || (link_of("from_container").id, link_of("to_container").id);
+    let before = link_ids();
     attach_netkit(&node, root.clone(), "lxcnkpin");
-    assert_eq!(
-        link_of("from_container").id,
-        before,
-        "the live link was kept"
-    );
+    assert_eq!(link_ids(), before, "the live links were kept");
 
     // A new object (simulated: the pinned programs' directory looks like an
     // older object's) is loaded, and every pinned netkit link is moved onto
@@ -466,11 +473,7 @@ fn pinned_netkit_links_outlive_the_loader_follow_a_new_object_and_go_with_their_
             "{program}'s link runs the new program"
         );
     }
-    assert_eq!(
-        link_of("from_container").id,
-        before,
-        "the same link, updated"
-    );
+    assert_eq!(link_ids(), before, "the same links, updated");
     assert!(
         ping(&pod, ROUTER_IP, 2, 10),
         "traffic flows on the new programs"
@@ -505,7 +508,7 @@ fn pinned_netkit_links_outlive_the_loader_follow_a_new_object_and_go_with_their_
     );
     attach_netkit(&node, root, "lxcnkpin");
     assert_eq!(
-        link_of("from_container").netkit.map(|(index, _)| index),
+        link_of("to_container").netkit.map(|(index, _)| index),
         Some(again.host.index),
         "the stale pin was replaced by a link on the new device"
     );
