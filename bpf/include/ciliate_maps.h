@@ -30,6 +30,9 @@ struct endpoint_key {
 };
 
 #define ENDPOINT_F_HEALTH 0x1
+/* The pod's pair is netkit: from_container runs at the peer's transmit, not
+ * at a tc ingress hook (datapathMode: netkit). */
+#define ENDPOINT_F_NETKIT 0x2
 
 struct endpoint_info {
 	__u32 ifindex;      /* host-side device (lxc*) */

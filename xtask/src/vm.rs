@@ -44,6 +44,8 @@ pub const KERNEL_SERIES: &str = "6.12";
 pub const SUITES: &[Suite] = &[
     Suite::new("ciliate-lab", "vm_smoke"),
     Suite::new("ciliate-datapath", "programs"),
+    Suite::new("ciliate-datapath", "vm_devices"),
+    Suite::new("ciliate-lab", "vm_geneve_netkit"),
     Suite::new("ciliate-lab", "vm_modes"),
 ];
 

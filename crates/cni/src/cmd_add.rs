@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::conf::{Env, NetConf};
 use crate::error::{chain, code, CniError, CniResult};
+use crate::netkit;
 use crate::result::{CniOutput, Interface, IpConfig, RouteEntry};
 use crate::veth::{self, Veth};
 use crate::{info, warn};
@@ -72,7 +73,10 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<Value> {
         undo.host_name = Some(host_name.clone());
         let veth = match alloc.datapath_mode {
             DatapathMode::Veth => veth::setup(&host_nl, netns_path, &host_name, ifname, &alloc)?,
-            other @ (DatapathMode::Ipvlan | DatapathMode::Netkit) => {
+            DatapathMode::Netkit => {
+                netkit::setup(&host_nl, netns_path, &host_name, ifname, &alloc)?
+            }
+            other @ DatapathMode::Ipvlan => {
                 return Err(CniError::new(
                     code::INVALID_CONFIG,
                     format!("the agent's datapathMode {other}: not implemented yet by this plugin"),

@@ -1,11 +1,12 @@
 //! CHECK: the attachment is still what ADD made: host device, pod interface
 //! with the address of `prevResult`, and the agent's endpoint.
 
-use ciliate_api::{Client, Endpoint};
+use ciliate_api::{Client, DatapathMode, Endpoint};
 use ciliate_datapath::netlink::Netlink;
 
 use crate::conf::{Env, NetConf};
 use crate::error::{code, CniError, CniResult};
+use crate::netkit;
 use crate::result::at_least;
 use crate::veth::{self, DEFAULT_ROUTE};
 
@@ -39,10 +40,10 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<()> {
     let mut problems = Vec::new();
 
     let host_nl = Netlink::new().map_err(|e| CniError::io("opening netlink", &e))?;
-    match host_nl
+    let host = host_nl
         .link_by_name(&host_name)
-        .map_err(|e| CniError::io(&format!("looking up {host_name}"), &e))?
-    {
+        .map_err(|e| CniError::io(&format!("looking up {host_name}"), &e))?;
+    match &host {
         None => problems.push(format!("host device {host_name} does not exist")),
         Some(link) if !link.up => problems.push(format!("host device {host_name} is down")),
         Some(_) => {}
@@ -93,6 +94,9 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<()> {
                     "the agent's endpoint {} is on {}, expected {host_name}",
                     ep.id, ep.host_ifname
                 ));
+            }
+            if ep.datapath_mode == DatapathMode::Netkit {
+                problems.extend(netkit::check(&host_nl, host.as_ref(), pod.link.as_ref())?);
             }
         }
         Err(e) if e.status() == Some(404) => {

@@ -1,4 +1,5 @@
-//! DEL: idempotent. Removes the host device (the pod end goes with it) and the
+//! DEL: idempotent. Removes the host device (the pod end goes with it, for a
+//! veth as for a netkit pair, whose primary has the same name) and the
 //! agent's endpoint, which releases the address. Missing pieces are fine.
 
 use ciliate_api::{Client, Endpoint};

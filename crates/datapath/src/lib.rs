@@ -5,6 +5,7 @@
 
 pub mod loader;
 pub mod maps;
+pub mod netkit;
 pub mod netlink;
 pub mod netns;
 pub mod podnet;

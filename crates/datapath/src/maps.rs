@@ -104,6 +104,8 @@ pub const IDENTITY_HOST: u32 = 1;
 
 pub const METRICS_MAP_SIZE: u32 = 512;
 pub const ENDPOINT_F_HEALTH: u16 = 0x1;
+/// The endpoint's pair is netkit (`datapathMode: netkit`).
+pub const ENDPOINT_F_NETKIT: u16 = 0x2;
 pub const METRIC_INGRESS: u8 = 1;
 pub const METRIC_EGRESS: u8 = 2;
 pub const EVENT_TRACE: u8 = 1;
