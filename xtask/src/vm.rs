@@ -22,7 +22,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::interrupt;
 use summary::{Outcome, SuiteResult};
@@ -114,23 +114,28 @@ pub fn select(only: &[String]) -> Result<Vec<(String, String)>> {
     }
     only.iter()
         .map(|spec| {
-            match spec.split_once(':') {
-                Some((p, t))
-                    if !p.is_empty()
-                        && !t.is_empty()
-                        && !t.contains(':')
-                        && spec.chars().all(|c| c.is_ascii_alphanumeric() || "-_:".contains(c)) =>
-                {
-                    Ok((p.to_string(), t.to_string()))
-                }
-                _ => bail!(
-                    "--only {spec:?}: expected PACKAGE:TEST_TARGET (letters, digits, - and _), e.g. {}; the listed suites are {}",
+            parse_only(spec).with_context(|| {
+                let listed: Vec<String> = SUITES.iter().map(ToString::to_string).collect();
+                format!(
+                    "--only {spec:?}: expected PACKAGE:TEST_TARGET (letters, digits, - and _), \
+                     e.g. {}; the listed suites are {}",
                     SUITES[0],
-                    SUITES.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-                ),
-            }
+                    listed.join(", ")
+                )
+            })
         })
         .collect()
+}
+
+/// `PACKAGE:TARGET`, both non-empty, of cargo's name characters.
+fn parse_only(spec: &str) -> Option<(String, String)> {
+    let (package, target) = spec.split_once(':')?;
+    let name = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    (name(package) && name(target)).then(|| (package.to_string(), target.to_string()))
 }
 
 /// Runs the suites; `Ok(true)` when every one passed.
