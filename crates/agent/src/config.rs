@@ -41,13 +41,34 @@ pub enum TunnelProtocol {
     Geneve,
 }
 
+/// How a pod's interface is made. Cilium's `netkit-l2` is taken as `netkit`:
+/// our programs parse Ethernet headers, so netkit pairs are always L2.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatapathMode {
     #[default]
     Veth,
     Ipvlan,
+    #[serde(alias = "netkit-l2")]
     Netkit,
+}
+
+impl DatapathMode {
+    pub fn api(self) -> ciliate_api::DatapathMode {
+        match self {
+            Self::Veth => ciliate_api::DatapathMode::Veth,
+            Self::Ipvlan => ciliate_api::DatapathMode::Ipvlan,
+            Self::Netkit => ciliate_api::DatapathMode::Netkit,
+        }
+    }
+}
+
+/// `ipvlan.*` (Cilium's `ipvlan-master-device`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IpvlanFileConfig {
+    /// The device pods' ipvlan slaves hang off; default: the native device.
+    pub master_device: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -149,6 +170,7 @@ pub struct FileConfig {
     pub routing_mode: Option<RoutingMode>,
     pub tunnel_protocol: Option<TunnelProtocol>,
     pub datapath_mode: Option<DatapathMode>,
+    pub ipvlan: Option<IpvlanFileConfig>,
     pub mtu: Option<u32>,
     pub state_dir: Option<PathBuf>,
     pub socket_path: Option<PathBuf>,
@@ -287,6 +309,8 @@ pub struct Config {
     pub routing_mode: RoutingMode,
     pub tunnel_protocol: TunnelProtocol,
     pub datapath_mode: DatapathMode,
+    /// `ipvlan.masterDevice`; `None`: the native device.
+    pub ipvlan_master_device: Option<String>,
     pub mtu: u32,
     pub state_dir: PathBuf,
     pub socket_path: PathBuf,
@@ -394,22 +418,34 @@ impl Config {
             }
         };
 
+        // Whether this kernel has what the mode and protocol need is probed
+        // at start (kernel_features), where devices can be tried.
         let datapath_mode = file.datapath_mode.unwrap_or_default();
-        if datapath_mode != DatapathMode::Veth {
-            return Err(ConfigError::Invalid {
-                key: "datapathMode",
-                value: format!("{datapath_mode:?}").to_lowercase(),
-                allowed: "veth (ipvlan and netkit need kernel features this kernel lacks: ipvlan, netkit)".into(),
-            });
-        }
         let routing_mode = file.routing_mode.unwrap_or_default();
         let tunnel_protocol = file.tunnel_protocol.unwrap_or_default();
-        if tunnel_protocol == TunnelProtocol::Geneve {
+        if datapath_mode == DatapathMode::Ipvlan && routing_mode == RoutingMode::Tunnel {
             return Err(ConfigError::Invalid {
-                key: "tunnelProtocol",
-                value: "geneve".into(),
-                allowed: "vxlan (this kernel has no geneve)".into(),
+                key: "datapathMode",
+                value: "ipvlan".into(),
+                allowed: "veth or netkit with routingMode tunnel (ipvlan needs routingMode native: the ipvlan driver routes pod traffic through the native device's namespace)".into(),
             });
+        }
+        let ipvlan_master_device = file.ipvlan.unwrap_or_default().master_device;
+        if let Some(master) = &ipvlan_master_device {
+            if datapath_mode != DatapathMode::Ipvlan {
+                return Err(ConfigError::Invalid {
+                    key: "ipvlan.masterDevice",
+                    value: master.clone(),
+                    allowed: "unset unless datapathMode is ipvlan".into(),
+                });
+            }
+            if master.is_empty() || master.len() > 15 || master.contains('/') {
+                return Err(ConfigError::Invalid {
+                    key: "ipvlan.masterDevice",
+                    value: master.clone(),
+                    allowed: "a device name of 1-15 characters without '/'".into(),
+                });
+            }
         }
         let auto_direct_node_routes = file.auto_direct_node_routes.unwrap_or(false);
         if auto_direct_node_routes && routing_mode == RoutingMode::Tunnel {
@@ -568,6 +604,7 @@ impl Config {
             routing_mode,
             tunnel_protocol,
             datapath_mode,
+            ipvlan_master_device,
             mtu,
             state_dir,
             socket_path,
@@ -827,12 +864,47 @@ mod tests {
     }
 
     #[test]
-    fn modes_this_kernel_lacks_are_refused() {
+    fn ipvlan_needs_native_routing() {
         let err = load("ipv4Range: 10.0.0.0/24\ndatapathMode: ipvlan\n")
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("datapathMode") && err.contains("ipvlan"),
+            err.contains("datapathMode")
+                && err.contains("ipvlan")
+                && err.contains("routingMode native"),
+            "{err}"
+        );
+        let c = load("ipv4Range: 10.0.0.0/24\nroutingMode: native\nipv4NativeRoutingCIDR: 10.0.0.0/16\ndatapathMode: ipvlan\nipvlan: {masterDevice: eth1}\n").unwrap();
+        assert_eq!(c.datapath_mode, DatapathMode::Ipvlan);
+        assert_eq!(c.ipvlan_master_device.as_deref(), Some("eth1"));
+    }
+
+    #[test]
+    fn ipvlan_master_device_is_checked() {
+        let err = load("ipv4Range: 10.0.0.0/24\nipvlan: {masterDevice: eth1}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ipvlan.masterDevice") && err.contains("eth1"),
+            "{err}"
+        );
+        let err = load("ipv4Range: 10.0.0.0/24\nroutingMode: native\nipv4NativeRoutingCIDR: 10.0.0.0/16\ndatapathMode: ipvlan\nipvlan: {masterDevice: a-very-long-device-name}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1-15 characters"), "{err}");
+    }
+
+    #[test]
+    fn netkit_l2_is_netkit_and_geneve_parses() {
+        let c = load("ipv4Range: 10.0.0.0/24\ndatapathMode: netkit-l2\ntunnelProtocol: geneve\n")
+            .unwrap();
+        assert_eq!(c.datapath_mode, DatapathMode::Netkit);
+        assert_eq!(c.tunnel_protocol, TunnelProtocol::Geneve);
+        let err = load("ipv4Range: 10.0.0.0/24\ndatapathMode: macvlan\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("datapathMode") && err.contains("macvlan"),
             "{err}"
         );
     }

@@ -349,7 +349,20 @@ impl Daemon {
             router: inner.ipam.router(),
             mtu: crate::devices::pod_mtu(&self.config),
             owner: req.owner.clone(),
+            datapath_mode: self.config.datapath_mode.api(),
+            ipvlan_master: self.ipvlan_master(),
         })
+    }
+
+    /// In ipvlan mode, the device pods' slaves hang off.
+    fn ipvlan_master(&self) -> Option<String> {
+        if self.config.datapath_mode != crate::config::DatapathMode::Ipvlan {
+            return None;
+        }
+        self.config
+            .ipvlan_master_device
+            .clone()
+            .or_else(|| self.addressing.native.as_ref().map(|n| n.name.clone()))
     }
 
     pub fn release(&self, ip: Ipv4Addr) -> Result<(), AgentError> {
@@ -556,8 +569,14 @@ impl Daemon {
                 .count(),
             datapath: DatapathStatus {
                 bpf_root: self.config.bpf_root.display().to_string(),
-                datapath_mode: "veth".into(),
-                routing_mode: format!("{:?}", self.config.routing_mode).to_lowercase(),
+                datapath_mode: self.config.datapath_mode.api().to_string(),
+                routing_mode: match self.config.routing_mode {
+                    crate::config::RoutingMode::Tunnel => format!(
+                        "tunnel [{}]",
+                        format!("{:?}", self.config.tunnel_protocol).to_lowercase()
+                    ),
+                    crate::config::RoutingMode::Native => "native".into(),
+                },
                 object: inner.datapath.origin().as_str().to_string(),
                 programs: inner
                     .datapath
@@ -660,7 +679,7 @@ fn describe(r: &EndpointRef) -> String {
     }
 }
 
-fn kernel_release() -> String {
+pub fn kernel_release() -> String {
     nix::sys::utsname::uname().map_or_else(
         |_| "unknown".into(),
         |u| u.release().to_string_lossy().into_owned(),

@@ -16,7 +16,11 @@ pub const NET_DEVICE: &str = "ciliate_net";
 pub const VXLAN_DEVICE: &str = "ciliate_vxlan";
 /// Cilium's VXLAN port (not IANA's 4789), so the two never meet by accident.
 pub const VXLAN_PORT: u16 = 8472;
-/// Outer Ethernet, IPv4, UDP and VXLAN headers.
+pub const GENEVE_DEVICE: &str = "ciliate_geneve";
+/// IANA's Geneve port, as Cilium uses.
+pub const GENEVE_PORT: u16 = 6081;
+/// Outer Ethernet, IPv4, UDP and VXLAN headers (Geneve without options is
+/// the same size).
 pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// The MTU pods get: the node's, less what encapsulation adds in tunnel mode.

@@ -105,6 +105,7 @@ impl Registry {
             pod_name: req.pod_name.clone(),
             health: req.health,
             state: EndpointState::Ready,
+            datapath_mode: req.datapath_mode,
         })
     }
 }

@@ -73,6 +73,8 @@ pub fn ensure(daemon: &Daemon) -> anyhow::Result<()> {
         pod_namespace: None,
         pod_name: None,
         health: true,
+        // The health endpoint is the agent's own veth in every mode.
+        datapath_mode: ciliate_api::DatapathMode::Veth,
     };
     if let Err(e) = daemon.create_endpoint(&req) {
         let _ = nl.del_link(made.host.index);

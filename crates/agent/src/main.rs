@@ -73,6 +73,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     // workers (netns switches must never happen on one).
     let nl = Netlink::new().context("opening netlink")?;
     let native = devices::resolve_native_device(&nl, &config)?;
+    ciliate_agent::kernel_features::require(&nl, &config, native.as_ref())?;
     let saved = state::load(&config.state_dir).context("reading the saved state")?;
     let cluster = Cluster::new(
         Node {

@@ -30,6 +30,41 @@ pub struct IpamAllocation {
     /// MTU the pod's interface gets.
     pub mtu: u32,
     pub owner: String,
+    /// The kind of interface the plugin makes for the pod (`datapathMode`).
+    #[serde(default)]
+    pub datapath_mode: DatapathMode,
+    /// In ipvlan mode, the node-namespace device the pod's slave hangs off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipvlan_master: Option<String>,
+}
+
+/// The kind of interface a pod gets (the agent's `datapathMode`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathMode {
+    /// A veth pair: `lxc...` in the node, `eth0` in the pod.
+    #[default]
+    Veth,
+    /// An ipvlan L3 slave of the node's native device; no node-side device.
+    Ipvlan,
+    /// A netkit pair (L2) with our programs as its policy.
+    Netkit,
+}
+
+impl DatapathMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Veth => "veth",
+            Self::Ipvlan => "ipvlan",
+            Self::Netkit => "netkit",
+        }
+    }
+}
+
+impl std::fmt::Display for DatapathMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -40,8 +75,10 @@ pub struct EndpointCreateRequest {
     pub netns: String,
     /// Interface name inside the pod (`eth0`).
     pub ifname: String,
-    /// Host-side device (`lxc...`), already created and up.
+    /// Host-side device (`lxc...`), already created and up; empty with
+    /// ipvlan, which has none.
     pub host_ifname: String,
+    /// 0 with ipvlan.
     pub host_ifindex: u32,
     pub ip: Ipv4Addr,
     /// Pod-side MAC, `aa:bb:cc:dd:ee:ff`.
@@ -55,6 +92,9 @@ pub struct EndpointCreateRequest {
     /// Marks the node's health endpoint.
     #[serde(default)]
     pub health: bool,
+    /// The kind of interface the plugin made.
+    #[serde(default)]
+    pub datapath_mode: DatapathMode,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -96,6 +136,8 @@ pub struct Endpoint {
     pub pod_name: Option<String>,
     pub health: bool,
     pub state: EndpointState,
+    #[serde(default)]
+    pub datapath_mode: DatapathMode,
 }
 
 impl Endpoint {

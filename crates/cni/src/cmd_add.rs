@@ -2,7 +2,7 @@
 //! undoes every earlier step.
 
 use ciliate_api::{
-    Client, ClientError, EndpointCreateRequest, IpamAllocateRequest, IpamAllocation,
+    Client, ClientError, DatapathMode, EndpointCreateRequest, IpamAllocateRequest, IpamAllocation,
 };
 use ciliate_datapath::netlink::{format_mac, Netlink};
 use serde_json::Value;
@@ -70,7 +70,15 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<Value> {
     let attached = (|| {
         check_allocation(&alloc)?;
         undo.host_name = Some(host_name.clone());
-        let veth = veth::setup(&host_nl, netns_path, &host_name, ifname, &alloc)?;
+        let veth = match alloc.datapath_mode {
+            DatapathMode::Veth => veth::setup(&host_nl, netns_path, &host_name, ifname, &alloc)?,
+            other @ (DatapathMode::Ipvlan | DatapathMode::Netkit) => {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("the agent's datapathMode {other}: not implemented yet by this plugin"),
+                ))
+            }
+        };
         info!(
             "created {} (index {}) and {ifname} in {}",
             veth.host.name,
@@ -155,6 +163,7 @@ fn endpoint_request(
         pod_namespace: env.args.pod_namespace.clone(),
         pod_name: env.args.pod_name.clone(),
         health: false,
+        datapath_mode: alloc.datapath_mode,
     })
 }
 
@@ -275,6 +284,8 @@ mod tests {
             router: "10.201.0.1".parse().unwrap(),
             mtu: 1500,
             owner: "default/web".into(),
+            datapath_mode: DatapathMode::Veth,
+            ipvlan_master: None,
         }
     }
 

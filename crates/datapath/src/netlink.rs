@@ -436,6 +436,81 @@ impl Netlink {
         self.new_link(msg, name, &operation())
     }
 
+    /// Creates an external (collect_md) Geneve device on UDP `port`: the
+    /// datapath sets each packet's remote and VNI with the tunnel key.
+    pub fn create_geneve_external(&self, name: &str, port: u16, mtu: Option<u32>) -> Result<Link> {
+        use netlink_packet_route::link::InfoGeneve;
+        let operation = || format!("creating external geneve device {name} on UDP port {port}");
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Geneve),
+            LinkInfo::Data(InfoData::Geneve(vec![
+                InfoGeneve::CollectMetadata,
+                InfoGeneve::Port(port),
+            ])),
+        ]));
+        self.new_link(msg, name, &operation())
+    }
+
+    /// Creates an ipvlan device in L3 mode on top of `master` (an ifindex in
+    /// this namespace). It starts here, down; move it where it belongs.
+    pub fn create_ipvlan_l3(&self, name: &str, master: u32, mtu: Option<u32>) -> Result<Link> {
+        use netlink_packet_route::link::{InfoIpVlan, IpVlanMode};
+        let operation = || format!("creating ipvlan L3 device {name} on ifindex {master}");
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Link(master));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::IpVlan),
+            LinkInfo::Data(InfoData::IpVlan(vec![InfoIpVlan::Mode(IpVlanMode::L3)])),
+        ]));
+        self.new_link(msg, name, &operation())
+    }
+
+    /// Creates an L2 netkit pair: `name` is the primary and stays here,
+    /// `peer_name` is born in `peer_netns` when given. Until a program is
+    /// attached as its policy, what the peer sends is dropped (blackhole),
+    /// so a pod never talks unfiltered; the primary's default is pass.
+    pub fn create_netkit_pair(
+        &self,
+        name: &str,
+        peer_name: &str,
+        mtu: Option<u32>,
+        peer_netns: Option<BorrowedFd<'_>>,
+    ) -> Result<Link> {
+        use netlink_packet_route::link::{InfoNetkit, NetkitMode, NetkitPolicy};
+        let operation = || format!("creating netkit pair {name} / {peer_name}");
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(peer_name.to_string()));
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+            peer.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(fd) = peer_netns {
+            peer.attributes.push(LinkAttribute::NetNsFd(fd.as_raw_fd()));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Netkit),
+            LinkInfo::Data(InfoData::Netkit(vec![
+                InfoNetkit::Mode(NetkitMode::L2),
+                InfoNetkit::Policy(NetkitPolicy::Pass),
+                InfoNetkit::PeerPolicy(NetkitPolicy::Drop),
+                InfoNetkit::Peer(peer),
+            ])),
+        ]));
+        self.new_link(msg, name, &operation())
+    }
+
     /// Moves a device into the namespace `netns` (an open namespace file).
     /// Moving takes it down; its index may change over there.
     pub fn set_netns(&self, index: u32, netns: BorrowedFd<'_>) -> Result<()> {

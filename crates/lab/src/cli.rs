@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 
 use crate::lab::{ApplyOutcome, Lab, LabSpec, LabStatus};
-use crate::state::{IpamMode, Masquerade, RoutingMode};
+use crate::state::{DatapathMode, IpamMode, Masquerade, RoutingMode, TunnelProtocol};
 use crate::{manifest, names};
 
 #[derive(clap::Args, Debug)]
@@ -43,6 +43,14 @@ pub enum LabCommand {
         /// list until a ConfigMap kube-system/ip-masq-agent is applied.
         #[arg(long, value_enum, default_value_t = Masquerade::Bpf)]
         masquerade: Masquerade,
+        /// The encapsulation between nodes with --routing tunnel (geneve needs
+        /// a kernel with it: see `cargo xtask vm-test`).
+        #[arg(long, value_enum, default_value_t = TunnelProtocol::Vxlan)]
+        tunnel_protocol: TunnelProtocol,
+        /// The kind of interface pods get: veth pairs, ipvlan L3 slaves of
+        /// the node's eth0 (needs --routing native), or netkit pairs.
+        #[arg(long, value_enum, default_value_t = DatapathMode::Veth)]
+        datapath_mode: DatapathMode,
         /// Directory with ciliate-agent, ciliate-cni and ciliate-operator (default: next to this program).
         #[arg(long, env = "CILIATE_BIN_DIR")]
         bin_dir: Option<PathBuf>,
@@ -118,6 +126,8 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
             routing,
             ipam,
             masquerade,
+            tunnel_protocol,
+            datapath_mode,
             bin_dir,
             timeout,
         } => {
@@ -125,6 +135,8 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
                 routing,
                 ipam,
                 masquerade,
+                tunnel_protocol,
+                datapath_mode,
                 bin_dir,
                 agent_timeout: Duration::from_secs(timeout),
                 ..LabSpec::new(&name, nodes)
@@ -134,9 +146,11 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
                 println!("lab {name} is up already and healthy; nothing to do");
             } else {
                 println!(
-                    "lab {name} is up: {} node(s), routing {}, IPAM {}, masquerade {}, on bridge br0 in namespace {}, state in {}",
+                    "lab {name} is up: {} node(s), routing {}{}, datapath mode {}, IPAM {}, masquerade {}, on bridge br0 in namespace {}, state in {}",
                     lab.nodes().len(),
                     lab.state().routing,
+                    tunnel_suffix(lab.state().routing, lab.state().tunnel_protocol),
+                    lab.state().datapath_mode,
                     lab.state().ipam,
                     lab.state().masquerade,
                     lab.state().fabric_netns,
@@ -331,12 +345,22 @@ fn warn_exited(lab: &Lab, key: &str) {
     }
 }
 
+/// ` (geneve)` after "tunnel"; nothing for native routing.
+fn tunnel_suffix(routing: RoutingMode, protocol: TunnelProtocol) -> String {
+    match routing {
+        RoutingMode::Tunnel => format!(" ({protocol})"),
+        RoutingMode::Native => String::new(),
+    }
+}
+
 pub fn print_status(status: &LabStatus) {
     println!(
-        "lab {} ({}): routing {}, IPAM {}",
+        "lab {} ({}): routing {}{}, datapath mode {}, IPAM {}",
         status.name,
         status.dir.display(),
         status.routing,
+        tunnel_suffix(status.routing, status.tunnel_protocol),
+        status.datapath_mode,
         status.ipam
     );
     let mut rows = vec![vec![

@@ -32,8 +32,9 @@ use crate::manifest::{self, Manifest, PodManifest};
 use crate::names;
 use crate::services::{self, Change};
 use crate::state::{
-    ContainerInfo, EtcdInfo, IpamMode, LabLock, LabState, Masquerade, NodeInfo, OperatorInfo,
-    PodCondition, PodInfo, ProcessRecord, RouterInfo, RoutingMode, STATE_VERSION,
+    ContainerInfo, DatapathMode, EtcdInfo, IpamMode, LabLock, LabState, Masquerade, NodeInfo,
+    OperatorInfo, PodCondition, PodInfo, ProcessRecord, RouterInfo, RoutingMode, TunnelProtocol,
+    STATE_VERSION,
 };
 use crate::sys;
 use crate::{cni, fabric};
@@ -82,6 +83,10 @@ pub struct LabSpec {
     pub kube_proxy_replacement: bool,
     /// How the agents masquerade traffic leaving the cluster.
     pub masquerade: Masquerade,
+    /// The agents' `tunnelProtocol` (with routing tunnel).
+    pub tunnel_protocol: TunnelProtocol,
+    /// The agents' `datapathMode`.
+    pub datapath_mode: DatapathMode,
     /// Node `i` gets the `i`-th subnet of this pool as its `PodCIDR`.
     pub pod_cidr_pool: Ipv4Net,
     pub pod_cidr_prefix: u8,
@@ -106,6 +111,8 @@ impl Default for LabSpec {
             router_host: ROUTER_HOST,
             kube_proxy_replacement: true,
             masquerade: Masquerade::default(),
+            tunnel_protocol: TunnelProtocol::default(),
+            datapath_mode: DatapathMode::default(),
             pod_cidr_pool: "172.20.0.0/16".parse().expect("valid"),
             pod_cidr_prefix: 24,
             agent_config: serde_yaml::Mapping::new(),
@@ -151,6 +158,20 @@ impl LabSpec {
     /// Checks the spec and computes each node's fabric address and `PodCIDR`.
     pub fn plan(&self) -> Result<Vec<(String, Ipv4Net, Ipv4Net)>> {
         names::validate_lab_name(&self.name)?;
+        if self.datapath_mode == DatapathMode::Ipvlan && self.routing != RoutingMode::Native {
+            return Err(Self::invalid(
+                "--datapath-mode",
+                &self.datapath_mode,
+                "veth or netkit with --routing tunnel (ipvlan needs --routing native)",
+            ));
+        }
+        if self.tunnel_protocol != TunnelProtocol::Vxlan && self.routing != RoutingMode::Tunnel {
+            return Err(Self::invalid(
+                "--tunnel-protocol",
+                &self.tunnel_protocol,
+                "vxlan (the default) with --routing native, which has no tunnel",
+            ));
+        }
         if self.nodes == 0 || self.nodes > MAX_NODES {
             return Err(Self::invalid(
                 "--nodes",
@@ -372,6 +393,8 @@ pub struct LabStatus {
     pub kube_proxy_replacement: bool,
     /// How the agents masquerade.
     pub masquerade: Masquerade,
+    pub tunnel_protocol: TunnelProtocol,
+    pub datapath_mode: DatapathMode,
     pub nodes: Vec<NodeStatus>,
     pub pods: Vec<PodStatus>,
 }
@@ -497,6 +520,18 @@ impl Lab {
                     lab.state.masquerade, spec.masquerade
                 ));
             }
+            if lab.state.tunnel_protocol != spec.tunnel_protocol {
+                problems.push(format!(
+                    "it uses tunnel protocol {}, not {}",
+                    lab.state.tunnel_protocol, spec.tunnel_protocol
+                ));
+            }
+            if lab.state.datapath_mode != spec.datapath_mode {
+                problems.push(format!(
+                    "it uses datapath mode {}, not {}",
+                    lab.state.datapath_mode, spec.datapath_mode
+                ));
+            }
             if problems.is_empty() {
                 return Ok(Self {
                     already_up: true,
@@ -583,6 +618,8 @@ impl Lab {
             router: None,
             kube_proxy_replacement: false,
             masquerade: spec.masquerade,
+            tunnel_protocol: spec.tunnel_protocol,
+            datapath_mode: spec.datapath_mode,
             nodes: Vec::new(),
             pods: Vec::new(),
             next_node: 0,
@@ -1572,6 +1609,8 @@ impl Lab {
                 pod_cidr_routes: self.router_pod_routes().unwrap_or_default(),
             }),
             masquerade: self.state.masquerade,
+            tunnel_protocol: self.state.tunnel_protocol,
+            datapath_mode: self.state.datapath_mode,
             kube_proxy_replacement: self.state.kube_proxy_replacement,
             nodes,
             pods,
@@ -1850,6 +1889,10 @@ pub fn agent_config(node: &NodeInfo, spec: &LabSpec, etcd: Option<&str>) -> serd
         }
     }
     config.insert(s("routingMode"), s(&spec.routing.to_string()));
+    if spec.routing == RoutingMode::Tunnel {
+        config.insert(s("tunnelProtocol"), s(&spec.tunnel_protocol.to_string()));
+    }
+    config.insert(s("datapathMode"), s(&spec.datapath_mode.to_string()));
     if spec.routing == RoutingMode::Native {
         if spec.ipam == IpamMode::ClusterPool {
             config.insert(s("autoDirectNodeRoutes"), serde_yaml::Value::Bool(true));

@@ -32,6 +32,6 @@ pub use lab::{
     NodeStatus, PodStatus, RouterStatus, ServiceStatus, Target,
 };
 pub use state::{
-    ContainerInfo, EtcdInfo, IpamMode, LabState, Masquerade, NodeInfo, OperatorInfo, PodCondition,
-    PodInfo, ProcessRecord, RouterInfo, RoutingMode,
+    ContainerInfo, DatapathMode, EtcdInfo, IpamMode, LabState, Masquerade, NodeInfo, OperatorInfo,
+    PodCondition, PodInfo, ProcessRecord, RouterInfo, RoutingMode, TunnelProtocol,
 };

@@ -50,6 +50,12 @@ pub struct LabState {
     /// How the agents masquerade pod traffic leaving the cluster.
     #[serde(default)]
     pub masquerade: Masquerade,
+    /// The agents' `tunnelProtocol` (used with routing tunnel).
+    #[serde(default)]
+    pub tunnel_protocol: TunnelProtocol,
+    /// The agents' `datapathMode`.
+    #[serde(default)]
+    pub datapath_mode: DatapathMode,
     pub nodes: Vec<NodeInfo>,
     pub pods: Vec<PodInfo>,
     /// Round-robin cursor for pods without `spec.nodeName`.
@@ -128,6 +134,49 @@ impl std::fmt::Display for RoutingMode {
         f.write_str(match self {
             Self::Tunnel => "tunnel",
             Self::Native => "native",
+        })
+    }
+}
+
+/// The encapsulation between nodes in tunnel routing (`tunnelProtocol`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TunnelProtocol {
+    /// `ciliate_vxlan`, UDP 8472.
+    #[default]
+    Vxlan,
+    /// `ciliate_geneve`, UDP 6081.
+    Geneve,
+}
+
+impl std::fmt::Display for TunnelProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Vxlan => "vxlan",
+            Self::Geneve => "geneve",
+        })
+    }
+}
+
+/// The kind of interface pods get (the agents' `datapathMode`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatapathMode {
+    /// A veth pair per pod.
+    #[default]
+    Veth,
+    /// An ipvlan L3 slave of the node's eth0 (needs routing native).
+    Ipvlan,
+    /// A netkit pair per pod (Linux 6.7+).
+    Netkit,
+}
+
+impl std::fmt::Display for DatapathMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Veth => "veth",
+            Self::Ipvlan => "ipvlan",
+            Self::Netkit => "netkit",
         })
     }
 }

@@ -306,6 +306,8 @@ fn state_round_trip() {
         }),
         kube_proxy_replacement: true,
         masquerade: ciliate_lab::Masquerade::Iptables,
+        tunnel_protocol: ciliate_lab::TunnelProtocol::Geneve,
+        datapath_mode: ciliate_lab::DatapathMode::Netkit,
         next_node: 3,
     };
     state.save(dir.path()).unwrap();
@@ -406,6 +408,8 @@ fn agent_config_host_scope_merges_extra_keys() {
             "nodeName: node0
 ipv4Range: 172.20.0.0/24
 routingMode: tunnel
+tunnelProtocol: vxlan
+datapathMode: veth
 enableIPv4Masquerade: true
 bpf: {root: /run/ciliate-lab/cfg/bpffs/node0, masquerade: true, mapSize: 10}
 stateDir: /run/ciliate-lab/cfg/node0/state
@@ -437,7 +441,12 @@ socketPath: /run/ciliate-lab/cfg/node0/ciliate.sock
 healthNetns: cfg-node0-health
 ";
     let tunnel = lab::agent_config(&node_of(&spec), &spec, Some(&endpoint));
-    assert_eq!(tunnel, yaml(&format!("{common}routingMode: tunnel\n")));
+    assert_eq!(
+        tunnel,
+        yaml(&format!(
+            "{common}routingMode: tunnel\ntunnelProtocol: vxlan\ndatapathMode: veth\n"
+        ))
+    );
 
     let native = LabSpec {
         routing: RoutingMode::Native,
@@ -447,8 +456,57 @@ healthNetns: cfg-node0-health
     assert_eq!(
         config,
         yaml(&format!(
-            "{common}routingMode: native\nautoDirectNodeRoutes: true\nipv4NativeRoutingCIDR: 172.20.0.0/16\n"
+            "{common}routingMode: native\ndatapathMode: veth\nautoDirectNodeRoutes: true\nipv4NativeRoutingCIDR: 172.20.0.0/16\n"
         ))
+    );
+}
+
+#[test]
+fn datapath_modes_and_tunnel_protocols_reach_the_agents_and_bad_pairs_are_refused() {
+    use ciliate_lab::{DatapathMode, TunnelProtocol};
+    let endpoint = "http://192.168.10.1:2379";
+    let spec = LabSpec {
+        tunnel_protocol: TunnelProtocol::Geneve,
+        datapath_mode: DatapathMode::Netkit,
+        ..LabSpec::new("cfg", 2)
+    };
+    let c = lab::agent_config(&node_of(&spec), &spec, Some(endpoint));
+    assert_eq!(c["tunnelProtocol"], yaml("geneve"));
+    assert_eq!(c["datapathMode"], yaml("netkit"));
+    let spec = LabSpec {
+        routing: RoutingMode::Native,
+        datapath_mode: DatapathMode::Ipvlan,
+        ..LabSpec::new("cfg", 2)
+    };
+    let c = lab::agent_config(&node_of(&spec), &spec, Some(endpoint));
+    assert_eq!(c["datapathMode"], yaml("ipvlan"));
+    assert!(c.get("tunnelProtocol").is_none(), "{c:?}");
+    assert!(spec.plan().is_ok());
+
+    let err = LabSpec {
+        datapath_mode: DatapathMode::Ipvlan,
+        ..LabSpec::new("cfg", 2)
+    }
+    .plan()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("--datapath-mode")
+            && err.contains("ipvlan")
+            && err.contains("--routing native"),
+        "{err}"
+    );
+    let err = LabSpec {
+        routing: RoutingMode::Native,
+        tunnel_protocol: TunnelProtocol::Geneve,
+        ..LabSpec::new("cfg", 2)
+    }
+    .plan()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("--tunnel-protocol") && err.contains("geneve"),
+        "{err}"
     );
 }
 
