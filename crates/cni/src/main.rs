@@ -14,6 +14,7 @@ mod cmd_gc;
 mod cmd_status;
 mod conf;
 mod error;
+mod ipvlan;
 mod log;
 mod result;
 mod veth;
