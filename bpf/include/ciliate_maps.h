@@ -32,7 +32,7 @@ struct endpoint_key {
 #define ENDPOINT_F_HEALTH 0x1
 /* The pod's eth0 is an ipvlan L3 slave of a native device (datapathMode
  * ipvlan): delivered by passing packets to the ipvlan driver (lib/deliver.h). */
-#define ENDPOINT_F_IPVLAN 0x2
+#define ENDPOINT_F_IPVLAN 0x4
 
 struct endpoint_info {
 	__u32 ifindex;      /* host-side device (lxc*); ipvlan: the master device */
