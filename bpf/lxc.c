@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Programs on the host side of each pod's veth (lxc*).
+/* Programs on the host side of each pod's veth (lxc*), or the policy of its
+ * netkit pair (datapathMode: netkit).
  *
- * from_container: TCX ingress of the lxc device, i.e. every packet the pod sends.
+ * from_container: TCX ingress of the lxc device, i.e. every packet the pod
+ *   sends (netkit: the peer's policy, run when the pod's end transmits).
  *   It answers ARP for the router IP, delivers to pods on this node with
- *   bpf_redirect_peer, sends what the ipcache puts behind another node's
+ *   bpf_redirect_peer (from a netkit peer with bpf_redirect, see pod_hook),
+ *   sends what the ipcache puts behind another node's
  *   tunnel endpoint into the tunnel, and routes everything else with a FIB
  *   lookup out of the native device (BPF host routing), or hands it to the
  *   host stack when the FIB says it is for this node. Before that, services:
@@ -11,9 +14,10 @@
  *   source (a NodePort reply then routes out to the outside client), and a
  *   packet to a frontend is DNATed to a backend (lib/lb.h). In iptables
  *   masquerading mode what would leave through the FIB goes to the stack.
- * to_container: TCX egress of the lxc device, i.e. what the host stack sends
- *   to the pod. It reverse-translates a reply of a service connection whose
- *   backend is the host itself, accounts for the packet and lets it through.
+ * to_container: TCX egress of the lxc device (netkit: the primary's policy),
+ *   i.e. what the host stack sends to the pod. It reverse-translates a reply
+ *   of a service connection whose backend is the host itself, accounts for
+ *   the packet and lets it through.
  * from_container_ipvlan: the same for a pod whose eth0 is an ipvlan L3 slave
  *   (datapathMode ipvlan), tail-called by bpf/ipvlan.c's entry on the slave's
  *   tc egress inside the pod's namespace. No device of the node can be
@@ -21,7 +25,9 @@
  *   the ipvlan driver, translated first: the driver hands it to a sibling
  *   slave or routes it in the node's namespace out of the master (to the
  *   node, to other nodes, to a NodePort client, to be masqueraded by
- *   to_netdev). See lib/deliver.h. */
+ *   to_netdev). See lib/deliver.h.
+ * Verdicts mean the same at both kinds of hook: TC_ACT_OK / TC_ACT_SHOT /
+ * TC_ACT_REDIRECT are netkit's NETKIT_PASS / NETKIT_DROP / NETKIT_REDIRECT. */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/events.h"
@@ -83,6 +89,15 @@ static __always_inline int handle_arp(struct __sk_buff *skb, struct pkt_info *pi
 	return bpf_redirect(skb->ifindex, 0);
 }
 
+/* The hook this pod's from_container runs at. A netkit pod's runs when its
+ * peer transmits, which is no tc ingress hook: the kernel drops what
+ * bpf_redirect_peer sends from there, so its deliveries go through the
+ * destination's host device instead (bpf_redirect, as from an egress hook). */
+static __always_inline __u8 pod_hook(const struct endpoint_info *src)
+{
+	return (src->flags & ENDPOINT_F_NETKIT) ? HOOK_EGRESS : HOOK_INGRESS;
+}
+
 static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *pi,
 				       const struct datapath_config *cfg)
 {
@@ -132,7 +147,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *p
 
 	if (dst)
 		return deliver_local(skb, pi, cfg, dst, TRACE_TO_ENDPOINT, METRIC_EGRESS,
-				     pi->in_pod ? HOOK_POD_EGRESS : HOOK_INGRESS);
+				     pi->in_pod ? HOOK_POD_EGRESS : pod_hook(src));
 	/* ipvlan: the driver routes it in the node's namespace, out of the
 	 * master (or to the node itself), where to_netdev still sees it. */
 	if (pi->in_pod) {

@@ -30,6 +30,9 @@ struct endpoint_key {
 };
 
 #define ENDPOINT_F_HEALTH 0x1
+/* The pod's pair is netkit: from_container runs at the peer's transmit, not
+ * at a tc ingress hook (datapathMode: netkit). */
+#define ENDPOINT_F_NETKIT 0x2
 /* The pod's eth0 is an ipvlan L3 slave of a native device (datapathMode
  * ipvlan): delivered by passing packets to the ipvlan driver (lib/deliver.h). */
 #define ENDPOINT_F_IPVLAN 0x4

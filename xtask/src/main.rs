@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use xtask::iptables::Backend;
 use xtask::services::{self, CpuMode, Options};
+use xtask::vm;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "ciliate's repository tasks")]
@@ -20,6 +21,32 @@ enum Command {
     Bench {
         #[command(subcommand)]
         bench: Bench,
+    },
+    /// The suites that need a newer kernel (ipvlan, geneve, netkit, the 6.12
+    /// verifier), in one QEMU boot of a pinned Debian kernel; as root.
+    /// Arguments after `--` go to every test executable (test name filters).
+    VmTest {
+        /// Where the private apt state and the unpacked kernel are kept.
+        #[arg(long, env = "CILIATE_VM_CACHE", default_value = vm::DEFAULT_CACHE)]
+        cache: PathBuf,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
+        /// Seconds until QEMU is killed and the run fails.
+        #[arg(long, default_value_t = 2700)]
+        timeout: u64,
+        /// Seconds for the guest to reach its suites before it is booted again.
+        #[arg(long, default_value_t = 120)]
+        boot_timeout: u64,
+        /// Run only these suites (PACKAGE:TEST_TARGET, repeatable or comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Added to the guest kernel's command line (repeatable), e.g. loglevel=7.
+        #[arg(long = "kernel-arg")]
+        kernel_args: Vec<String>,
+        /// Passed to every test executable after --test-threads=1.
+        #[arg(last = true)]
+        test_args: Vec<String>,
     },
 }
 
@@ -93,6 +120,28 @@ fn main() -> Result<()> {
                 out,
                 timeout_ms,
             })?;
+        }
+        Command::VmTest {
+            cache,
+            memory,
+            timeout,
+            boot_timeout,
+            only,
+            kernel_args,
+            test_args,
+        } => {
+            let passed = vm::run(&vm::Options {
+                cache,
+                memory_mib: memory,
+                timeout: std::time::Duration::from_secs(timeout),
+                boot_timeout: std::time::Duration::from_secs(boot_timeout),
+                only,
+                test_args,
+                kernel_args,
+            })?;
+            if !passed {
+                std::process::exit(1);
+            }
         }
     }
     Ok(())

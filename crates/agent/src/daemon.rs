@@ -29,7 +29,7 @@ pub struct Daemon {
     pub config: Config,
     /// The PodCIDR, router IP and native device this node runs with.
     pub addressing: NodeAddressing,
-    /// ifindex of `ciliate_vxlan` in tunnel mode.
+    /// ifindex of the tunnel device (`ciliate_vxlan` or `ciliate_geneve`) in tunnel mode.
     tunnel_ifindex: Option<u32>,
     /// ifindex of `ciliate_host`.
     host_ifindex: u32,
@@ -73,13 +73,14 @@ impl Daemon {
         })?;
         info!(origin = datapath.origin().as_str(), root = %config.bpf_root.display(), "datapath ready");
         let mut datapath = datapath;
-        let tunnel_ifindex = crate::devices::ensure_tunnel_device(&Netlink::new()?, &config)
+        let tunnel = crate::devices::ensure_tunnel_device(&Netlink::new()?, &config)
             .context("setting up the tunnel device")?;
-        if tunnel_ifindex.is_some() {
+        if let Some((device, _)) = tunnel {
             datapath
-                .attach(crate::devices::VXLAN_DEVICE, OVERLAY_ATTACH)
-                .context("attaching from_overlay to the tunnel device")?;
+                .attach(device, OVERLAY_ATTACH)
+                .with_context(|| format!("attaching from_overlay to the tunnel device {device}"))?;
         }
+        let tunnel_ifindex = tunnel.map(|(_, index)| index);
         datapath
             .attach(crate::devices::HOST_DEVICE, HOST_ATTACH)
             .with_context(|| format!("attaching from_host to {}", crate::devices::HOST_DEVICE))?;
@@ -311,7 +312,11 @@ impl Daemon {
             .collect();
         // The node's own devices are the agent's, not an endpoint's.
         if self.tunnel_ifindex.is_some() {
-            owned.push(crate::devices::VXLAN_DEVICE.to_string());
+            owned.push(
+                crate::devices::tunnel_device(self.config.tunnel_protocol)
+                    .name
+                    .to_string(),
+            );
         }
         owned.push(crate::devices::HOST_DEVICE.to_string());
         if let Some(native) = &self.addressing.native {

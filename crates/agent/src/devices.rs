@@ -8,7 +8,7 @@ use ciliate_datapath::sysctl;
 use tracing::{info, warn};
 
 use crate::addressing::{NativeDevice, PodNetwork};
-use crate::config::{Config, RoutingMode};
+use crate::config::{Config, RoutingMode, TunnelProtocol};
 use crate::error::AgentError;
 
 pub const HOST_DEVICE: &str = "ciliate_host";
@@ -19,46 +19,100 @@ pub const VXLAN_PORT: u16 = 8472;
 pub const GENEVE_DEVICE: &str = "ciliate_geneve";
 /// IANA's Geneve port, as Cilium uses.
 pub const GENEVE_PORT: u16 = 6081;
-/// Outer Ethernet, IPv4, UDP and VXLAN headers (Geneve without options is
-/// the same size).
+/// Outer Ethernet (14), IPv4 (20), UDP (8) and VXLAN (8) headers.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// Outer Ethernet (14), IPv4 (20), UDP (8) and the Geneve base header (8):
+/// the datapath sets no Geneve options, so the same as VXLAN (the kernel's
+/// GENEVE_IPV4_HLEN, which its path-MTU check uses, is 50 too).
+pub const GENEVE_OVERHEAD: u32 = 50;
+
+/// The node's tunnel device for one `tunnelProtocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelDevice {
+    pub name: &'static str,
+    /// The kernel's link kind.
+    pub kind: &'static str,
+    pub port: u16,
+    /// What encapsulation adds to a pod's packet.
+    pub overhead: u32,
+}
+
+pub fn tunnel_device(protocol: TunnelProtocol) -> TunnelDevice {
+    match protocol {
+        TunnelProtocol::Vxlan => TunnelDevice {
+            name: VXLAN_DEVICE,
+            kind: "vxlan",
+            port: VXLAN_PORT,
+            overhead: VXLAN_OVERHEAD,
+        },
+        TunnelProtocol::Geneve => TunnelDevice {
+            name: GENEVE_DEVICE,
+            kind: "geneve",
+            port: GENEVE_PORT,
+            overhead: GENEVE_OVERHEAD,
+        },
+    }
+}
 
 /// The MTU pods get: the node's, less what encapsulation adds in tunnel mode.
 pub fn pod_mtu(config: &Config) -> u32 {
     match config.routing_mode {
-        RoutingMode::Tunnel => config.mtu - VXLAN_OVERHEAD,
+        RoutingMode::Tunnel => config.mtu - tunnel_device(config.tunnel_protocol).overhead,
         RoutingMode::Native => config.mtu,
     }
 }
 
-/// In tunnel mode, creates (or checks) the node's one external VXLAN device
-/// and returns its ifindex; in native mode removes a leftover one.
-pub fn ensure_tunnel_device(nl: &Netlink, config: &Config) -> Result<Option<u32>, AgentError> {
-    if config.routing_mode == RoutingMode::Native {
-        nl.del_link_by_name(VXLAN_DEVICE)?;
-        return Ok(None);
+/// In tunnel mode, creates (or checks) the node's one external tunnel device
+/// of `tunnelProtocol` (`ciliate_vxlan` on UDP 8472 or `ciliate_geneve` on
+/// 6081) and returns its name and ifindex. A device of the other protocol,
+/// left by an agent configured otherwise, is removed (its pinned link goes
+/// with the stale-link sweep), and in native mode both are.
+pub fn ensure_tunnel_device(
+    nl: &Netlink,
+    config: &Config,
+) -> Result<Option<(&'static str, u32)>, AgentError> {
+    let wanted =
+        (config.routing_mode == RoutingMode::Tunnel).then(|| tunnel_device(config.tunnel_protocol));
+    for other in [TunnelProtocol::Vxlan, TunnelProtocol::Geneve] {
+        let name = tunnel_device(other).name;
+        if wanted.is_some_and(|w| w.name == name) {
+            continue;
+        }
+        if nl.del_link_by_name(name)? {
+            info!(
+                device = name,
+                "removed the tunnel device of another tunnelProtocol or routingMode"
+            );
+        }
     }
-    let link = match nl.link_by_name(VXLAN_DEVICE)? {
-        Some(link) if link.kind.as_deref() == Some("vxlan") => link,
+    let Some(TunnelDevice {
+        name, kind, port, ..
+    }) = wanted
+    else {
+        return Ok(None);
+    };
+    let link = match nl.link_by_name(name)? {
+        Some(link) if link.kind.as_deref() == Some(kind) => link,
         other => {
             if other.is_some() {
-                nl.del_link_by_name(VXLAN_DEVICE)?;
+                nl.del_link_by_name(name)?;
             }
-            info!(
-                device = VXLAN_DEVICE,
-                port = VXLAN_PORT,
-                "creating the tunnel device"
-            );
-            nl.create_vxlan_external(VXLAN_DEVICE, VXLAN_PORT, Some(config.mtu))?
+            info!(device = name, port, "creating the tunnel device");
+            match config.tunnel_protocol {
+                TunnelProtocol::Vxlan => nl.create_vxlan_external(name, port, Some(config.mtu))?,
+                TunnelProtocol::Geneve => {
+                    nl.create_geneve_external(name, port, Some(config.mtu))?
+                }
+            }
         }
     };
-    let _ = sysctl::set_if_exists(&format!("net/ipv6/conf/{VXLAN_DEVICE}/disable_ipv6"), "1");
+    let _ = sysctl::set_if_exists(&format!("net/ipv6/conf/{name}/disable_ipv6"), "1");
     // What from_overlay hands to the stack (a remote pod talking to this node)
     // comes from a PodCIDR routed through ciliate_host: not a reverse path.
-    route_through(VXLAN_DEVICE)?;
+    route_through(name)?;
     nl.set_mtu(link.index, config.mtu)?;
     nl.set_up(link.index)?;
-    Ok(Some(link.index))
+    Ok(Some((name, link.index)))
 }
 
 /// Lets the stack forward packets that arrive on `device` and accept them
@@ -226,7 +280,24 @@ pub fn ensure_host_devices(
 
 #[cfg(test)]
 mod tests {
-    use super::reserved_ports_with_nat;
+    use super::{reserved_ports_with_nat, tunnel_device};
+    use crate::config::TunnelProtocol;
+
+    #[test]
+    fn each_tunnel_protocol_has_its_device_port_and_overhead() {
+        let vxlan = tunnel_device(TunnelProtocol::Vxlan);
+        let geneve = tunnel_device(TunnelProtocol::Geneve);
+        assert_eq!(
+            (vxlan.name, vxlan.kind, vxlan.port),
+            ("ciliate_vxlan", "vxlan", 8472)
+        );
+        assert_eq!(
+            (geneve.name, geneve.kind, geneve.port),
+            ("ciliate_geneve", "geneve", 6081)
+        );
+        // 14 (Ethernet) + 20 (IPv4) + 8 (UDP) + 8 (VXLAN / Geneve base header).
+        assert_eq!((vxlan.overhead, geneve.overhead), (50, 50));
+    }
 
     #[test]
     fn the_nat_range_is_added_to_the_reserved_ports_once() {

@@ -1,13 +1,14 @@
 //! The endpoint registry and the one place that programs the datapath for an
-//! endpoint: attach the lxc programs, write the endpoint map entry, route the
-//! pod's address to its device. Creation is all-or-nothing.
+//! endpoint: attach the lxc programs (TCX on a veth's host end, the policy of
+//! a netkit pair), write the endpoint map entry, route the pod's address to
+//! its device. Creation is all-or-nothing.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use ciliate_api::{Endpoint, EndpointCreateRequest, EndpointState};
-use ciliate_datapath::loader::{Datapath, Maps, LXC_ATTACH};
-use ciliate_datapath::maps::{EndpointInfo, EndpointKey, ENDPOINT_F_HEALTH};
+use ciliate_api::{DatapathMode, Endpoint, EndpointCreateRequest, EndpointState};
+use ciliate_datapath::loader::{Datapath, Maps, LXC_ATTACH, NETKIT_ATTACH};
+use ciliate_datapath::maps::{EndpointInfo, EndpointKey, ENDPOINT_F_HEALTH, ENDPOINT_F_NETKIT};
 use ciliate_datapath::netlink::{self, Netlink, Route};
 use ciliate_datapath::sysctl;
 use ipnet::Ipv4Net;
@@ -143,10 +144,18 @@ pub fn validate_request(req: &EndpointCreateRequest) -> Result<(), AgentError> {
 
 /// The endpoint map entry of an endpoint.
 pub fn map_entry(ep: &Endpoint) -> (EndpointKey, EndpointInfo) {
+    let mut flags = 0;
+    if ep.health {
+        flags |= ENDPOINT_F_HEALTH;
+    }
+    // from_container must not use bpf_redirect_peer from a netkit peer.
+    if ep.datapath_mode == DatapathMode::Netkit {
+        flags |= ENDPOINT_F_NETKIT;
+    }
     let info = EndpointInfo {
         ifindex: ep.host_ifindex,
         lxc_id: ep.id,
-        flags: if ep.health { ENDPOINT_F_HEALTH } else { 0 },
+        flags,
         mac: netlink::parse_mac(&ep.mac).unwrap_or_default(),
         node_mac: netlink::parse_mac(&ep.host_mac).unwrap_or_default(),
         sec_identity: 0,
@@ -180,7 +189,15 @@ pub fn plumb(
     stack_forwards: bool,
 ) -> Result<(), AgentError> {
     isolate_from_kernel_routing(&ep.host_ifname, stack_forwards)?;
-    datapath.attach(&ep.host_ifname, LXC_ATTACH)?;
+    match ep.datapath_mode {
+        // The pair's policy: from_container on the peer, to_container on the
+        // primary; until then the peer drops what the pod sends.
+        DatapathMode::Netkit => {
+            check_netkit_device(ep, nl)?;
+            datapath.attach_netkit(&ep.host_ifname, NETKIT_ATTACH)?;
+        }
+        _ => datapath.attach(&ep.host_ifname, LXC_ATTACH)?,
+    }
     let (key, info) = map_entry(ep);
     if let Err(source) = maps.endpoints.insert(key, info, 0) {
         let _ = datapath.detach(&ep.host_ifname);
@@ -195,6 +212,27 @@ pub fn plumb(
         return Err(e.into());
     }
     Ok(())
+}
+
+/// A netkit endpoint's host device must be the primary of a netkit pair:
+/// anything else cannot take the programs as its policy.
+fn check_netkit_device(ep: &Endpoint, nl: &Netlink) -> Result<(), AgentError> {
+    let kind = nl
+        .link_by_index(ep.host_ifindex)?
+        .and_then(|link| link.kind)
+        .unwrap_or_default();
+    let primary = kind == "netkit"
+        && nl
+            .netkit_info(ep.host_ifindex)?
+            .is_some_and(|info| info.primary);
+    if primary {
+        return Ok(());
+    }
+    Err(AgentError::BadRequest(format!(
+        "field datapathMode: value \"netkit\" is invalid for device {} ({}): a netkit endpoint's hostIfname must be the primary of a netkit pair",
+        ep.host_ifname,
+        if kind.is_empty() { "no link kind" } else { kind.as_str() }
+    )))
 }
 
 /// The kernel must not carry pod traffic: only the BPF programs do. With

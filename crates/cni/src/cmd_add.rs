@@ -12,6 +12,7 @@ use std::path::Path;
 
 use crate::conf::{Env, NetConf};
 use crate::error::{chain, code, CniError, CniResult};
+use crate::netkit;
 use crate::result::{CniOutput, Interface, IpConfig, RouteEntry};
 use crate::veth::{self, Veth};
 use crate::{info, ipvlan, warn};
@@ -75,15 +76,19 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<Value> {
         check_allocation(&alloc)?;
         undo.host_name = Some(host_name.clone());
         let made = match alloc.datapath_mode {
-            DatapathMode::Veth => {
-                let veth = veth::setup(&host_nl, netns_path, &host_name, ifname, &alloc)?;
+            DatapathMode::Veth | DatapathMode::Netkit => {
+                let pair = if alloc.datapath_mode == DatapathMode::Netkit {
+                    netkit::setup(&host_nl, netns_path, &host_name, ifname, &alloc)?
+                } else {
+                    veth::setup(&host_nl, netns_path, &host_name, ifname, &alloc)?
+                };
                 info!(
                     "created {} (index {}) and {ifname} in {}",
-                    veth.host.name,
-                    veth.host.index,
+                    pair.host.name,
+                    pair.host.index,
                     netns_path.display()
                 );
-                Made::pair(veth, alloc.router)
+                Made::pair(pair, alloc.router)
             }
             DatapathMode::Ipvlan => {
                 undo.pod_interface = Some((netns_path, ifname));
@@ -94,12 +99,6 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<Value> {
                     netns_path.display()
                 );
                 Made::ipvlan(made)
-            }
-            other @ DatapathMode::Netkit => {
-                return Err(CniError::new(
-                    code::INVALID_CONFIG,
-                    format!("the agent's datapathMode {other}: not implemented yet by this plugin"),
-                ))
             }
         };
         let request = endpoint_request(env, container_id, ifname, &made, &alloc)?;

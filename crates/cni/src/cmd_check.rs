@@ -1,15 +1,15 @@
 //! CHECK: the attachment is still what ADD made: host device (none in ipvlan
-//! mode), pod interface with the address of `prevResult` and its default
-//! route, and the agent's endpoint.
+//! mode; netkit: a netkit pair), pod interface with the address of
+//! `prevResult` and its default route, and the agent's endpoint.
 
 use ciliate_api::{Client, DatapathMode, Endpoint};
 use ciliate_datapath::netlink::Netlink;
 
 use crate::conf::{Env, NetConf};
 use crate::error::{code, CniError, CniResult};
-use crate::ipvlan;
 use crate::result::at_least;
 use crate::veth::{self, DEFAULT_ROUTE};
+use crate::{ipvlan, netkit};
 
 pub fn run(env: &Env, conf: &NetConf) -> CniResult<()> {
     if !at_least(&conf.cni_version, "0.4.0") {
@@ -64,12 +64,12 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<()> {
         None => pod.link.as_ref().and_then(|l| l.kind.as_deref()) == Some(ipvlan::KIND),
     };
 
+    let host_nl = Netlink::new().map_err(|e| CniError::io("opening netlink", &e))?;
+    let host = host_nl
+        .link_by_name(&host_name)
+        .map_err(|e| CniError::io(&format!("looking up {host_name}"), &e))?;
     if !is_ipvlan {
-        let host_nl = Netlink::new().map_err(|e| CniError::io("opening netlink", &e))?;
-        match host_nl
-            .link_by_name(&host_name)
-            .map_err(|e| CniError::io(&format!("looking up {host_name}"), &e))?
-        {
+        match &host {
             None => problems.push(format!("host device {host_name} does not exist")),
             Some(link) if !link.up => problems.push(format!("host device {host_name} is down")),
             Some(_) => {}
@@ -132,6 +132,9 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<()> {
                 "the agent's endpoint {} is on {:?}, expected {expected:?}",
                 ep.id, ep.host_ifname
             ));
+        }
+        if ep.datapath_mode == DatapathMode::Netkit {
+            problems.extend(netkit::check(&host_nl, host.as_ref(), pod.link.as_ref())?);
         }
     }
 

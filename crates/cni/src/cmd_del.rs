@@ -1,6 +1,7 @@
-//! DEL: idempotent. Removes the host device (the pod end goes with it), or
-//! in ipvlan mode the pod's interface itself, and the agent's endpoint, which
-//! releases the address. Missing pieces are fine.
+//! DEL: idempotent. Removes the host device (the pod end goes with it, for a
+//! veth as for a netkit pair, whose primary has the same name), or in ipvlan
+//! mode the pod's interface itself, and the agent's endpoint, which releases
+//! the address. Missing pieces are fine.
 
 use ciliate_api::{Client, Endpoint};
 use ciliate_datapath::netlink::Netlink;

@@ -1,7 +1,8 @@
 //! `ciliate-cni`: the CNI plugin (spec 1.1) a container runtime runs for each
-//! pod. ADD creates the pod's veth (`lxc<hash>` on the host, `CNI_IFNAME` in
-//! the pod), gets its address from the agent and registers the endpoint; DEL
-//! undoes that; CHECK, STATUS, GC and VERSION as the spec describes.
+//! pod. ADD creates the pod's veth or, in `datapathMode: netkit`, netkit pair
+//! (`lxc<hash>` on the host, `CNI_IFNAME` in the pod), gets its address from
+//! the agent and registers the endpoint; DEL undoes that; CHECK, STATUS, GC
+//! and VERSION as the spec describes.
 //!
 //! Synchronous on purpose: no async runtime. stdout carries only the result
 //! or the spec's error object; the log goes to the configuration's `logFile`
@@ -16,6 +17,7 @@ mod conf;
 mod error;
 mod ipvlan;
 mod log;
+mod netkit;
 mod result;
 mod veth;
 

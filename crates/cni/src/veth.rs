@@ -56,6 +56,28 @@ pub fn setup(
     ifname: &str,
     alloc: &IpamAllocation,
 ) -> CniResult<Veth> {
+    create_pair(
+        podnet::create,
+        host_nl,
+        netns_path,
+        host_name,
+        ifname,
+        alloc,
+    )
+}
+
+/// What a pod's pair is made with: [`podnet::create`] or [`podnet::create_netkit`].
+pub type PairMaker = fn(&Netlink, &podnet::PodNetSpec<'_>) -> Result<Veth, podnet::PodNetError>;
+
+/// Makes and configures the pod's pair with `make`, from the allocation.
+pub fn create_pair(
+    make: PairMaker,
+    host_nl: &Netlink,
+    netns_path: &Path,
+    host_name: &str,
+    ifname: &str,
+    alloc: &IpamAllocation,
+) -> CniResult<Veth> {
     let spec = podnet::PodNetSpec {
         host_ifname: host_name,
         ifname,
@@ -64,7 +86,7 @@ pub fn setup(
         router: alloc.router,
         mtu: alloc.mtu,
     };
-    podnet::create(host_nl, &spec).map_err(|e| CniError::new(code::IO, crate::error::chain(&e)))
+    make(host_nl, &spec).map_err(|e| CniError::new(code::IO, crate::error::chain(&e)))
 }
 
 /// Deletes the host device (its peer goes with it); `false` if there was none.

@@ -6,6 +6,7 @@
 pub mod ipvlan;
 pub mod loader;
 pub mod maps;
+pub mod netkit;
 pub mod netlink;
 pub mod netns;
 pub mod podnet;

@@ -6,8 +6,8 @@
 //! - `progs/<hash>/<name>`: every program, under the sha256 (first 16 hex
 //!   digits) of the object it came from (bpffs holds only BPF objects, so the
 //!   directory name is where the hash is kept)
-//! - `links/<device>-<program>`: one TCX link per attached program
-//!   (bpffs refuses names with dots)
+//! - `links/<device>-<program>`: one TCX link per attached program, or for
+//!   a netkit device one netkit link per program (bpffs refuses names with dots)
 //! - `ipvlan/<endpoint>-calls`, `ipvlan/<endpoint>-entry`: the prog array and
 //!   the entry's TCX link of each ipvlan endpoint (see `crate::ipvlan`)
 //!
@@ -16,6 +16,7 @@
 //! it loads it, keeps the pinned maps, and swaps the program under every
 //! pinned link atomically (`bpf_link_update`).
 
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
@@ -30,6 +31,7 @@ use crate::maps::{
     CT4_ANY_MAP, CT4_TCP_MAP, ENDPOINTS_MAP, LB4_AFFINITY_MAP, LB4_BACKENDS_MAP,
     LB4_REVERSE_NAT_MAP, LB4_SERVICES_MAP, METRICS_MAP, SNAT4_MAP,
 };
+use crate::netkit::{self, NetkitAttach};
 
 /// Every object and the programs it holds.
 pub const OBJECTS: &[(&str, &[u8], &[&str])] = &[
@@ -50,6 +52,14 @@ pub const OBJECTS: &[(&str, &[u8], &[&str])] = &[
 pub const LXC_ATTACH: &[(&str, TcAttachType)] = &[
     ("from_container", TcAttachType::Ingress),
     ("to_container", TcAttachType::Egress),
+];
+
+/// What polices a netkit pod's pair, both named by its primary (`lxc...`):
+/// the peer's programs run on what the pod sends, the primary's on what the
+/// node sends to the pod (see [`crate::netkit`]).
+pub const NETKIT_ATTACH: &[(&str, NetkitAttach)] = &[
+    ("from_container", NetkitAttach::Peer),
+    ("to_container", NetkitAttach::Primary),
 ];
 
 /// What goes on the node's tunnel device.
@@ -110,6 +120,13 @@ pub enum LoadError {
         path: PathBuf,
         #[source]
         source: Box<crate::netns::NetnsError>,
+    },
+    #[error("netkit link {path}: {action}")]
+    Netkit {
+        path: PathBuf,
+        action: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("link {path}: {action}")]
     Link {
@@ -338,12 +355,7 @@ impl Datapath {
     pub fn attach(&mut self, device: &str, set: &[(&str, TcAttachType)]) -> Result<(), LoadError> {
         let mut made = Vec::new();
         let result = self.attach_inner(device, set, &mut made);
-        if result.is_err() {
-            for path in made {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        result
+        unpin_on_error(result, made)
     }
 
     fn attach_inner(
@@ -400,6 +412,72 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches the programs of `set` as the policy of the netkit pair whose
+    /// primary is `device` and pins the links where [`Self::attach`] pins TCX
+    /// links, so [`Self::detach`], [`Self::is_attached`] and a restarted
+    /// agent treat both alike. A pin that already holds a live link of the
+    /// same end of this device is kept; a stale one (its device deleted, or
+    /// another device under the same name) is replaced. On failure nothing
+    /// made here stays attached.
+    pub fn attach_netkit(
+        &mut self,
+        device: &str,
+        set: &[(&str, NetkitAttach)],
+    ) -> Result<(), LoadError> {
+        let mut made = Vec::new();
+        let result = self.attach_netkit_inner(device, set, &mut made);
+        unpin_on_error(result, made)
+    }
+
+    fn attach_netkit_inner(
+        &mut self,
+        device: &str,
+        set: &[(&str, NetkitAttach)],
+        made: &mut Vec<PathBuf>,
+    ) -> Result<(), LoadError> {
+        let ifindex = netkit::ifindex_of(device).map_err(|source| LoadError::Netkit {
+            path: self.link_path(device, "*"),
+            action: format!("looking up device {device}"),
+            source,
+        })?;
+        for (name, end) in set {
+            let path = self.link_path(device, name);
+            let netkit_err = |action: String| {
+                let path = path.clone();
+                move |source| LoadError::Netkit {
+                    path,
+                    action,
+                    source,
+                }
+            };
+            if path.exists() {
+                if netkit::pinned_link_is_live(&path, ifindex, *end) {
+                    continue;
+                }
+                std::fs::remove_file(&path).map_err(io("removing a stale link pin", &path))?;
+            }
+            let prog = self.program(name).ok_or_else(|| LoadError::Program {
+                name: (*name).to_string(),
+                action: "not loaded",
+                source: Box::new(aya::programs::ProgramError::NotLoaded),
+            })?;
+            let prog_fd = prog.fd().map_err(|e| LoadError::Program {
+                name: (*name).to_string(),
+                action: "no file descriptor",
+                source: Box::new(e),
+            })?;
+            let link = netkit::link_create(prog_fd.as_fd(), ifindex, *end).map_err(netkit_err(
+                format!(
+                "attaching {name} as the {} policy of netkit device {device} (ifindex {ifindex})",
+                end.as_str()
+            ),
+            ))?;
+            netkit::pin(link.as_fd(), &path).map_err(netkit_err("pinning".to_string()))?;
+            made.push(path);
+        }
+        Ok(())
+    }
+
     /// Removes every pinned link of `device`, which detaches the programs.
     pub fn detach(&self, device: &str) -> Result<(), LoadError> {
         for name in program_names() {
@@ -450,6 +528,27 @@ impl Datapath {
             let Some((_, prog)) = self.programs.iter_mut().find(|(n, _)| *n == program) else {
                 continue;
             };
+            let netkit_link =
+                netkit::open_pinned_netkit(&path).map_err(|source| LoadError::Netkit {
+                    path: path.clone(),
+                    action: "opening pin".to_string(),
+                    source,
+                })?;
+            if let Some(link) = netkit_link {
+                let prog = prog.fd().map_err(|e| LoadError::Program {
+                    name: program.clone(),
+                    action: "no file descriptor",
+                    source: Box::new(e),
+                })?;
+                netkit::link_update(link.as_fd(), prog.as_fd()).map_err(|source| {
+                    LoadError::Netkit {
+                        path: path.clone(),
+                        action: format!("updating {program} on {device}"),
+                        source,
+                    }
+                })?;
+                continue;
+            }
             let pinned = PinnedLink::from_pin(&path).map_err(|e| LoadError::Link {
                 path: path.clone(),
                 action: "opening pin",
@@ -472,6 +571,17 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// After a failed attach, removes the link pins it made (which detaches
+/// their programs), so nothing stays half-attached.
+fn unpin_on_error(result: Result<(), LoadError>, made: Vec<PathBuf>) -> Result<(), LoadError> {
+    if result.is_err() {
+        for path in made {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
 }
 
 /// Typed handles on the pinned maps, opened from their pins so that the agent,

@@ -845,6 +845,59 @@ impl Netlink {
             }
         }
     }
+
+    // ---- netkit ------------------------------------------------------------
+
+    /// The netkit settings of device `index`, or `None` if it is not a netkit device.
+    pub fn netkit_info(&self, index: u32) -> Result<Option<NetkitInfo>> {
+        use netlink_packet_route::link::{InfoNetkit, NetkitMode};
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        let answers = self
+            .request(RouteNetlinkMessage::GetLink(msg), NLM_F_ACK)
+            .map_err(|f| {
+                self.wrap_index(f, index, |dev| format!("reading netkit settings of {dev}"))
+            })?;
+        let infos = answers.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(link) => link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => Some(infos.clone()),
+                _ => None,
+            }),
+            _ => None,
+        });
+        let Some(infos) = infos else { return Ok(None) };
+        let data = infos.iter().find_map(|i| match i {
+            LinkInfo::Data(InfoData::Netkit(data)) => Some(data),
+            _ => None,
+        });
+        Ok(data.map(|data| {
+            let mut info = NetkitInfo::default();
+            for attr in data {
+                match attr {
+                    InfoNetkit::Mode(mode) => info.l2 = *mode == NetkitMode::L2,
+                    InfoNetkit::Policy(p) => info.policy = Some(u32::from(*p)),
+                    InfoNetkit::PeerPolicy(p) => info.peer_policy = Some(u32::from(*p)),
+                    InfoNetkit::Primary(primary) => info.primary = *primary,
+                    _ => {}
+                }
+            }
+            info
+        }))
+    }
+}
+
+/// What the kernel reports of a netkit device (policies as `NETKIT_*`:
+/// 0 forward, 2 blackhole).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetkitInfo {
+    /// L2 mode (Ethernet) rather than L3.
+    pub l2: bool,
+    /// This device's default policy.
+    pub policy: Option<u32>,
+    /// The other end's default policy (reported while the pair is whole).
+    pub peer_policy: Option<u32>,
+    /// The device is the primary of its pair.
+    pub primary: bool,
 }
 
 fn wrap(failure: Failure, operation: String, device: Option<String>) -> NetlinkError {

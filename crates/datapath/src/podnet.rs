@@ -1,6 +1,6 @@
-//! The pod side of an endpoint: a veth whose host end (`lxc...`) stays in the
-//! node's namespace and whose other end is born in the pod's namespace under
-//! its final name, with its address, MTU and routes via the router IP. The
+//! The pod side of an endpoint: a veth (or, in `datapathMode: netkit`, a
+//! netkit pair) whose host end (`lxc...`) stays in the node's namespace and
+//! whose other end is born in the pod's namespace under its final name, with its address, MTU and routes via the router IP. The
 //! CNI plugin uses it for pods and the agent for its health endpoint, so both
 //! are wired identically.
 
@@ -66,25 +66,60 @@ pub struct PodVeth {
 /// so nothing is left half-made. Routes are added, never replaced: a pod that
 /// already has a default route makes this fail instead of losing it.
 pub fn create(host: &Netlink, spec: &PodNetSpec<'_>) -> Result<PodVeth, PodNetError> {
+    create_pair(host, spec, PairKind::Veth)
+}
+
+/// As [`create`], with a netkit pair (L2 mode) instead of a veth: the
+/// primary is the host end, the peer the pod's, and the peer drops whatever
+/// the pod sends until a program is attached as its policy (see
+/// [`Netlink::create_netkit_pair`]).
+pub fn create_netkit(host: &Netlink, spec: &PodNetSpec<'_>) -> Result<PodVeth, PodNetError> {
+    create_pair(host, spec, PairKind::Netkit)
+}
+
+#[derive(Clone, Copy)]
+enum PairKind {
+    Veth,
+    Netkit,
+}
+
+fn create_pair(
+    host: &Netlink,
+    spec: &PodNetSpec<'_>,
+    kind: PairKind,
+) -> Result<PodVeth, PodNetError> {
     let in_pod = |what: &str| format!("{what} in {}", spec.netns.display());
     let netns_file = netns::open(spec.netns).map_err(|source| PodNetError::Netns {
         step: in_pod("opening the namespace"),
         source,
     })?;
-    let link = host
-        .create_veth_with_peer_in(
-            spec.host_ifname,
-            spec.ifname,
-            Some(spec.mtu),
-            netns_file.as_fd(),
-        )
-        .map_err(|source| PodNetError::Netlink {
-            step: in_pod(&format!(
-                "creating veth {} with {}",
-                spec.host_ifname, spec.ifname
-            )),
-            source,
-        })?;
+    let (made, what) = match kind {
+        PairKind::Veth => (
+            host.create_veth_with_peer_in(
+                spec.host_ifname,
+                spec.ifname,
+                Some(spec.mtu),
+                netns_file.as_fd(),
+            ),
+            "veth",
+        ),
+        PairKind::Netkit => (
+            host.create_netkit_pair(
+                spec.host_ifname,
+                spec.ifname,
+                Some(spec.mtu),
+                Some(netns_file.as_fd()),
+            ),
+            "netkit",
+        ),
+    };
+    let link = made.map_err(|source| PodNetError::Netlink {
+        step: in_pod(&format!(
+            "creating {what} {} with {}",
+            spec.host_ifname, spec.ifname
+        )),
+        source,
+    })?;
     match configure(host, &link, spec) {
         Ok(made) => Ok(made),
         Err(e) => {

@@ -15,7 +15,7 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use ciliate_datapath::loader::{Datapath, Maps, HOST_ATTACH, LXC_ATTACH, OVERLAY_ATTACH};
+use ciliate_datapath::loader::{Datapath, Maps, LXC_ATTACH};
 use ciliate_datapath::maps::{
     ipcache_key, DatapathConfig, IpcacheValue, TraceEvent, EVENT_TRACE, IDENTITY_HOST,
     METRIC_EGRESS, METRIC_INGRESS,
@@ -283,85 +283,6 @@ fn a_pod_pings_another_node_through_bpf_host_routing() {
     assert_eq!(drops(&maps), vec![], "no drops");
 }
 
-struct TunnelNode {
-    ns: String,
-    router: Ipv4Addr,
-    bpffs: TestBpffs,
-    maps: Maps,
-    events: aya::maps::RingBuf<aya::maps::MapData>,
-}
-
-/// A node as the agent sets it up in tunnel mode: `ciliate_host` (NOARP,
-/// router IP) with `ciliate_net`, an external `ciliate_vxlan`, the remote
-/// PodCIDR routed `dev ciliate_host src <router>`, and the ipcache putting it
-/// behind the remote node.
-fn tunnel_node(
-    ns: String,
-    router: Ipv4Addr,
-    remote_cidr: &str,
-    remote_node: Ipv4Addr,
-) -> TunnelNode {
-    let nl = Netlink::new_in(&netns::named_path(&ns)).unwrap();
-    let host = nl.create_veth("ciliate_host", "ciliate_net", None).unwrap();
-    let net = nl.link_by_name("ciliate_net").unwrap().unwrap();
-    nl.set_arp(host.index, false).unwrap();
-    nl.set_up(net.index).unwrap();
-    nl.set_up(host.index).unwrap();
-    nl.add_address(host.index, router, 32).unwrap();
-    let vxlan = nl
-        .create_vxlan_external("ciliate_vxlan", 8472, None)
-        .unwrap();
-    nl.set_up(vxlan.index).unwrap();
-    ip(
-        &ns,
-        &[
-            "route",
-            "add",
-            remote_cidr,
-            "dev",
-            "ciliate_host",
-            "src",
-            &router.to_string(),
-        ],
-    );
-    // What arrives through the tunnel comes from addresses routed via
-    // ciliate_host: strict reverse-path filtering would drop it.
-    sysctls(
-        &ns,
-        &[
-            ("net/ipv4/conf/all/rp_filter", "0"),
-            ("net/ipv4/conf/ciliate_vxlan/rp_filter", "0"),
-        ],
-    );
-    let (bpffs, mut maps) = datapath_in(
-        &ns,
-        vec![
-            ("ciliate_host".to_string(), HOST_ATTACH),
-            ("ciliate_vxlan".to_string(), OVERLAY_ATTACH),
-        ],
-    );
-    let mut cfg = DatapathConfig::new(router, true);
-    cfg.tunnel_ifindex = vxlan.index;
-    cfg.identity = 4242;
-    maps.config.set(0, cfg, 0).unwrap();
-    let remote = IpcacheValue {
-        sec_identity: 5151,
-        tunnel_endpoint: u32::from_ne_bytes(remote_node.octets()),
-        ..IpcacheValue::default()
-    };
-    maps.ipcache
-        .insert(&ipcache_key(remote_cidr.parse().unwrap()), remote, 0)
-        .unwrap();
-    let events = Maps::open_events(&bpffs.root()).unwrap();
-    TunnelNode {
-        ns,
-        router,
-        bpffs,
-        maps,
-        events,
-    }
-}
-
 #[test]
 fn nodes_and_pods_reach_each_other_through_the_tunnel() {
     root_only!();
@@ -372,8 +293,20 @@ fn nodes_and_pods_reach_each_other_through_the_tunnel() {
     let a_ip = Ipv4Addr::new(192, 168, 79, 1);
     let b_ip = Ipv4Addr::new(192, 168, 79, 2);
     wire_native(&a_ns, &b_ns, a_ip, b_ip);
-    let mut a = tunnel_node(a_ns, Ipv4Addr::new(10, 70, 0, 1), "10.71.0.0/24", b_ip);
-    let mut b = tunnel_node(b_ns, Ipv4Addr::new(10, 71, 0, 1), "10.70.0.0/24", a_ip);
+    let mut a = tunnel_node(
+        Tunnel::Vxlan,
+        a_ns,
+        Ipv4Addr::new(10, 70, 0, 1),
+        "10.71.0.0/24",
+        b_ip,
+    );
+    let mut b = tunnel_node(
+        Tunnel::Vxlan,
+        b_ns,
+        Ipv4Addr::new(10, 71, 0, 1),
+        "10.70.0.0/24",
+        a_ip,
+    );
     let host_identity_from = |ev: &TraceEvent, src: Ipv4Addr| {
         ev.src_identity == IDENTITY_HOST && ev.src_ip == u32::from_ne_bytes(src.octets())
     };
@@ -423,7 +356,7 @@ fn nodes_and_pods_reach_each_other_through_the_tunnel() {
     let b_events = drain(&mut b.events);
     assert!(
         b_events.iter().any(|ev| ev.reason == TRACE_TO_STACK
-            && ev.src_identity == 4242
+            && ev.src_identity == TUNNEL_POD_IDENTITY
             && ev.src_ip == u32::from_ne_bytes(pod_ip.octets())),
         "B got the pod's identity from the VNI: {b_events:?}"
     );

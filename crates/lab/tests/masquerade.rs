@@ -14,16 +14,15 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::process::{Child, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use ciliate_datapath::netns;
 use ciliate_lab::configmaps::{ip_masq_agent_yaml, IP_MASQ_AGENT};
 use ciliate_lab::{Lab, LabSpec, Masquerade, RoutingMode};
-use common::{ok, run};
+use common::{ok, run, Capture, Packet};
 
 /// The router's fabric address and its first and second outside network.
 const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 10, 200);
@@ -208,153 +207,6 @@ impl Drop for Excluded<'_> {
     fn drop(&mut self) {
         let _ = self.lab.router_routes(false);
         let _ = self.lab.delete_config_map(IP_MASQ_AGENT);
-    }
-}
-
-/// One packet as `tcpdump -n` prints it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Packet {
-    src: Ipv4Addr,
-    sport: Option<u16>,
-    dst: Ipv4Addr,
-    dport: Option<u16>,
-    /// What follows `src > dst: `, e.g. `Flags [S], seq ...` or `ICMP echo request, ...`.
-    info: String,
-}
-
-impl Packet {
-    /// `12:00:00.000000 IP 192.168.10.100.61000 > 10.10.1.200.80: Flags [S], ...`
-    fn parse(line: &str) -> Option<Self> {
-        let mut words = line.split_whitespace();
-        let _time = words.next()?;
-        if words.next()? != "IP" {
-            return None;
-        }
-        let (src, sport) = endpoint(words.next()?)?;
-        if words.next()? != ">" {
-            return None;
-        }
-        let (dst, dport) = endpoint(words.next()?.strip_suffix(':')?)?;
-        Some(Self {
-            src,
-            sport,
-            dst,
-            dport,
-            info: words.collect::<Vec<_>>().join(" "),
-        })
-    }
-
-    fn is_syn(&self) -> bool {
-        self.info.starts_with("Flags [S],")
-    }
-
-    fn is_syn_ack(&self) -> bool {
-        self.info.starts_with("Flags [S.]")
-    }
-}
-
-/// `a.b.c.d` or `a.b.c.d.port`.
-fn endpoint(text: &str) -> Option<(Ipv4Addr, Option<u16>)> {
-    if let Ok(ip) = text.parse() {
-        return Some((ip, None));
-    }
-    let (ip, port) = text.rsplit_once('.')?;
-    Some((ip.parse().ok()?, Some(port.parse().ok()?)))
-}
-
-/// tcpdump on the router's `eth0` (the fabric side), from when it listens
-/// until [`Capture::stop`]; killed if dropped.
-struct Capture {
-    child: Option<Child>,
-    lines: Option<std::thread::JoinHandle<Vec<String>>>,
-    /// What tcpdump says when it stops (packets captured, dropped by the kernel).
-    summary: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Capture {
-    fn start(lab: &Lab, filter: &str) -> Self {
-        let argv: Vec<String> = [
-            "tcpdump",
-            "-n",
-            "-l",
-            "--immediate-mode",
-            // A ring big enough for bursts (150 SYNs at once): no kernel drops.
-            "-B",
-            "32768",
-            "-i",
-            "eth0",
-            filter,
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-        let mut child = lab
-            .command("router", &argv)
-            .unwrap()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump runs (scripts/install-deps.sh installs it)");
-        let stdout = child.stdout.take().unwrap();
-        let lines = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect()
-        });
-        // It says "listening on eth0" on stderr once it captures.
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut said = String::new();
-        loop {
-            let mut line = String::new();
-            let n = stderr.read_line(&mut line).unwrap_or(0);
-            said.push_str(&line);
-            if line.contains("listening on") {
-                break;
-            }
-            assert!(n > 0, "tcpdump on the router did not start: {said}");
-        }
-        let summary = std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = stderr.read_to_string(&mut rest);
-            rest
-        });
-        Self {
-            child: Some(child),
-            lines: Some(lines),
-            summary: Some(summary),
-        }
-    }
-
-    /// Stops capturing (after a moment for packets on their way) and returns
-    /// the packets seen.
-    fn stop(mut self) -> Vec<Packet> {
-        std::thread::sleep(Duration::from_millis(300));
-        self.kill();
-        let lines = self.lines.take().unwrap().join().unwrap();
-        let summary = self.summary.take().unwrap().join().unwrap();
-        assert!(
-            summary
-                .lines()
-                .any(|l| l.trim() == "0 packets dropped by kernel"),
-            "tcpdump on the router lost packets: {summary}"
-        );
-        lines.iter().filter_map(|l| Packet::parse(l)).collect()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: signals the tcpdump this capture started; SIGINT makes it flush.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

@@ -9,9 +9,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use aya::programs::{TestRun, TestRunOptions};
-use ciliate_datapath::loader::{Datapath, Maps};
+use ciliate_datapath::loader::{Datapath, Maps, HOST_ATTACH, OVERLAY_ATTACH};
 use ciliate_datapath::maps::{
-    metrics_index, DatapathConfig, EndpointInfo, EndpointKey, TraceEvent, EVENT_DROP,
+    ipcache_key, metrics_index, DatapathConfig, EndpointInfo, EndpointKey, IpcacheValue,
+    TraceEvent, ENDPOINT_F_NETKIT, EVENT_DROP,
 };
 use ciliate_datapath::netlink::{Link, Netlink};
 use ciliate_datapath::netns;
@@ -486,18 +487,40 @@ pub fn add_pod(
     router: Ipv4Addr,
     maps: &mut Maps,
 ) -> PodVeth {
+    add_pod_of(PairKind::Veth, node, pod, lxc_name, ip, router, maps)
+}
+
+/// The pod's device pair: a veth, or a netkit pair (`datapathMode: netkit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairKind {
+    Veth,
+    Netkit,
+}
+
+/// As [`add_pod`], with the pair of `kind`; a netkit pod's endpoint carries
+/// `ENDPOINT_F_NETKIT`. Its programs are not attached.
+pub fn add_pod_of(
+    kind: PairKind,
+    node: &str,
+    pod: &str,
+    lxc_name: &str,
+    ip: Ipv4Addr,
+    router: Ipv4Addr,
+    maps: &mut Maps,
+) -> PodVeth {
     let nl = Netlink::new_in(&netns::named_path(node)).unwrap();
-    let veth = podnet::create(
-        &nl,
-        &PodNetSpec {
-            host_ifname: lxc_name,
-            ifname: "eth0",
-            netns: &netns::named_path(pod),
-            ip,
-            router,
-            mtu: 1400,
-        },
-    )
+    let spec = PodNetSpec {
+        host_ifname: lxc_name,
+        ifname: "eth0",
+        netns: &netns::named_path(pod),
+        ip,
+        router,
+        mtu: 1400,
+    };
+    let veth = match kind {
+        PairKind::Veth => podnet::create(&nl, &spec),
+        PairKind::Netkit => podnet::create_netkit(&nl, &spec),
+    }
     .unwrap();
     sysctls(
         node,
@@ -510,7 +533,11 @@ pub fn add_pod(
     let endpoint = EndpointInfo {
         ifindex: veth.host.index,
         lxc_id: 1,
-        flags: 0,
+        flags: if kind == PairKind::Netkit {
+            ENDPOINT_F_NETKIT
+        } else {
+            0
+        },
         mac: veth.pod.mac.unwrap(),
         node_mac: veth.host.mac.unwrap(),
         sec_identity: 0,
@@ -607,4 +634,111 @@ pub fn assert_lifetime(lifetime: u32, timeout: u32, what: &str) {
         lifetime + 2 >= now + timeout && lifetime <= now + timeout,
         "{what}: lifetime {lifetime} is not now ({now}) + {timeout}"
     );
+}
+
+/// The node's tunnel device kind (`tunnelProtocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tunnel {
+    Vxlan,
+    Geneve,
+}
+
+impl Tunnel {
+    pub fn device(self) -> &'static str {
+        match self {
+            Self::Vxlan => "ciliate_vxlan",
+            Self::Geneve => "ciliate_geneve",
+        }
+    }
+}
+
+/// The identity a tunnel node's pods send with, and the remote prefix's.
+pub const TUNNEL_POD_IDENTITY: u32 = 4242;
+pub const TUNNEL_REMOTE_IDENTITY: u32 = 5151;
+
+pub struct TunnelNode {
+    pub ns: String,
+    pub router: Ipv4Addr,
+    pub bpffs: TestBpffs,
+    pub maps: Maps,
+    pub events: aya::maps::RingBuf<aya::maps::MapData>,
+    /// The tunnel device as created (MTU 1500).
+    pub tunnel: Link,
+}
+
+/// A node as the agent sets it up in tunnel mode: `ciliate_host` (NOARP,
+/// router IP) with `ciliate_net`, an external `ciliate_vxlan` (UDP 8472) or
+/// `ciliate_geneve` (UDP 6081), the remote PodCIDR routed `dev ciliate_host
+/// src <router>`, and the ipcache putting it behind the remote node.
+pub fn tunnel_node(
+    kind: Tunnel,
+    ns: String,
+    router: Ipv4Addr,
+    remote_cidr: &str,
+    remote_node: Ipv4Addr,
+) -> TunnelNode {
+    let nl = Netlink::new_in(&netns::named_path(&ns)).unwrap();
+    let host = nl.create_veth("ciliate_host", "ciliate_net", None).unwrap();
+    let net = nl.link_by_name("ciliate_net").unwrap().unwrap();
+    nl.set_arp(host.index, false).unwrap();
+    nl.set_up(net.index).unwrap();
+    nl.set_up(host.index).unwrap();
+    nl.add_address(host.index, router, 32).unwrap();
+    let device = kind.device();
+    let tunnel = match kind {
+        Tunnel::Vxlan => nl.create_vxlan_external(device, 8472, Some(1500)),
+        Tunnel::Geneve => nl.create_geneve_external(device, 6081, Some(1500)),
+    }
+    .unwrap();
+    nl.set_up(tunnel.index).unwrap();
+    ip(
+        &ns,
+        &[
+            "route",
+            "add",
+            remote_cidr,
+            "dev",
+            "ciliate_host",
+            "src",
+            &router.to_string(),
+        ],
+    );
+    // What arrives through the tunnel comes from addresses routed via
+    // ciliate_host: strict reverse-path filtering would drop it.
+    sysctls(
+        &ns,
+        &[
+            ("net/ipv4/conf/all/rp_filter", "0"),
+            (&format!("net/ipv4/conf/{device}/rp_filter"), "0"),
+        ],
+    );
+    let (bpffs, mut maps) = datapath_in(
+        &ns,
+        vec![
+            ("ciliate_host".to_string(), HOST_ATTACH),
+            (device.to_string(), OVERLAY_ATTACH),
+        ],
+    );
+    let mut cfg = DatapathConfig::new(router, true);
+    cfg.tunnel_ifindex = tunnel.index;
+    cfg.identity = TUNNEL_POD_IDENTITY;
+    maps.config.set(0, cfg, 0).unwrap();
+    let remote = IpcacheValue {
+        sec_identity: TUNNEL_REMOTE_IDENTITY,
+        tunnel_endpoint: u32::from_ne_bytes(remote_node.octets()),
+        ..IpcacheValue::default()
+    };
+    maps.ipcache
+        .insert(&ipcache_key(remote_cidr.parse().unwrap()), remote, 0)
+        .unwrap();
+    let events = Maps::open_events(&bpffs.root()).unwrap();
+    let tunnel = nl.link_by_index(tunnel.index).unwrap().unwrap();
+    TunnelNode {
+        ns,
+        router,
+        bpffs,
+        maps,
+        events,
+        tunnel,
+    }
 }

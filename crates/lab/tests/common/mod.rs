@@ -1,8 +1,9 @@
 //! Helpers shared by the lab's integration tests. Each test file uses some.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,4 +106,157 @@ pub fn ok(lab: &ciliate_lab::Lab, target: &str, argv: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One packet as `tcpdump -n` prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub src: Ipv4Addr,
+    pub sport: Option<u16>,
+    pub dst: Ipv4Addr,
+    pub dport: Option<u16>,
+    /// What follows `src > dst: `, e.g. `Flags [S], seq ...` or `ICMP echo request, ...`.
+    pub info: String,
+}
+
+impl Packet {
+    /// `12:00:00.000000 IP 192.168.10.100.61000 > 10.10.1.200.80: Flags [S], ...`
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut words = line.split_whitespace();
+        let _time = words.next()?;
+        if words.next()? != "IP" {
+            return None;
+        }
+        let (src, sport) = endpoint(words.next()?)?;
+        if words.next()? != ">" {
+            return None;
+        }
+        let (dst, dport) = endpoint(words.next()?.strip_suffix(':')?)?;
+        Some(Self {
+            src,
+            sport,
+            dst,
+            dport,
+            info: words.collect::<Vec<_>>().join(" "),
+        })
+    }
+
+    pub fn is_syn(&self) -> bool {
+        self.info.starts_with("Flags [S],")
+    }
+
+    pub fn is_syn_ack(&self) -> bool {
+        self.info.starts_with("Flags [S.]")
+    }
+}
+
+/// `a.b.c.d` or `a.b.c.d.port`.
+fn endpoint(text: &str) -> Option<(Ipv4Addr, Option<u16>)> {
+    if let Ok(ip) = text.parse() {
+        return Some((ip, None));
+    }
+    let (ip, port) = text.rsplit_once('.')?;
+    Some((ip.parse().ok()?, Some(port.parse().ok()?)))
+}
+
+/// tcpdump on a device of a node, pod or the router, from when it listens
+/// until [`Capture::stop`]; killed if dropped.
+pub struct Capture {
+    child: Option<Child>,
+    lines: Option<std::thread::JoinHandle<Vec<String>>>,
+    /// What tcpdump says when it stops (packets captured, dropped by the kernel).
+    summary: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Capture {
+    /// On the router's `eth0`, the fabric side.
+    pub fn start(lab: &ciliate_lab::Lab, filter: &str) -> Self {
+        Self::start_on(lab, "router", "eth0", filter)
+    }
+
+    /// On `device` of `target` (a node, pod or the router).
+    pub fn start_on(lab: &ciliate_lab::Lab, target: &str, device: &str, filter: &str) -> Self {
+        let argv: Vec<String> = [
+            "tcpdump",
+            "-n",
+            "-l",
+            "--immediate-mode",
+            // A ring big enough for bursts (150 SYNs at once): no kernel drops.
+            "-B",
+            "32768",
+            "-i",
+            device,
+            filter,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let mut child = lab
+            .command(target, &argv)
+            .unwrap()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump runs (scripts/install-deps.sh installs it)");
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect()
+        });
+        // It says "listening on eth0" on stderr once it captures.
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut said = String::new();
+        loop {
+            let mut line = String::new();
+            let n = stderr.read_line(&mut line).unwrap_or(0);
+            said.push_str(&line);
+            if line.contains("listening on") {
+                break;
+            }
+            assert!(n > 0, "tcpdump in {target} did not start: {said}");
+        }
+        let summary = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            rest
+        });
+        Self {
+            child: Some(child),
+            lines: Some(lines),
+            summary: Some(summary),
+        }
+    }
+
+    /// Stops capturing (after a moment for packets on their way) and returns
+    /// the packets seen.
+    pub fn stop(mut self) -> Vec<Packet> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.kill();
+        let lines = self.lines.take().unwrap().join().unwrap();
+        let summary = self.summary.take().unwrap().join().unwrap();
+        assert!(
+            summary
+                .lines()
+                .any(|l| l.trim() == "0 packets dropped by kernel"),
+            "tcpdump lost packets: {summary}"
+        );
+        lines.iter().filter_map(|l| Packet::parse(l)).collect()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signals the tcpdump this capture started; SIGINT makes it flush.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
