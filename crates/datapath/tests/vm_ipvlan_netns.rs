@@ -12,14 +12,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use ciliate_datapath::loader::{Datapath, HOST_ATTACH, LXC_ATTACH, NETDEV_ATTACH};
 use ciliate_datapath::maps::{
     be_addr, ipcache_key, DatapathConfig, EndpointInfo, EndpointKey, IpcacheValue, Lb4Backend,
     Lb4Key, Lb4ReverseNat, Lb4Service, BE_STATE_ACTIVE, ENDPOINT_F_IPVLAN, IPPROTO_TCP,
-    LB_SCOPE_EXTERNAL, MASQ_F_BPF, ROUTING_NATIVE, SVC_F_CLUSTER_IP, SVC_F_NODEPORT,
+    IPPROTO_UDP, LB_SCOPE_EXTERNAL, MASQ_F_BPF, ROUTING_NATIVE, SVC_F_CLUSTER_IP, SVC_F_NODEPORT,
 };
 use ciliate_datapath::netlink::{Netlink, Route};
 use ciliate_datapath::netns;
@@ -33,24 +33,23 @@ const IV_A: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 10);
 const IV_B: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 11);
 const VETH_POD: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 20);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 66, 10);
+/// A UDP service whose backend is the outside host.
+const VIP_OUT: Ipv4Addr = Ipv4Addr::new(10, 96, 66, 11);
 const NODE_PORT: u16 = 30080;
 const BE_PORT: u16 = 8080;
 
 fn service(
     maps: &mut ciliate_datapath::loader::Maps,
+    proto: u8,
     frontend: (Ipv4Addr, u16),
     flags: u16,
     rev: u32,
     be: (Ipv4Addr, u16),
 ) {
     maps.lb4_backends
-        .insert(
-            rev,
-            Lb4Backend::new(be.0, be.1, IPPROTO_TCP, BE_STATE_ACTIVE),
-            0,
-        )
+        .insert(rev, Lb4Backend::new(be.0, be.1, proto, BE_STATE_ACTIVE), 0)
         .unwrap();
-    let key = |slot| Lb4Key::new(frontend.0, frontend.1, IPPROTO_TCP, LB_SCOPE_EXTERNAL, slot);
+    let key = |slot| Lb4Key::new(frontend.0, frontend.1, proto, LB_SCOPE_EXTERNAL, slot);
     let slot1 = Lb4Service {
         backend_id: rev,
         ..Lb4Service::default()
@@ -108,6 +107,36 @@ fn ping_pong(ns: &str, to: (Ipv4Addr, u16)) -> String {
         Ok(_) => answer,
         Err(e) => format!("talking to {}:{}: {e}", to.0, to.1),
     }
+}
+
+/// Echoes UDP datagrams on `port` inside `ns` until none comes for 20 s.
+fn udp_echo_server(ns: &str, port: u16) {
+    let socket = in_netns(ns, move || {
+        UdpSocket::bind(("0.0.0.0", port)).expect("binding")
+    });
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], peer);
+        }
+    });
+}
+
+/// A datagram from inside `ns` to `to`: its echo, or what went wrong.
+fn udp_echo(ns: &str, to: (Ipv4Addr, u16)) -> String {
+    let exchange = in_netns(ns, move || -> std::io::Result<String> {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(SocketAddr::from(to))?;
+        socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+        socket.send(b"pong")?;
+        let mut buf = [0u8; 64];
+        let n = socket.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    });
+    exchange.unwrap_or_else(|e| format!("UDP to {}:{}: {e}", to.0, to.1))
 }
 
 /// An ipvlan L3 slave of `master` in `node`, moved into `pod` as eth0 with
@@ -222,9 +251,33 @@ fn ipvlan_pods_reach_each_other_services_the_node_the_outside_and_a_local_nodepo
     maps.ipcache
         .insert(&ipcache_key(POD_CIDR.parse().unwrap()), pods, 0)
         .unwrap();
-    service(&mut maps, (VIP, 80), SVC_F_CLUSTER_IP, 1, (IV_B, BE_PORT));
     service(
         &mut maps,
+        IPPROTO_TCP,
+        (VIP, 80),
+        SVC_F_CLUSTER_IP,
+        1,
+        (IV_B, BE_PORT),
+    );
+    service(
+        &mut maps,
+        IPPROTO_UDP,
+        (VIP, 53),
+        SVC_F_CLUSTER_IP,
+        3,
+        (IV_B, 5353),
+    );
+    service(
+        &mut maps,
+        IPPROTO_UDP,
+        (VIP_OUT, 53),
+        SVC_F_CLUSTER_IP,
+        4,
+        (OUTSIDE_IP, 5353),
+    );
+    service(
+        &mut maps,
+        IPPROTO_TCP,
         (Ipv4Addr::UNSPECIFIED, NODE_PORT),
         SVC_F_NODEPORT,
         2,
@@ -251,6 +304,19 @@ fn ipvlan_pods_reach_each_other_services_the_node_the_outside_and_a_local_nodepo
     check("ping ipvlan pod -> veth pod", ping(&pod_a, VETH_POD, 2, 10));
     check("ping veth pod -> ipvlan pod", ping(&veth_pod, IV_A, 2, 10));
 
+    udp_echo_server(&pod_b, 5353);
+    udp_echo_server(&outside, 5353);
+    for (what, to) in [
+        ("UDP ipvlan pod -> ClusterIP -> sibling", (VIP, 53)),
+        (
+            "UDP ipvlan pod -> ClusterIP -> outside backend",
+            (VIP_OUT, 53),
+        ),
+        ("UDP ipvlan pod -> sibling", (IV_B, 5353)),
+    ] {
+        let answer = udp_echo(&pod_a, to);
+        check(&format!("{what} ({answer})"), answer == "pong");
+    }
     let mut tcp = |what: &str, from: &str, to: (Ipv4Addr, u16)| {
         let answer = ping_pong(from, to);
         check(&format!("{what} ({answer})"), answer == "pong");
