@@ -9,13 +9,15 @@
  *   everything else goes on unchanged.
  * from_netdev: TCX ingress of the native device (eth0), i.e. what arrives from
  *   the network between nodes. IPv4 for a pod on this node goes straight to
- *   it (reverse-translated first if it replies to a service connection);
+ *   it (reverse-translated first if it replies to a service connection;
+ *   to an ipvlan pod by passing it to the ipvlan driver: lib/deliver.h);
  *   NodePort/LoadBalancer/externalIP traffic from outside is load-balanced
  *   and replies of NodePort connections forwarded to other nodes go back to
  *   their clients (lib/nodeport.h); everything else (ARP, the tunnel's UDP,
  *   traffic for the node itself) goes to the stack untouched. Replies to
  *   masqueraded pod connections are translated back and delivered to the pod.
- * to_netdev: TCX egress of the native device: masquerading (lib/masq.h). */
+ * to_netdev: TCX egress of the native device: masquerading (lib/masq.h),
+ *   and what an ipvlan pod sends to a veth endpoint of this node. */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/events.h"
@@ -137,7 +139,12 @@ int from_netdev(struct __sk_buff *skb)
  * from_container redirected it here (bpf_redirect / bpf_redirect_neigh pass
  * this hook) or the stack forwards it. Without MASQ_F_BPF it costs the
  * config lookup and lets everything through. Nothing is counted here unless
- * dropped: the packet was counted where it was routed. */
+ * dropped: the packet was counted where it was routed.
+ * Before that, a packet for a veth endpoint of this node (the health
+ * endpoint) that an ipvlan pod sent: the ipvlan driver routes what its pods
+ * send with a lookup bound to the master, which never finds the endpoint's
+ * lxc route and sends it towards the default gateway. It is delivered here
+ * instead (lib/deliver.h). */
 SEC("classifier/to_netdev")
 int to_netdev(struct __sk_buff *skb)
 {
@@ -145,14 +152,24 @@ int to_netdev(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct datapath_config *cfg = config();
 	struct ethhdr *eth = data;
+	struct endpoint_info *dst;
 	struct pkt_info pi = {};
 	struct iphdr *ip;
 
-	if (!cfg || !(cfg->masquerade & MASQ_F_BPF) || !cfg->node_ip)
+	if (!cfg)
 		return TC_ACT_OK;
 	if ((void *)(eth + 1) > data_end || eth->h_proto != ETH_P_IP_BE)
 		return TC_ACT_OK;
 	pi.eth_proto = eth->h_proto;
+	if (parse_ipv4(data, data_end, &ip, &pi) < 0)
+		return TC_ACT_OK;
+	dst = endpoint(ip->daddr);
+	if (dst && !(dst->flags & ENDPOINT_F_IPVLAN))
+		return deliver_local(skb, &pi, cfg, dst, TRACE_TO_ENDPOINT, METRIC_INGRESS,
+				     HOOK_EGRESS);
+
+	if (!(cfg->masquerade & MASQ_F_BPF) || !cfg->node_ip)
+		return TC_ACT_OK;
 	/* The TCP flags and the ICMP echo header decide: they must be linear. */
 	if (masq_pull(skb, MASQ_PULL_LEN) < 0)
 		return TC_ACT_OK;

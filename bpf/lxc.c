@@ -18,6 +18,14 @@
  *   i.e. what the host stack sends to the pod. It reverse-translates a reply
  *   of a service connection whose backend is the host itself, accounts for
  *   the packet and lets it through.
+ * from_container_ipvlan: the same for a pod whose eth0 is an ipvlan L3 slave
+ *   (datapathMode ipvlan), tail-called by bpf/ipvlan.c's entry on the slave's
+ *   tc egress inside the pod's namespace. No device of the node can be
+ *   reached from there, so every packet it lets go is passed (TC_ACT_OK) to
+ *   the ipvlan driver, translated first: the driver hands it to a sibling
+ *   slave or routes it in the node's namespace out of the master (to the
+ *   node, to other nodes, to a NodePort client, to be masqueraded by
+ *   to_netdev). See lib/deliver.h.
  * Verdicts mean the same at both kinds of hook: TC_ACT_OK / TC_ACT_SHOT /
  * TC_ACT_REDIRECT are netkit's NETKIT_PASS / NETKIT_DROP / NETKIT_REDIRECT. */
 #include "lib/common.h"
@@ -30,6 +38,7 @@
 #include "lib/fib.h"
 #include "lib/lb.h"
 #include "lib/masq.h"
+#include "lib/ipvlan.h"
 
 char _license[] SEC("license") = "GPL";
 
@@ -104,9 +113,13 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *p
 		return drop(skb, pi, DROP_INVALID, METRIC_EGRESS);
 	saddr = ip->saddr;
 
-	/* A pod may only send from its own address, and only through its own device. */
+	/* A pod may only send from its own address, and only through its own
+	 * device: a veth pod's lxc, an ipvlan pod's slave, whose entry program
+	 * named the address (an ipvlan endpoint's ifindex is its master's). */
 	src = endpoint(ip->saddr);
-	if (!src || src->ifindex != skb->ifindex)
+	if (!src || !(src->flags & ENDPOINT_F_IPVLAN) != !pi->in_pod)
+		return drop(skb, pi, DROP_INVALID_SIP, METRIC_EGRESS);
+	if (pi->in_pod ? skb->cb[IPVLAN_CB_ENDPOINT_IP] != saddr : src->ifindex != skb->ifindex)
 		return drop(skb, pi, DROP_INVALID_SIP, METRIC_EGRESS);
 	pi->src_ep = src->lxc_id;
 
@@ -134,7 +147,13 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *p
 
 	if (dst)
 		return deliver_local(skb, pi, cfg, dst, TRACE_TO_ENDPOINT, METRIC_EGRESS,
-				     pod_hook(src));
+				     pi->in_pod ? HOOK_POD_EGRESS : pod_hook(src));
+	/* ipvlan: the driver routes it in the node's namespace, out of the
+	 * master (or to the node itself), where to_netdev still sees it. */
+	if (pi->in_pod) {
+		trace(skb, pi, cfg, TRACE_TO_STACK, METRIC_EGRESS, 0);
+		return TC_ACT_OK;
+	}
 	/* Behind another node's tunnel endpoint: the agent sets those only in
 	 * tunnel mode, so their presence is the whole decision. */
 	if (remote && remote->tunnel_endpoint)
@@ -152,14 +171,13 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *p
 	return fib_redirect(skb, pi, cfg, METRIC_EGRESS);
 }
 
-SEC("classifier/from_container")
-int from_container(struct __sk_buff *skb)
+static __always_inline int from_pod(struct __sk_buff *skb, __u8 in_pod)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct datapath_config *cfg = config();
 	struct ethhdr *eth = data;
-	struct pkt_info pi = {};
+	struct pkt_info pi = { .in_pod = in_pod };
 
 	if ((void *)(eth + 1) > data_end)
 		return drop(skb, &pi, DROP_INVALID, METRIC_EGRESS);
@@ -167,11 +185,25 @@ int from_container(struct __sk_buff *skb)
 	if (!cfg || !cfg->router_ip)
 		return drop(skb, &pi, DROP_NO_CONFIG, METRIC_EGRESS);
 
-	if (eth->h_proto == ETH_P_ARP_BE)
+	/* An ipvlan L3 slave has no ARP (IFF_NOARP), and its driver would
+	 * drop whatever is not IP. */
+	if (eth->h_proto == ETH_P_ARP_BE && !in_pod)
 		return handle_arp(skb, &pi, cfg);
 	if (eth->h_proto == ETH_P_IP_BE)
 		return handle_ipv4(skb, &pi, cfg);
 	return drop(skb, &pi, DROP_UNSUPPORTED_L3, METRIC_EGRESS);
+}
+
+SEC("classifier/from_container")
+int from_container(struct __sk_buff *skb)
+{
+	return from_pod(skb, 0);
+}
+
+SEC("classifier/from_container_ipvlan")
+int from_container_ipvlan(struct __sk_buff *skb)
+{
+	return from_pod(skb, 1);
 }
 
 SEC("classifier/to_container")

@@ -33,13 +33,16 @@ struct endpoint_key {
 /* The pod's pair is netkit: from_container runs at the peer's transmit, not
  * at a tc ingress hook (datapathMode: netkit). */
 #define ENDPOINT_F_NETKIT 0x2
+/* The pod's eth0 is an ipvlan L3 slave of a native device (datapathMode
+ * ipvlan): delivered by passing packets to the ipvlan driver (lib/deliver.h). */
+#define ENDPOINT_F_IPVLAN 0x4
 
 struct endpoint_info {
-	__u32 ifindex;      /* host-side device (lxc*) */
+	__u32 ifindex;      /* host-side device (lxc*); ipvlan: the master device */
 	__u16 lxc_id;       /* endpoint id */
 	__u16 flags;        /* ENDPOINT_F_* */
-	__u8 mac[6];        /* pod-side MAC (eth0 in the pod) */
-	__u8 node_mac[6];   /* host-side MAC (lxc*) */
+	__u8 mac[6];        /* pod-side MAC (eth0 in the pod; ipvlan: the master's) */
+	__u8 node_mac[6];   /* host-side MAC (lxc*; ipvlan: the master's) */
 	__u32 sec_identity; /* security identity, 0 until policy lands */
 };
 

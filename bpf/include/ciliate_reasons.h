@@ -18,6 +18,7 @@
 #define DROP_ENCAP_FAILED 146 // Setting the tunnel key failed
 #define DROP_NO_ROUTE 147 // No route to destination
 #define DROP_FRAG_NEEDED 148 // Fragmentation needed
+#define DROP_MISSED_TAIL_CALL 151 // Missed tail call
 #define DROP_CSUM 153 // Checksum update failed
 #define DROP_CT_CREATE_FAILED 155 // Conntrack entry could not be created
 #define DROP_FRAG_NOSUPPORT 157 // Fragmented packet to a service

@@ -25,6 +25,10 @@ struct pkt_info {
 	/* A TCP/UDP fragment (more follow, or not the first): services drop
 	 * it, as the fragments without ports could not be translated alike. */
 	__u8 is_frag;
+	/* The program runs at an ipvlan slave inside the pod's namespace
+	 * (from_container_ipvlan): an answer to the pod goes to its device's
+	 * ingress, and nothing can be redirected to a device of the node. */
+	__u8 in_pod;
 };
 
 static __always_inline void count(struct __sk_buff *skb, __u8 reason, __u8 dir)

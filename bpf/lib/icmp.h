@@ -1,7 +1,8 @@
 /* The answer to a connection attempt to a service without backends: an ICMP
  * destination unreachable (port unreachable) built from the client's packet
  * and sent back out of the device it came in on, so the client fails fast
- * instead of waiting for a timeout. The client's packet itself counts as a
+ * instead of waiting for a timeout (an ipvlan pod's: into its device's
+ * ingress, the way back from its egress). The client's packet itself counts as a
  * DROP_NO_SERVICE drop. */
 #ifndef CILIATE_ICMP_H
 #define CILIATE_ICMP_H
@@ -95,7 +96,8 @@ static __always_inline int icmp_answer(struct __sk_buff *skb, struct pkt_info *p
 	pi->sport = 0;
 	pi->dport = 0;
 	trace(skb, pi, cfg, TRACE_NO_SERVICE_REPLY, dir, skb->ifindex);
-	return bpf_redirect(skb->ifindex, 0);
+	/* From the pod's own egress (ipvlan), back up into the pod. */
+	return bpf_redirect(skb->ifindex, pi->in_pod ? BPF_F_INGRESS : 0);
 }
 
 static __always_inline int icmp_port_unreachable(struct __sk_buff *skb, struct pkt_info *pi,

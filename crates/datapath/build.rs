@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const OBJECTS: &[&str] = &["lxc", "overlay", "host", "layout"];
+const OBJECTS: &[&str] = &["lxc", "overlay", "host", "ipvlan", "layout"];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

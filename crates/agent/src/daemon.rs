@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use ciliate_api::{
-    DatapathStatus, Endpoint, EndpointCreateRequest, EndpointState, IpMasqState,
-    IpamAllocateRequest, IpamAllocation, IpamOwner, IpamStatus, KprDevice,
+    DatapathMode as EndpointKind, DatapathStatus, Endpoint, EndpointCreateRequest, EndpointState,
+    IpMasqState, IpamAllocateRequest, IpamAllocation, IpamOwner, IpamStatus, KprDevice,
     KubeProxyReplacementStatus, MasqueradingStatus, Node, ProgramStatus, ServiceEntry, Status,
 };
 use ciliate_datapath::loader::{Datapath, Maps, HOST_ATTACH, NETDEV_ATTACH, OVERLAY_ATTACH};
@@ -92,6 +92,15 @@ impl Daemon {
                 .with_context(|| {
                     format!("attaching from_netdev to the native device {}", native.name)
                 })?;
+        }
+        // ipvlan pods' traffic arrives on their master: it needs from_netdev
+        // (and to_netdev) as a native device does.
+        if let Some(master) = ipvlan_master_name(&config, &addressing)
+            .filter(|m| addressing.native.as_ref().is_none_or(|n| n.name != *m))
+        {
+            datapath.attach(&master, NETDEV_ATTACH).with_context(|| {
+                format!("attaching from_netdev to the ipvlan master device {master}")
+            })?;
         }
         let mut maps = Maps::open(&config.bpf_root)?;
         maps.config
@@ -266,22 +275,19 @@ impl Daemon {
     /// links that no endpoint owns are removed.
     fn restore_endpoints(&self) -> Result<(), AgentError> {
         let nl = Netlink::new()?;
-        let router = self.addressing.pod.router;
         let mut guard = self.lock();
         let inner = &mut *guard;
         let saved: Vec<Endpoint> = inner.registry.all().values().cloned().collect();
         for ep in saved {
-            let device = nl.link_by_name(&ep.host_ifname)?;
-            if device.is_some_and(|d| d.index == ep.host_ifindex) {
+            let present = if ep.datapath_mode == EndpointKind::Ipvlan {
+                crate::ipvlan::slave_exists(&ep)
+            } else {
+                nl.link_by_name(&ep.host_ifname)?
+                    .is_some_and(|d| d.index == ep.host_ifindex)
+            };
+            if present {
                 inner.registry.set_state(ep.id, EndpointState::Restoring);
-                match endpoints::plumb(
-                    &ep,
-                    router,
-                    &mut inner.datapath,
-                    &mut inner.maps,
-                    &nl,
-                    self.stack_forwards(),
-                ) {
+                match self.plumb(inner, &ep, &nl) {
                     Ok(()) => {
                         inner.registry.set_state(ep.id, EndpointState::Ready);
                         info!(id = ep.id, ip = %ep.ip, device = %ep.host_ifname, "restored endpoint");
@@ -293,7 +299,7 @@ impl Daemon {
                 }
             } else {
                 info!(id = ep.id, ip = %ep.ip, device = %ep.host_ifname, "device gone: removing endpoint");
-                let _ = endpoints::unplumb(&ep, router, &inner.datapath, &mut inner.maps, &nl);
+                let _ = self.unplumb(inner, &ep, &nl);
                 inner.registry.remove(ep.id);
                 let _ = inner.ipam.release(ep.ip);
             }
@@ -315,6 +321,20 @@ impl Daemon {
         owned.push(crate::devices::HOST_DEVICE.to_string());
         if let Some(native) = &self.addressing.native {
             owned.push(native.name.clone());
+        }
+        owned.extend(ipvlan_master_name(&self.config, &self.addressing));
+        let ipvlan_owned: Vec<String> = inner
+            .registry
+            .all()
+            .values()
+            .filter(|e| e.datapath_mode == EndpointKind::Ipvlan)
+            .map(crate::ipvlan::pin_name)
+            .collect();
+        for name in inner.datapath.ipvlan_endpoints() {
+            if !ipvlan_owned.contains(&name) {
+                info!(%name, "removing the ipvlan entry no endpoint owns");
+                inner.datapath.detach_ipvlan(&name)?;
+            }
         }
         for device in inner.datapath.attached_devices() {
             if !owned.contains(&device) {
@@ -361,13 +381,58 @@ impl Daemon {
 
     /// In ipvlan mode, the device pods' slaves hang off.
     fn ipvlan_master(&self) -> Option<String> {
-        if self.config.datapath_mode != crate::config::DatapathMode::Ipvlan {
-            return None;
+        ipvlan_master_name(&self.config, &self.addressing)
+    }
+
+    /// What the node contributes to an ipvlan endpoint.
+    fn ipvlan_node(&self, nl: &Netlink) -> Result<crate::ipvlan::NodeSide, AgentError> {
+        crate::ipvlan::NodeSide::new(
+            nl,
+            self.ipvlan_master().as_deref(),
+            self.host_ifindex,
+            self.node_ip().unwrap_or(self.addressing.pod.router),
+        )
+    }
+
+    /// Programs the kernel for `ep`, as its kind needs. On error, undoes what it did.
+    fn plumb(&self, inner: &mut Inner, ep: &Endpoint, nl: &Netlink) -> Result<(), AgentError> {
+        match ep.datapath_mode {
+            EndpointKind::Ipvlan => crate::ipvlan::plumb(
+                ep,
+                &self.ipvlan_node(nl)?,
+                &mut inner.datapath,
+                &mut inner.maps,
+                nl,
+            ),
+            EndpointKind::Veth | EndpointKind::Netkit => endpoints::plumb(
+                ep,
+                self.addressing.pod.router,
+                &mut inner.datapath,
+                &mut inner.maps,
+                nl,
+                self.stack_forwards(),
+            ),
         }
-        self.config
-            .ipvlan_master_device
-            .clone()
-            .or_else(|| self.addressing.native.as_ref().map(|n| n.name.clone()))
+    }
+
+    /// Removes what `plumb` made.
+    fn unplumb(&self, inner: &mut Inner, ep: &Endpoint, nl: &Netlink) -> Result<(), AgentError> {
+        match ep.datapath_mode {
+            EndpointKind::Ipvlan => crate::ipvlan::unplumb(
+                ep,
+                &self.ipvlan_node(nl)?,
+                &inner.datapath,
+                &mut inner.maps,
+                nl,
+            ),
+            EndpointKind::Veth | EndpointKind::Netkit => endpoints::unplumb(
+                ep,
+                self.addressing.pod.router,
+                &inner.datapath,
+                &mut inner.maps,
+                nl,
+            ),
+        }
     }
 
     pub fn release(&self, ip: Ipv4Addr) -> Result<(), AgentError> {
@@ -429,41 +494,43 @@ impl Daemon {
                 req.ip, existing.id
             )));
         }
-        match nl.link_by_name(&req.host_ifname)? {
-            Some(link) if link.index == req.host_ifindex => {}
-            Some(link) => {
+        if req.datapath_mode == EndpointKind::Ipvlan {
+            if self.ipvlan_master().is_none() {
                 return Err(AgentError::BadRequest(format!(
-                    "field hostIfindex: device {} has ifindex {}, not {}",
-                    req.host_ifname, link.index, req.host_ifindex
-                )))
+                    "field datapathMode: value \"ipvlan\" is invalid: this agent runs datapathMode {}",
+                    self.config.datapath_mode.api()
+                )));
             }
-            None => {
-                return Err(AgentError::BadRequest(format!(
+        } else {
+            match nl.link_by_name(&req.host_ifname)? {
+                Some(link) if link.index == req.host_ifindex => {}
+                Some(link) => {
+                    return Err(AgentError::BadRequest(format!(
+                        "field hostIfindex: device {} has ifindex {}, not {}",
+                        req.host_ifname, link.index, req.host_ifindex
+                    )))
+                }
+                None => {
+                    return Err(AgentError::BadRequest(format!(
                     "field hostIfname: device {:?} does not exist in the agent's network namespace",
                     req.host_ifname
                 )))
+                }
             }
         }
 
         let ep = inner.registry.new_endpoint(req)?;
-        endpoints::plumb(
-            &ep,
-            self.addressing.pod.router,
-            &mut inner.datapath,
-            &mut inner.maps,
-            &nl,
-            self.stack_forwards(),
-        )?;
+        if ep.datapath_mode == EndpointKind::Ipvlan && !crate::ipvlan::slave_exists(&ep) {
+            return Err(AgentError::BadRequest(format!(
+                "field ifname: {:?} in netns {:?} is not an ipvlan device",
+                ep.ifname, ep.netns
+            )));
+        }
+        self.plumb(inner, &ep, &nl)?;
         inner.registry.insert(ep.clone());
         if let Err(e) = self.persist(inner) {
             inner.registry.remove(ep.id);
-            let _ = endpoints::unplumb(
-                &ep,
-                self.addressing.pod.router,
-                &inner.datapath,
-                &mut inner.maps,
-                &nl,
-            );
+            let _ = self.unplumb(inner, &ep, &nl);
             return Err(e);
         }
         info!(id = ep.id, ip = %ep.ip, device = %ep.host_ifname, label = %ep.label(), "endpoint created");
@@ -486,13 +553,7 @@ impl Daemon {
         inner
             .registry
             .set_state(ep.id, EndpointState::Disconnecting);
-        if let Err(e) = endpoints::unplumb(
-            &ep,
-            self.addressing.pod.router,
-            &inner.datapath,
-            &mut inner.maps,
-            &nl,
-        ) {
+        if let Err(e) = self.unplumb(inner, &ep, &nl) {
             inner.registry.set_state(ep.id, ep.state);
             return Err(e);
         }
@@ -675,6 +736,18 @@ pub fn masquerade_flags(config: &Config) -> u32 {
     } else {
         mode
     }
+}
+
+/// In ipvlan mode, the device pods' slaves hang off: `ipvlan.masterDevice`,
+/// else the native device.
+fn ipvlan_master_name(config: &Config, addressing: &NodeAddressing) -> Option<String> {
+    if config.datapath_mode != crate::config::DatapathMode::Ipvlan {
+        return None;
+    }
+    config
+        .ipvlan_master_device
+        .clone()
+        .or_else(|| addressing.native.as_ref().map(|n| n.name.clone()))
 }
 
 fn describe(r: &EndpointRef) -> String {

@@ -113,6 +113,9 @@ impl Registry {
 
 /// Checks a create request on its own terms (not against the registry).
 pub fn validate_request(req: &EndpointCreateRequest) -> Result<(), AgentError> {
+    if req.datapath_mode == ciliate_api::DatapathMode::Ipvlan {
+        return crate::ipvlan::validate_request(req);
+    }
     let bad = |field: &str, value: &str, allowed: &str| {
         Err(AgentError::BadRequest(format!(
             "field {field}: value {value:?} is invalid: {allowed}"

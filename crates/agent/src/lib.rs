@@ -13,6 +13,7 @@ pub mod health_server;
 pub mod ipam;
 pub mod ipmasq;
 pub mod iptables;
+pub mod ipvlan;
 pub mod kernel_features;
 pub mod kvstore;
 pub mod monitor;

@@ -1,18 +1,21 @@
-//! ADD: address from the agent, veth, pod configuration, endpoint; any failure
-//! undoes every earlier step.
+//! ADD: address from the agent, the pod's interface (a veth, or an ipvlan
+//! slave: the agent's datapathMode says), pod configuration, endpoint; any
+//! failure undoes every earlier step.
 
 use ciliate_api::{
     Client, ClientError, DatapathMode, EndpointCreateRequest, IpamAllocateRequest, IpamAllocation,
 };
-use ciliate_datapath::netlink::{format_mac, Netlink};
+use ciliate_datapath::netlink::{format_mac, Link, Netlink};
 use serde_json::Value;
+use std::net::Ipv4Addr;
+use std::path::Path;
 
 use crate::conf::{Env, NetConf};
 use crate::error::{chain, code, CniError, CniResult};
 use crate::netkit;
 use crate::result::{CniOutput, Interface, IpConfig, RouteEntry};
 use crate::veth::{self, Veth};
-use crate::{info, warn};
+use crate::{info, ipvlan, warn};
 
 pub fn run(env: &Env, conf: &NetConf) -> CniResult<Value> {
     let container_id = env.require_container_id()?;
@@ -66,30 +69,39 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<Value> {
         container_id,
         ip: Some(alloc.ip),
         host_name: None,
+        pod_interface: None,
         endpoint: false,
     };
     let attached = (|| {
         check_allocation(&alloc)?;
         undo.host_name = Some(host_name.clone());
-        let veth = match alloc.datapath_mode {
-            DatapathMode::Veth => veth::setup(&host_nl, netns_path, &host_name, ifname, &alloc)?,
-            DatapathMode::Netkit => {
-                netkit::setup(&host_nl, netns_path, &host_name, ifname, &alloc)?
+        let made = match alloc.datapath_mode {
+            DatapathMode::Veth | DatapathMode::Netkit => {
+                let pair = if alloc.datapath_mode == DatapathMode::Netkit {
+                    netkit::setup(&host_nl, netns_path, &host_name, ifname, &alloc)?
+                } else {
+                    veth::setup(&host_nl, netns_path, &host_name, ifname, &alloc)?
+                };
+                info!(
+                    "created {} (index {}) and {ifname} in {}",
+                    pair.host.name,
+                    pair.host.index,
+                    netns_path.display()
+                );
+                Made::pair(pair, alloc.router)
             }
-            other @ DatapathMode::Ipvlan => {
-                return Err(CniError::new(
-                    code::INVALID_CONFIG,
-                    format!("the agent's datapathMode {other}: not implemented yet by this plugin"),
-                ))
+            DatapathMode::Ipvlan => {
+                undo.pod_interface = Some((netns_path, ifname));
+                let made = ipvlan::setup(&host_nl, netns_path, &host_name, ifname, &alloc)?;
+                info!(
+                    "created {ifname} (ipvlan L3 on {}) in {}",
+                    made.master.name,
+                    netns_path.display()
+                );
+                Made::ipvlan(made)
             }
         };
-        info!(
-            "created {} (index {}) and {ifname} in {}",
-            veth.host.name,
-            veth.host.index,
-            netns_path.display()
-        );
-        let request = endpoint_request(env, container_id, ifname, &veth, &alloc)?;
+        let request = endpoint_request(env, container_id, ifname, &made, &alloc)?;
         let endpoint: ciliate_api::Endpoint = match client.post("/v1/endpoint", &request) {
             Ok(endpoint) => endpoint,
             Err(e) => {
@@ -111,7 +123,7 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<Value> {
             prev,
             conf,
             ifname,
-            &veth,
+            &made,
             &alloc,
             netns_path.display().to_string(),
         ))
@@ -143,27 +155,58 @@ fn check_allocation(alloc: &IpamAllocation) -> CniResult<()> {
     }
 }
 
+/// What ADD made for the pod, whatever its kind.
+struct Made {
+    /// The node-side device (`lxc...`); none for ipvlan.
+    host: Option<Link>,
+    pod: Link,
+    /// The node-side MAC: the host device's, or the ipvlan master's.
+    host_mac: Option<[u8; 6]>,
+    /// The pod's default gateway; none for ipvlan, routed through its device.
+    gateway: Option<Ipv4Addr>,
+}
+
+impl Made {
+    fn pair(veth: Veth, router: Ipv4Addr) -> Self {
+        Self {
+            host_mac: veth.host.mac,
+            host: Some(veth.host),
+            pod: veth.pod,
+            gateway: Some(router),
+        }
+    }
+
+    fn ipvlan(made: ipvlan::IpvlanPod) -> Self {
+        Self {
+            host: None,
+            pod: made.pod,
+            host_mac: made.master.mac,
+            gateway: None,
+        }
+    }
+}
+
 fn endpoint_request(
     env: &Env,
     container_id: &str,
     ifname: &str,
-    veth: &Veth,
+    made: &Made,
     alloc: &IpamAllocation,
 ) -> CniResult<EndpointCreateRequest> {
-    let mac = |link: &ciliate_datapath::netlink::Link| {
-        link.mac
-            .map(format_mac)
-            .ok_or_else(|| CniError::new(code::IO, format!("{} has no MAC address", link.name)))
+    let mac = |mac: Option<[u8; 6]>, name: &str| {
+        mac.map(format_mac)
+            .ok_or_else(|| CniError::new(code::IO, format!("{name} has no MAC address")))
     };
+    let host_name = made.host.as_ref().map(|h| h.name.as_str());
     Ok(EndpointCreateRequest {
         container_id: container_id.to_string(),
         netns: env.netns.clone().unwrap_or_default(),
         ifname: ifname.to_string(),
-        host_ifname: veth.host.name.clone(),
-        host_ifindex: veth.host.index,
+        host_ifname: host_name.unwrap_or_default().to_string(),
+        host_ifindex: made.host.as_ref().map_or(0, |h| h.index),
         ip: alloc.ip,
-        mac: mac(&veth.pod)?,
-        host_mac: mac(&veth.host)?,
+        mac: mac(made.pod.mac, &made.pod.name)?,
+        host_mac: mac(made.host_mac, host_name.unwrap_or("the ipvlan master"))?,
         pod_namespace: env.args.pod_namespace.clone(),
         pod_name: env.args.pod_name.clone(),
         health: false,
@@ -176,32 +219,35 @@ fn build_result(
     prev: Option<CniOutput>,
     conf: &NetConf,
     ifname: &str,
-    veth: &Veth,
+    made: &Made,
     alloc: &IpamAllocation,
     sandbox: String,
 ) -> Value {
     let mut out = prev.unwrap_or_default();
-    let pod_index = out.interfaces.len() + 1;
-    out.interfaces.push(Interface {
-        name: veth.host.name.clone(),
-        mac: veth.host.mac.map(format_mac),
-        ..Interface::default()
-    });
+    if let Some(host) = &made.host {
+        out.interfaces.push(Interface {
+            name: host.name.clone(),
+            mac: host.mac.map(format_mac),
+            ..Interface::default()
+        });
+    }
+    let pod_index = out.interfaces.len();
     out.interfaces.push(Interface {
         name: ifname.to_string(),
-        mac: veth.pod.mac.map(format_mac),
+        mac: made.pod.mac.map(format_mac),
         sandbox: Some(sandbox),
         ..Interface::default()
     });
+    let gateway = made.gateway.map(|g| g.to_string());
     out.ips.push(IpConfig {
         address: format!("{}/32", alloc.ip),
-        gateway: Some(alloc.router.to_string()),
+        gateway: gateway.clone(),
         interface: Some(pod_index),
         ..IpConfig::default()
     });
     out.routes.push(RouteEntry {
         dst: "0.0.0.0/0".to_string(),
-        gw: Some(alloc.router.to_string()),
+        gw: gateway,
         ..RouteEntry::default()
     });
     out.for_version(&conf.cni_version).to_json()
@@ -214,6 +260,9 @@ struct Undo<'a> {
     container_id: &'a str,
     ip: Option<std::net::Ipv4Addr>,
     host_name: Option<String>,
+    /// ipvlan: the pod's interface (namespace, name), which no node-side
+    /// device takes along when deleted.
+    pod_interface: Option<(&'a Path, &'a str)>,
     /// The endpoint create was sent (it may have succeeded even if the answer was lost).
     endpoint: bool,
 }
@@ -228,7 +277,13 @@ impl Undo<'_> {
             Err(e) if e.status() == Some(404) => return Ok(()),
             Err(e) => return Err(e),
         };
-        if Some(ep.ip) != self.ip || Some(&ep.host_ifname) != self.host_name.as_ref() {
+        let ours = match self.pod_interface {
+            Some((netns, ifname)) => {
+                ep.host_ifname.is_empty() && ep.ifname == ifname && Path::new(&ep.netns) == netns
+            }
+            None => Some(&ep.host_ifname) == self.host_name.as_ref(),
+        };
+        if Some(ep.ip) != self.ip || !ours {
             return Ok(());
         }
         ignore_404(self.client.delete(&format!("/v1/endpoint/{}", ep.id)))?;
@@ -242,6 +297,13 @@ impl Undo<'_> {
         if self.endpoint {
             if let Err(e) = self.delete_endpoint() {
                 problems.push(format!("deleting the endpoint: {}", chain(&e)));
+            }
+        }
+        if let Some((netns, ifname)) = self.pod_interface {
+            match ipvlan::teardown(netns, ifname) {
+                Ok(true) => info!("undo: deleted {ifname} in {}", netns.display()),
+                Ok(false) => {}
+                Err(e) => problems.push(format!("deleting {ifname}: {e}")),
             }
         }
         if let Some(name) = &self.host_name {
@@ -325,6 +387,7 @@ mod tests {
             host: link(7, "lxc0123456789a", [2, 0, 0, 0, 0, 1]),
             pod: link(2, "eth0", [2, 0, 0, 0, 0, 2]),
         };
+        let made = Made::pair(veth, alloc().router);
         let conf =
             NetConf::parse(br#"{"cniVersion":"0.4.0","name":"n","type":"ciliate"}"#).unwrap();
         let prev: CniOutput = serde_json::from_value(serde_json::json!({
@@ -338,7 +401,7 @@ mod tests {
             Some(prev),
             &conf,
             "eth0",
-            &veth,
+            &made,
             &alloc(),
             "/run/netns/p".into(),
         );
@@ -362,5 +425,45 @@ mod tests {
             serde_json::json!([{"dst": "0.0.0.0/0", "gw": "10.201.0.1"}])
         );
         assert_eq!(out["dns"]["nameservers"][0], "10.96.0.10");
+    }
+
+    #[test]
+    fn an_ipvlan_result_has_the_pod_interface_only_and_no_gateway() {
+        use ciliate_datapath::netlink::Link;
+        let link = |index, name: &str, kind: Option<&str>| Link {
+            index,
+            name: name.into(),
+            mac: Some([2, 0, 0, 0, 0, 9]),
+            mtu: 1500,
+            up: true,
+            lower_up: true,
+            kind: kind.map(Into::into),
+            link: None,
+        };
+        let made = Made::ipvlan(ipvlan::IpvlanPod {
+            pod: link(5, "eth0", Some("ipvlan")),
+            master: link(2, "ens3", None),
+        });
+        let conf =
+            NetConf::parse(br#"{"cniVersion":"1.1.0","name":"n","type":"ciliate"}"#).unwrap();
+        let out = build_result(None, &conf, "eth0", &made, &alloc(), "/run/netns/p".into());
+        assert_eq!(
+            out["interfaces"],
+            serde_json::json!([{"name": "eth0", "mac": "02:00:00:00:00:09", "sandbox": "/run/netns/p"}])
+        );
+        assert_eq!(
+            out["ips"],
+            serde_json::json!([{"address": "10.201.0.5/32", "interface": 0}])
+        );
+        assert_eq!(out["routes"], serde_json::json!([{"dst": "0.0.0.0/0"}]));
+        let env = Env::from_lookup(|k| match k {
+            "CNI_COMMAND" => Some("ADD".to_string()),
+            "CNI_NETNS" => Some("/run/netns/p".to_string()),
+            _ => None,
+        })
+        .unwrap();
+        let req = endpoint_request(&env, "c1", "eth0", &made, &alloc()).unwrap();
+        assert_eq!((req.host_ifname.as_str(), req.host_ifindex), ("", 0));
+        assert_eq!(req.host_mac, "02:00:00:00:00:09", "the master's MAC");
     }
 }

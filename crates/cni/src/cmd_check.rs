@@ -1,14 +1,15 @@
-//! CHECK: the attachment is still what ADD made: host device, pod interface
-//! with the address of `prevResult`, and the agent's endpoint.
+//! CHECK: the attachment is still what ADD made: host device (none in ipvlan
+//! mode; netkit: a netkit pair), pod interface with the address of
+//! `prevResult` and its default route, and the agent's endpoint.
 
 use ciliate_api::{Client, DatapathMode, Endpoint};
 use ciliate_datapath::netlink::Netlink;
 
 use crate::conf::{Env, NetConf};
 use crate::error::{code, CniError, CniResult};
-use crate::netkit;
 use crate::result::at_least;
 use crate::veth::{self, DEFAULT_ROUTE};
+use crate::{ipvlan, netkit};
 
 pub fn run(env: &Env, conf: &NetConf) -> CniResult<()> {
     if !at_least(&conf.cni_version, "0.4.0") {
@@ -39,22 +40,53 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<()> {
     let host_name = veth::host_ifname(container_id, ifname);
     let mut problems = Vec::new();
 
+    let client = Client::new(&conf.socket_path);
+    let endpoint =
+        match client.get::<Endpoint>(&format!("/v1/endpoint/container-id:{container_id}")) {
+            Ok(ep) => Some(ep),
+            Err(e) if e.status() == Some(404) => {
+                problems.push(format!(
+                    "the agent has no endpoint for container {container_id}"
+                ));
+                None
+            }
+            Err(e) => {
+                return Err(CniError::agent(
+                    &format!("reading the endpoint of container {container_id}"),
+                    &e,
+                ))
+            }
+        };
+    let pod = veth::inspect_pod(netns_path, ifname)?;
+    // The agent's word, else what the pod has.
+    let is_ipvlan = match &endpoint {
+        Some(ep) => ep.datapath_mode == DatapathMode::Ipvlan,
+        None => pod.link.as_ref().and_then(|l| l.kind.as_deref()) == Some(ipvlan::KIND),
+    };
+
     let host_nl = Netlink::new().map_err(|e| CniError::io("opening netlink", &e))?;
     let host = host_nl
         .link_by_name(&host_name)
         .map_err(|e| CniError::io(&format!("looking up {host_name}"), &e))?;
-    match &host {
-        None => problems.push(format!("host device {host_name} does not exist")),
-        Some(link) if !link.up => problems.push(format!("host device {host_name} is down")),
-        Some(_) => {}
+    if !is_ipvlan {
+        match &host {
+            None => problems.push(format!("host device {host_name} does not exist")),
+            Some(link) if !link.up => problems.push(format!("host device {host_name} is down")),
+            Some(_) => {}
+        }
     }
 
-    let pod = veth::inspect_pod(netns_path, ifname)?;
     match &pod.link {
         None => problems.push(format!("interface {ifname} does not exist in {sandbox}")),
         Some(link) => {
             if !link.up {
                 problems.push(format!("interface {ifname} in {sandbox} is down"));
+            }
+            if is_ipvlan && link.kind.as_deref() != Some(ipvlan::KIND) {
+                problems.push(format!(
+                    "interface {ifname} in {sandbox} is a {} device, not an ipvlan slave",
+                    link.kind.as_deref().unwrap_or("kindless")
+                ));
             }
             if !pod.addresses.contains(&(ip, 32)) {
                 let has: Vec<_> = pod
@@ -67,7 +99,14 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<()> {
                     has.join(", ")
                 ));
             }
-            if let Some(gw) = gateway.as_deref().and_then(|g| g.parse().ok()) {
+            if is_ipvlan {
+                let default = pod.routes.iter().any(|r| {
+                    r.dst == DEFAULT_ROUTE && r.gateway.is_none() && r.oif == Some(link.index)
+                });
+                if !default {
+                    problems.push(format!("{sandbox} has no default route dev {ifname}"));
+                }
+            } else if let Some(gw) = gateway.as_deref().and_then(|g| g.parse().ok()) {
                 let default = pod.routes.iter().any(|r| {
                     r.dst == DEFAULT_ROUTE && r.gateway == Some(gw) && r.oif == Some(link.index)
                 });
@@ -80,35 +119,22 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<()> {
         }
     }
 
-    let client = Client::new(&conf.socket_path);
-    match client.get::<Endpoint>(&format!("/v1/endpoint/container-id:{container_id}")) {
-        Ok(ep) => {
-            if ep.ip != ip {
-                problems.push(format!(
-                    "the agent's endpoint {} has address {}, prevResult says {ip}",
-                    ep.id, ep.ip
-                ));
-            }
-            if ep.host_ifname != host_name {
-                problems.push(format!(
-                    "the agent's endpoint {} is on {}, expected {host_name}",
-                    ep.id, ep.host_ifname
-                ));
-            }
-            if ep.datapath_mode == DatapathMode::Netkit {
-                problems.extend(netkit::check(&host_nl, host.as_ref(), pod.link.as_ref())?);
-            }
-        }
-        Err(e) if e.status() == Some(404) => {
+    if let Some(ep) = endpoint {
+        if ep.ip != ip {
             problems.push(format!(
-                "the agent has no endpoint for container {container_id}"
+                "the agent's endpoint {} has address {}, prevResult says {ip}",
+                ep.id, ep.ip
             ));
         }
-        Err(e) => {
-            return Err(CniError::agent(
-                &format!("reading the endpoint of container {container_id}"),
-                &e,
-            ))
+        let expected = if is_ipvlan { "" } else { host_name.as_str() };
+        if ep.host_ifname != expected {
+            problems.push(format!(
+                "the agent's endpoint {} is on {:?}, expected {expected:?}",
+                ep.id, ep.host_ifname
+            ));
+        }
+        if ep.datapath_mode == DatapathMode::Netkit {
+            problems.extend(netkit::check(&host_nl, host.as_ref(), pod.link.as_ref())?);
         }
     }
 

@@ -1,6 +1,7 @@
 //! DEL: idempotent. Removes the host device (the pod end goes with it, for a
-//! veth as for a netkit pair, whose primary has the same name) and the
-//! agent's endpoint, which releases the address. Missing pieces are fine.
+//! veth as for a netkit pair, whose primary has the same name), or in ipvlan
+//! mode the pod's interface itself, and the agent's endpoint, which releases
+//! the address. Missing pieces are fine.
 
 use ciliate_api::{Client, Endpoint};
 use ciliate_datapath::netlink::Netlink;
@@ -8,7 +9,7 @@ use ciliate_datapath::netlink::Netlink;
 use crate::conf::{Env, NetConf};
 use crate::error::{CniError, CniResult};
 use crate::info;
-use crate::veth;
+use crate::{ipvlan, veth};
 
 pub fn run(env: &Env, conf: &NetConf) -> CniResult<()> {
     let container_id = env.require_container_id()?;
@@ -20,6 +21,12 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<()> {
         info!("deleted {host_name}");
     } else {
         info!("{host_name} was already gone");
+    }
+    // An ipvlan slave has no node-side device to take it along.
+    if let Some(netns) = env.netns.as_deref().filter(|n| !n.is_empty()) {
+        if ipvlan::teardown(std::path::Path::new(netns), ifname)? {
+            info!("deleted {ifname} (ipvlan) in {netns}");
+        }
     }
     let client = Client::new(&conf.socket_path);
     let agent_error = |e| {

@@ -3,6 +3,7 @@
 //! creates the devices the programs run on. Nothing here decides anything
 //! about the cluster; the agent decides and writes maps through this crate.
 
+pub mod ipvlan;
 pub mod loader;
 pub mod maps;
 pub mod netkit;
@@ -22,6 +23,9 @@ pub const OVERLAY_OBJECT: &[u8] =
 
 /// The compiled `bpf/host.c`: `from_host` on ciliate_host, `from_netdev` on the native device.
 pub const HOST_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/host.o"));
+
+/// The compiled `bpf/ipvlan.c`: the entry on an ipvlan slave, loaded per endpoint.
+pub const IPVLAN_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ipvlan.o"));
 
 /// `bpf/layout.c`: never loaded; its BTF describes every shared struct.
 pub const LAYOUT_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/layout.o"));

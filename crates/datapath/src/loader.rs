@@ -8,6 +8,8 @@
 //!   directory name is where the hash is kept)
 //! - `links/<device>-<program>`: one TCX link per attached program, or for
 //!   a netkit device one netkit link per program (bpffs refuses names with dots)
+//! - `ipvlan/<endpoint>-calls`, `ipvlan/<endpoint>-entry`: the prog array and
+//!   the entry's TCX link of each ipvlan endpoint (see `crate::ipvlan`)
 //!
 //! Pinned links keep traffic flowing while no agent runs. A restarted agent
 //! whose embedded object has the same hash loads nothing; with a new object
@@ -36,7 +38,7 @@ pub const OBJECTS: &[(&str, &[u8], &[&str])] = &[
     (
         "lxc",
         crate::LXC_OBJECT,
-        &["from_container", "to_container"],
+        &["from_container", "to_container", "from_container_ipvlan"],
     ),
     ("overlay", crate::OVERLAY_OBJECT, &["from_overlay"]),
     (
@@ -112,6 +114,12 @@ pub enum LoadError {
         action: &'static str,
         #[source]
         source: Box<aya::maps::MapError>,
+    },
+    #[error("network namespace {path}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::netns::NetnsError>,
     },
     #[error("netkit link {path}: {action}")]
     Netkit {
@@ -241,7 +249,7 @@ impl Datapath {
     /// Loads every object under `root`, or adopts the programs pinned there.
     pub fn open(root: &Path) -> Result<Self, LoadError> {
         check_bpffs(root)?;
-        for sub in ["maps", "progs", "links"] {
+        for sub in ["maps", "progs", "links", crate::ipvlan::IPVLAN_DIR] {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
         }
@@ -292,6 +300,11 @@ impl Datapath {
         };
         if origin == Origin::Replaced {
             datapath.update_pinned_links()?;
+        }
+        // ipvlan endpoints reach from_container_ipvlan through their prog
+        // arrays: a freshly loaded one goes into every slot.
+        if origin != Origin::Adopted {
+            datapath.update_ipvlan_calls()?;
         }
         // Programs of older objects are no longer referenced by any link.
         for dir in others {

@@ -106,6 +106,9 @@ pub const METRICS_MAP_SIZE: u32 = 512;
 pub const ENDPOINT_F_HEALTH: u16 = 0x1;
 /// The endpoint's pair is netkit (`datapathMode: netkit`).
 pub const ENDPOINT_F_NETKIT: u16 = 0x2;
+/// The pod's eth0 is an ipvlan L3 slave: `ifindex`, `mac` and `node_mac` are
+/// the master device's, and the datapath delivers by passing to the driver.
+pub const ENDPOINT_F_IPVLAN: u16 = 0x4;
 pub const METRIC_INGRESS: u8 = 1;
 pub const METRIC_EGRESS: u8 = 2;
 pub const EVENT_TRACE: u8 = 1;

@@ -204,7 +204,7 @@ pub struct Agent {
     pub socket: PathBuf,
     pub health_netns: String,
     pub log: PathBuf,
-    bpf: PathBuf,
+    pub bpf: PathBuf,
     child: Option<Child>,
 }
 
@@ -215,6 +215,12 @@ impl Agent {
 
     /// Starts an agent for `pod_cidr` and waits until its API answers.
     pub fn start(pod_cidr: &str) -> Self {
+        Self::start_with(pod_cidr, "", |_| {})
+    }
+
+    /// Starts an agent with `extra` lines in its config, after `prepare`
+    /// has set up its node namespace (e.g. a native device).
+    pub fn start_with(pod_cidr: &str, extra: &str, prepare: impl FnOnce(&Ns)) -> Self {
         let bin = Self::binary();
         assert!(
             bin.exists(),
@@ -222,6 +228,7 @@ impl Agent {
             bin.display()
         );
         let node = Ns::new("cninode");
+        prepare(&node);
         let dir = tempfile::tempdir().expect("tempdir");
         let bpf = dir.path().join("bpf");
         std::fs::create_dir(&bpf).unwrap();
@@ -237,7 +244,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "nodeName: {}\nipv4Range: {pod_cidr}\nbpf:\n  root: {}\nstateDir: {}\nsocketPath: {}\nhealthNetns: {health_netns}\n",
+                "nodeName: {}\nipv4Range: {pod_cidr}\nbpf:\n  root: {}\nstateDir: {}\nsocketPath: {}\nhealthNetns: {health_netns}\n{extra}",
                 node.name,
                 bpf.display(),
                 dir.path().join("state").display(),
