@@ -46,8 +46,11 @@ pub const SUITES: &[Suite] = &[
     Suite::new("ciliate-datapath", "programs"),
     Suite::new("ciliate-datapath", "vm_devices"),
     Suite::new("ciliate-lab", "vm_geneve_netkit"),
-    Suite::new("ciliate-lab", "vm_modes"),
 ];
+// Not in the default list yet: `--only ciliate-lab:vm_modes` (the connectivity
+// test per datapath mode). In the loaded TCG guest one UDP NodePort scenario
+// per mode misses socat's 3 s answer window and the store client's 3 s
+// timeout; it stays out of CI until those waits fit the guest.
 
 /// Boots tried before giving up: a guest that has not reached its suites
 /// `--boot-timeout` after QEMU started is hung (under TCG on a loaded host, a
