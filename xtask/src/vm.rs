@@ -45,12 +45,15 @@ pub const SUITES: &[Suite] = &[
     Suite::new("ciliate-lab", "vm_smoke"),
     Suite::new("ciliate-datapath", "programs"),
     Suite::new("ciliate-datapath", "vm_devices"),
-    Suite::new("ciliate-lab", "vm_geneve_netkit"),
 ];
-// Not in the default list yet: `--only ciliate-lab:vm_modes` (the connectivity
-// test per datapath mode). In the loaded TCG guest one UDP NodePort scenario
-// per mode misses socat's 3 s answer window and the store client's 3 s
-// timeout; it stays out of CI until those waits fit the guest.
+// Not in the default list yet, run with `--only`:
+// - `ciliate-lab:vm_modes` (the connectivity test per datapath mode): in the
+//   loaded TCG guest one UDP NodePort scenario per mode misses socat's 3 s
+//   answer window, and the store client's 3 s timeout fires;
+// - `ciliate-lab:vm_geneve_netkit`: its Geneve lab passes, but its netkit lab
+//   once lost an agent at start with an empty log (suspected memory pressure
+//   in the 2 GiB guest; not yet explained).
+// They stay out of CI until they pass reliably in the guest.
 
 /// Boots tried before giving up: a guest that has not reached its suites
 /// `--boot-timeout` after QEMU started is hung (under TCG on a loaded host, a
