@@ -380,18 +380,7 @@ impl Netlink {
             };
             format!("creating veth pair {name} / {peer_name}{place}")
         };
-        let mut peer = LinkMessage::default();
-        peer.attributes
-            .push(LinkAttribute::IfName(peer_name.to_string()));
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        if let Some(mtu) = mtu {
-            msg.attributes.push(LinkAttribute::Mtu(mtu));
-            peer.attributes.push(LinkAttribute::Mtu(mtu));
-        }
-        if let Some(fd) = peer_netns {
-            peer.attributes.push(LinkAttribute::NetNsFd(fd.as_raw_fd()));
-        }
+        let (mut msg, peer) = pair_messages(name, peer_name, mtu, peer_netns);
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
@@ -487,18 +476,7 @@ impl Netlink {
     ) -> Result<Link> {
         use netlink_packet_route::link::{InfoNetkit, NetkitMode, NetkitPolicy};
         let operation = || format!("creating netkit pair {name} / {peer_name}");
-        let mut peer = LinkMessage::default();
-        peer.attributes
-            .push(LinkAttribute::IfName(peer_name.to_string()));
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        if let Some(mtu) = mtu {
-            msg.attributes.push(LinkAttribute::Mtu(mtu));
-            peer.attributes.push(LinkAttribute::Mtu(mtu));
-        }
-        if let Some(fd) = peer_netns {
-            peer.attributes.push(LinkAttribute::NetNsFd(fd.as_raw_fd()));
-        }
+        let (mut msg, peer) = pair_messages(name, peer_name, mtu, peer_netns);
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Netkit),
             LinkInfo::Data(InfoData::Netkit(vec![
@@ -1061,6 +1039,30 @@ fn parse_route(msg: &RouteMessage) -> Option<Route> {
         }
     }
     (table == MAIN_TABLE).then_some(route)
+}
+
+/// The two link messages of a device pair (veth, netkit): names, a shared
+/// MTU, and the peer born in `peer_netns` when given. The caller adds the
+/// kind and puts the peer into its info data.
+fn pair_messages(
+    name: &str,
+    peer_name: &str,
+    mtu: Option<u32>,
+    peer_netns: Option<BorrowedFd<'_>>,
+) -> (LinkMessage, LinkMessage) {
+    let mut peer = LinkMessage::default();
+    peer.attributes
+        .push(LinkAttribute::IfName(peer_name.to_string()));
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    if let Some(mtu) = mtu {
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        peer.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(fd) = peer_netns {
+        peer.attributes.push(LinkAttribute::NetNsFd(fd.as_raw_fd()));
+    }
+    (msg, peer)
 }
 
 #[cfg(test)]
