@@ -90,6 +90,12 @@ pub fn init_script(modules: &[String], shares: &[Share]) -> String {
         let _ = writeln!(s, "$B insmod /modules/{m}.ko || die \"insmod {m}\"");
     }
     s.push_str("say \"modules loaded\"\n");
+    // The guest's scratch trees come before the shares: a workspace checked
+    // out under one of them (CI's clone in /tmp) is mounted on top, not hidden.
+    s.push_str(
+        "for d in /tmp /run /var /root; do $B mount -t tmpfs -o mode=0755 tmpfs $d || die \"tmpfs $d\"; done\n\
+         $B chmod 1777 /tmp\n",
+    );
     for sh in shares {
         let mut opts = "trans=virtio,version=9p2000.L,msize=512000".to_string();
         if sh.readonly {
@@ -107,8 +113,6 @@ pub fn init_script(modules: &[String], shares: &[Share]) -> String {
     }
     s.push_str(
         "say \"shares mounted\"\n\
-         for d in /tmp /run /var /root; do $B mount -t tmpfs -o mode=0755 tmpfs $d || die \"tmpfs $d\"; done\n\
-         $B chmod 1777 /tmp\n\
          $B mkdir -p /var/tmp /var/lib /var/log /var/cache /run/lock /dev/pts /dev/shm\n\
          $B chmod 1777 /var/tmp\n\
          $B ln -s /run /var/run\n\
@@ -218,6 +222,13 @@ mod tests {
         // The workspace is writable, at its own (quoted) path, uncached.
         assert!(init.contains("$B mkdir -p '/w s' && $B mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 workspace '/w s' ||"), "{init}");
         assert!(init.contains(" results '/results' "));
+        // A workspace under /tmp (CI's clone) is mounted over the guest's tmpfs.
+        let tmpfs = init.find("mount -t tmpfs -o mode=0755 tmpfs $d").unwrap();
+        let workspace = init.find(" workspace '/w s'").unwrap();
+        assert!(
+            tmpfs < workspace,
+            "the tmpfs mounts must not hide the workspace:\n{init}"
+        );
         for needed in [
             "echo /run/modprobe > /proc/sys/kernel/modprobe",
             "exec /usr/sbin/modprobe -d /kroot",
