@@ -44,6 +44,16 @@ pub struct TestArgs {
     /// Print every action, not only failed ones.
     #[arg(short, long)]
     verbose: bool,
+    /// Seconds one request may take (curl's --max-time, the UDP echo's wait, ping's -W).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    request_timeout: u64,
+    /// Times a failed action is tried again before the test fails (drops on
+    /// the way still fail no-unexpected-drops).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=20))]
+    retry: u32,
+    /// Seconds between tries of a failed action.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=60))]
+    retry_delay: u64,
 }
 
 fn test_help() -> String {
@@ -64,6 +74,9 @@ pub fn run(cmd: ConnectivityCommand) -> anyhow::Result<i32> {
         expect_health: !args.health_disabled,
         health_timeout: std::time::Duration::from_secs(args.health_timeout),
         verbose: args.verbose,
+        request_timeout: std::time::Duration::from_secs(args.request_timeout),
+        retries: args.retry,
+        retry_delay: std::time::Duration::from_secs(args.retry_delay),
     };
     let report = connectivity::run(&mut lab, &options, &mut std::io::stdout())
         .with_context(|| format!("testing connectivity in lab {}", args.name))?;

@@ -270,3 +270,25 @@ fn transfer_size_out_of_range_is_refused_before_anything_runs() {
     let stderr = String::from_utf8_lossy(&help.stderr);
     assert!(stderr.contains("1..=1024"), "{stderr}");
 }
+
+#[test]
+fn request_timeout_and_retry_out_of_range_are_refused_before_anything_runs() {
+    for (flag, bad, allowed) in [
+        ("--request-timeout", "0", "1..=600"),
+        ("--request-timeout", "601", "1..=600"),
+        ("--retry", "21", "0..=20"),
+        ("--retry", "many", "invalid digit"),
+        ("--retry-delay", "61", "0..=60"),
+    ] {
+        let out = Command::new(CILIATE)
+            .args(["connectivity", "test", "--name", "nolab", flag, bad])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {bad}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(bad) && stderr.contains(allowed),
+            "{flag} {bad}: {stderr}"
+        );
+    }
+}

@@ -102,6 +102,14 @@ pub struct Options {
     pub health_timeout: Duration,
     /// Print every action, not only failed ones.
     pub verbose: bool,
+    /// Bound of one request (curl's `--max-time`, socat's answer wait, ping's `-W`).
+    pub request_timeout: Duration,
+    /// A failed action is tried this many more times (cilium-cli's `--retry`):
+    /// a slow first answer is not a datapath fault, and a drop on the way is
+    /// still caught by the drop monitors and the drop-counter test.
+    pub retries: u32,
+    /// Pause before trying a failed action again.
+    pub retry_delay: Duration,
 }
 
 impl Default for Options {
@@ -113,6 +121,9 @@ impl Default for Options {
             expect_health: true,
             health_timeout: Duration::from_mins(1),
             verbose: false,
+            request_timeout: Duration::from_secs(5),
+            retries: 3,
+            retry_delay: Duration::from_secs(1),
         }
     }
 }
@@ -133,6 +144,46 @@ pub struct Action {
     pub name: String,
     /// None when it succeeded, else what went wrong.
     pub error: Option<String>,
+    /// What went wrong in the attempts before the last one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub earlier_errors: Vec<String>,
+}
+
+impl Action {
+    /// An action tried once.
+    pub fn once(name: String, error: Option<String>) -> Self {
+        Self {
+            name,
+            error,
+            earlier_errors: Vec::new(),
+        }
+    }
+
+    /// Runs `attempt` until it succeeds or `retries` more tries failed, with
+    /// `delay` between tries.
+    fn retried(
+        name: String,
+        retries: u32,
+        delay: Duration,
+        mut attempt: impl FnMut() -> Option<String>,
+    ) -> Self {
+        let mut earlier_errors = Vec::new();
+        loop {
+            match attempt() {
+                Some(e) if earlier_errors.len() < retries as usize => {
+                    earlier_errors.push(e);
+                    std::thread::sleep(delay);
+                }
+                error => {
+                    return Self {
+                        name,
+                        error,
+                        earlier_errors,
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A drop a node's monitor reported while a scenario ran.
@@ -379,7 +430,7 @@ pub fn run(lab: &mut Lab, options: &Options, out: &mut dyn Write) -> Result<Repo
             p(out, format!("⚠️  services: {reason}"));
         }
     }
-    let mut env = Env::new(lab, pods, options.transfer_bytes)?;
+    let mut env = Env::new(lab, pods, options)?;
     env.services = services;
     let baseline = if selected.contains(&"no-unexpected-drops") {
         Some(drop_counters(lab))
@@ -482,10 +533,10 @@ pub fn judge(
     match ran {
         Err(reason) if requested => (
             Outcome::Failed,
-            vec![Action {
-                name: format!("{name}, asked for with --test"),
-                error: Some(format!("cannot run: {reason}")),
-            }],
+            vec![Action::once(
+                format!("{name}, asked for with --test"),
+                Some(format!("cannot run: {reason}")),
+            )],
         ),
         Err(reason) => (Outcome::Skipped { reason }, Vec::new()),
         Ok(actions) if actions.iter().any(|a| a.error.is_some()) => (Outcome::Failed, actions),
@@ -500,9 +551,23 @@ fn print_result(out: &mut dyn Write, r: &ScenarioResult, verbose: bool) {
         Outcome::Skipped { reason } => writeln!(out, "⏭️  skipped: {reason}"),
     };
     for a in &r.actions {
+        let tries = a.earlier_errors.len() + 1;
         match &a.error {
+            Some(e) if tries > 1 => {
+                let _ = writeln!(out, "    ❌ {}: {e} (failed {tries} tries)", a.name);
+            }
             Some(e) => {
                 let _ = writeln!(out, "    ❌ {}: {e}", a.name);
+            }
+            // Shown even when not verbose: a path that needs a second try is
+            // worth a look.
+            None if tries > 1 => {
+                let _ = writeln!(
+                    out,
+                    "    ⚠️  {}: passed on try {tries}; before: {}",
+                    a.name,
+                    a.earlier_errors.join("; ")
+                );
             }
             None if verbose => {
                 let _ = writeln!(out, "    ✅ {}", a.name);
@@ -715,10 +780,14 @@ struct Env<'a> {
     /// Pod MTU of the client's node, for full-size packets.
     mtu: u32,
     transfer_bytes: usize,
+    /// Request timeout in whole seconds, as the tools take it.
+    timeout_secs: String,
+    retries: u32,
+    retry_delay: Duration,
 }
 
 impl<'a> Env<'a> {
-    fn new(lab: &'a Lab, pods: BTreeMap<String, PodInfo>, transfer_bytes: usize) -> Result<Self> {
+    fn new(lab: &'a Lab, pods: BTreeMap<String, PodInfo>, options: &Options) -> Result<Self> {
         let node0 = &lab.nodes()[0];
         let status: Status = ciliate_api::Client::new(&node0.socket)
             .get("/v1/status")
@@ -734,7 +803,10 @@ impl<'a> Env<'a> {
             pods,
             services: Services::NotServed("not deployed".into()),
             mtu: status.mtu,
-            transfer_bytes,
+            transfer_bytes: options.transfer_bytes,
+            timeout_secs: options.request_timeout.as_secs().max(1).to_string(),
+            retries: options.retries,
+            retry_delay: options.retry_delay,
         })
     }
 
@@ -752,37 +824,44 @@ impl<'a> Env<'a> {
         match &self.services {
             Services::Ready(info) => f(self, info),
             Services::NotServed(reason) => Err(reason.clone()),
-            Services::Broken(problem) => Ok(vec![Action {
-                name: "the agents program the test services".into(),
-                error: Some(problem.clone()),
-            }]),
+            Services::Broken(problem) => Ok(vec![Action::once(
+                "the agents program the test services".into(),
+                Some(problem.clone()),
+            )]),
         }
     }
 
     /// `curl URL` from a node, pod or the router; succeeds when it answers
     /// and the body contains `expect` (a pod name: which backend answered).
     fn http_get(&self, name: String, from: &str, url: &str, expect: &str) -> Action {
-        self.exec(name, from, &["curl", "-sS", "--max-time", "5", url], expect)
+        let t = &self.timeout_secs;
+        self.exec(name, from, &["curl", "-sS", "--max-time", t, url], expect)
     }
 
     /// A UDP echo to `to:port`.
     fn udp_to(&self, name: String, from: &str, to: Ipv4Addr, port: u16) -> Action {
+        let t = &self.timeout_secs;
         self.exec(
             name,
             from,
             &[
                 "sh",
                 "-c",
-                &format!("echo ciliate-udp-echo | socat -T 3 - UDP4:{to}:{port}"),
+                &format!("echo ciliate-udp-echo | socat -T {t} - UDP4:{to}:{port}"),
             ],
             "ciliate-udp-echo",
         )
     }
 
+    /// `attempt` as an action, tried again when it fails (see [`Options::retries`]).
+    fn retried(&self, name: String, attempt: impl FnMut() -> Option<String>) -> Action {
+        Action::retried(name, self.retries, self.retry_delay, attempt)
+    }
+
     /// Runs a command in a node or pod; succeeds when it exits 0 and its
     /// stdout contains `expect`.
     fn exec(&self, name: String, target: &str, argv: &[&str], expect: &str) -> Action {
-        let error = match self.lab.exec(target, argv) {
+        self.retried(name, || match self.lab.exec(target, argv) {
             Err(e) => Some(format!("cannot run `{}` in {target}: {e}", argv.join(" "))),
             Ok(out) => {
                 let stdout = String::from_utf8_lossy(&out.stdout);
@@ -806,17 +885,25 @@ impl<'a> Env<'a> {
                     ))
                 }
             }
-        };
-        Action { name, error }
+        })
     }
 
     fn ping(&self, from: &str, from_label: &str, to: Ipv4Addr, to_label: &str) -> Action {
-        self.exec(
+        self.ping_with(
             format!("ICMP {from_label} -> {to_label} ({to})"),
             from,
-            &["ping", "-n", "-c", "1", "-W", "2", &to.to_string()],
-            "",
+            to,
+            &[],
         )
+    }
+
+    /// One ping with the request timeout and `options` (before the address).
+    fn ping_with(&self, name: String, from: &str, to: Ipv4Addr, options: &[&str]) -> Action {
+        let to = to.to_string();
+        let mut argv = vec!["ping", "-n", "-c", "1", "-W", &self.timeout_secs];
+        argv.extend_from_slice(options);
+        argv.push(&to);
+        self.exec(name, from, &argv, "")
     }
 
     fn http(
@@ -834,7 +921,7 @@ impl<'a> Env<'a> {
                 "curl",
                 "-sS",
                 "--max-time",
-                "5",
+                &self.timeout_secs,
                 "-o",
                 "/dev/null",
                 "-w",
@@ -846,42 +933,39 @@ impl<'a> Env<'a> {
     }
 
     fn udp(&self, from: &str, from_label: &str, to: Ipv4Addr, to_label: &str) -> Action {
-        self.exec(
+        self.udp_to(
             format!("UDP {from_label} -> {to_label} ({to}:{ECHO_PORT}, echo)"),
             from,
-            &[
-                "sh",
-                "-c",
-                &format!("echo ciliate-udp-echo | socat -T 3 - UDP4:{to}:{ECHO_PORT}"),
-            ],
-            "ciliate-udp-echo",
+            to,
+            ECHO_PORT,
         )
     }
 
     /// A ping as large as the pod MTU allows, with DF set: it must arrive whole.
     fn ping_full_size(&self, from: &str, from_label: &str, to: Ipv4Addr, to_label: &str) -> Action {
         let size = (self.mtu.saturating_sub(28)).to_string();
-        self.exec(
+        self.ping_with(
             format!(
                 "ICMP {from_label} -> {to_label} ({to}), full size ({} bytes, DF)",
                 self.mtu
             ),
             from,
-            &[
-                "ping",
-                "-n",
-                "-c",
-                "1",
-                "-W",
-                "2",
-                "-M",
-                "do",
-                "-s",
-                &size,
-                &to.to_string(),
-            ],
-            "",
+            to,
+            &["-M", "do", "-s", &size],
         )
+    }
+
+    /// Sends [`Self::transfer_bytes`] over one TCP connection from a socket in
+    /// `netns` to an echo server and checks every byte comes back, in order.
+    /// Segments are full-size (the kernel fills the MSS), so an MTU problem on
+    /// the path shows here as a stall instead of hiding behind small packets.
+    fn tcp_transfer(&self, netns: &Path, to: SocketAddr, label: &str) -> Action {
+        let bytes = self.transfer_bytes;
+        let name = format!(
+            "TCP {CLIENT} -> {label} ({to}, echo of {} MiB, full-size segments, every byte checked)",
+            bytes >> 20
+        );
+        self.retried(name, || transfer(netns, to, bytes).err())
     }
 }
 
@@ -896,10 +980,9 @@ fn pod_to_pod(env: &Env<'_>, echo: &str) -> Vec<Action> {
         env.http(&from, CLIENT, target.ip, HTTP_PORT, echo),
         env.udp(&from, CLIENT, target.ip, echo),
         env.ping_full_size(&from, CLIENT, target.ip, echo),
-        tcp_transfer(
+        env.tcp_transfer(
             &client.netns_path,
             SocketAddr::from((target.ip, ECHO_PORT)),
-            env.transfer_bytes,
             echo,
         ),
     ]
@@ -942,10 +1025,9 @@ fn pod_to_service(env: &Env<'_>, info: &ServicesInfo) -> std::result::Result<Vec
             ip,
             SVC_UDP_PORT,
         ),
-        tcp_transfer(
+        env.tcp_transfer(
             &client.netns_path,
             SocketAddr::from((ip, ECHO_PORT)),
-            env.transfer_bytes,
             "service echo",
         ),
     ])
@@ -1105,10 +1187,8 @@ fn http_source(
         "TCP {} ({}) -> {url}: the router sees {} ({})",
         pod.name, pod.node, e.source, e.why
     );
-    let error = match env
-        .lab
-        .exec(&pod.key(), &["curl", "-sS", "--max-time", "5", &url])
-    {
+    let curl = ["curl", "-sS", "--max-time", &env.timeout_secs, &url];
+    env.retried(name, || match env.lab.exec(&pod.key(), &curl) {
         Err(e) => Some(format!("cannot run curl in {}: {e}", pod.key())),
         Ok(out) if !out.status.success() => Some(format!(
             "`curl {url}` exit {}: {}",
@@ -1131,8 +1211,7 @@ fn http_source(
                 )),
             }
         }
-    };
-    Action { name, error }
+    })
 }
 
 /// Pods on each node ping the router's fabric address and fetch
@@ -1221,7 +1300,7 @@ fn pod_to_remote_host(env: &Env<'_>) -> Vec<Action> {
                 "curl",
                 "-sS",
                 "--max-time",
-                "5",
+                &env.timeout_secs,
                 &format!("http://{outside}:{}/health", crate::lab::ETCD_CLIENT_PORT),
             ],
             "health",
@@ -1274,7 +1353,7 @@ fn health(env: &Env<'_>, options: &Options) -> std::result::Result<Vec<Action>, 
                 Some(_) => std::thread::sleep(Duration::from_secs(1)),
             }
         };
-        actions.push(Action { name, error });
+        actions.push(Action::once(name, error));
     }
     if !options.expect_health && all_disabled {
         return Err("health checking is disabled (as asked)".into());
@@ -1369,20 +1448,7 @@ fn no_unexpected_drops(lab: &Lab, baseline: &std::result::Result<Counters, Strin
             (!grown.is_empty()).then(|| grown.join("; "))
         }
     };
-    vec![Action { name, error }]
-}
-
-/// Sends `bytes` over one TCP connection from a socket in `netns` to an echo
-/// server and checks every byte comes back, in order. Segments are full-size
-/// (the kernel fills the MSS), so an MTU problem on the path shows here as a
-/// stall instead of hiding behind small packets.
-fn tcp_transfer(netns: &Path, to: SocketAddr, bytes: usize, label: &str) -> Action {
-    let name = format!(
-        "TCP {CLIENT} -> {label} ({to}, echo of {} MiB, full-size segments, every byte checked)",
-        bytes >> 20
-    );
-    let error = transfer(netns, to, bytes).err();
-    Action { name, error }
+    vec![Action::once(name, error)]
 }
 
 fn pattern(offset: usize) -> u8 {
@@ -1553,4 +1619,42 @@ fn report(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An attempt function that fails `failures` times, then succeeds.
+    fn failing(failures: usize) -> impl FnMut() -> Option<String> {
+        let mut calls = 0;
+        move || {
+            calls += 1;
+            (calls <= failures).then(|| format!("try {calls} failed"))
+        }
+    }
+
+    #[test]
+    fn a_retried_action_passes_on_a_later_try_and_keeps_the_earlier_errors() {
+        let a = Action::retried("x".into(), 3, Duration::ZERO, failing(2));
+        assert_eq!(a.error, None);
+        assert_eq!(a.earlier_errors, ["try 1 failed", "try 2 failed"]);
+    }
+
+    #[test]
+    fn a_retried_action_fails_after_its_retries_with_the_last_error() {
+        let a = Action::retried("x".into(), 2, Duration::ZERO, failing(10));
+        assert_eq!(a.error.as_deref(), Some("try 3 failed"));
+        assert_eq!(a.earlier_errors.len(), 2);
+        let once = Action::retried("x".into(), 0, Duration::ZERO, failing(10));
+        assert_eq!(once.error.as_deref(), Some("try 1 failed"));
+        assert!(once.earlier_errors.is_empty());
+    }
+
+    #[test]
+    fn a_passing_action_is_tried_once() {
+        let a = Action::retried("x".into(), 3, Duration::ZERO, failing(0));
+        assert_eq!(a.error, None);
+        assert!(a.earlier_errors.is_empty());
+    }
 }

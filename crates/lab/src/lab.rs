@@ -50,6 +50,10 @@ pub const OPERATOR_BIN: &str = "ciliate-operator";
 /// etcd's client and peer ports on the fabric bridge.
 pub const ETCD_CLIENT_PORT: u16 = 2379;
 pub const ETCD_PEER_PORT: u16 = 2380;
+/// How long the lab's own store calls wait for etcd to answer: longer than
+/// the agents' 3 s, since a lab on a loaded machine (or in a TCG guest) is
+/// slow to answer the first status, and a timeout here fails a whole step.
+const STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Nodes a lab has unless told otherwise.
 pub const DEFAULT_NODES: usize = 3;
 /// Environment variable naming the directory of the ciliate binaries.
@@ -929,8 +933,11 @@ impl Lab {
                     source: Box::new(e),
                 })?;
             runtime.block_on(async move {
-                let store =
-                    ciliate_store::Store::etcd(ciliate_store::EtcdConfig::new(endpoint)).await?;
+                let config = ciliate_store::EtcdConfig {
+                    connect_timeout: STORE_CONNECT_TIMEOUT,
+                    ..ciliate_store::EtcdConfig::new(endpoint)
+                };
+                let store = ciliate_store::Store::etcd(config).await?;
                 f(store).await
             })
         })?;

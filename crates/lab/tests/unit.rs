@@ -731,14 +731,8 @@ fn a_skipped_scenario_is_not_a_pass_and_fails_when_asked_for() {
         actions[0].name.contains("--test") && error.contains("one node"),
         "{actions:?}"
     );
-    let ok = Action {
-        name: "ping".into(),
-        error: None,
-    };
-    let bad = Action {
-        name: "curl".into(),
-        error: Some("exit 28".into()),
-    };
+    let ok = Action::once("ping".into(), None);
+    let bad = Action::once("curl".into(), Some("exit 28".into()));
     assert_eq!(judge("x", Ok(vec![ok.clone()]), true).0, Outcome::Passed);
     assert_eq!(
         judge("x", Ok(vec![ok.clone(), bad]), false).0,

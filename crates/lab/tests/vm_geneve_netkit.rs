@@ -40,19 +40,8 @@ fn sleeper(name: &str, node: &str) -> String {
     )
 }
 
-/// Applies `yaml`, again when the store did not answer in time: under TCG
-/// etcd sometimes misses the lab's 3 s connect timeout, and re-applying
-/// repairs a failed write (the lab writes unchanged pods again).
 fn apply(lab: &mut Lab, yaml: &str) {
-    for attempt in 1.. {
-        match lab.apply_yaml(yaml) {
-            Ok(_) => return,
-            Err(e @ ciliate_lab::LabError::Store { .. }) if attempt < 4 => {
-                eprintln!("apply attempt {attempt}: {e}; again");
-            }
-            Err(e) => panic!("applying the manifest: {e}"),
-        }
-    }
+    lab.apply_yaml(yaml).expect("applying the manifest");
 }
 
 fn pod_ip(lab: &Lab, pod: &str) -> String {
