@@ -30,10 +30,10 @@ enum Command {
         #[arg(long, env = "CILIATE_VM_CACHE", default_value = vm::DEFAULT_CACHE)]
         cache: PathBuf,
         /// Guest memory in MiB.
-        #[arg(long, default_value_t = 2048)]
+        #[arg(long, default_value_t = 3072)]
         memory: u32,
         /// Seconds until QEMU is killed and the run fails.
-        #[arg(long, default_value_t = 2700)]
+        #[arg(long, default_value_t = 3300)]
         timeout: u64,
         /// Seconds for the guest to reach its suites before it is booted again.
         #[arg(long, default_value_t = 120)]
