@@ -45,7 +45,10 @@ pub const SUITES: &[Suite] = &[
     Suite::new("ciliate-lab", "vm_smoke"),
     Suite::new("ciliate-datapath", "programs"),
     Suite::new("ciliate-datapath", "vm_devices"),
+    Suite::new("ciliate-datapath", "vm_ipvlan_netns"),
+    Suite::new("ciliate-cni", "vm_ipvlan"),
     Suite::new("ciliate-lab", "vm_geneve_netkit"),
+    Suite::new("ciliate-lab", "vm_ipvlan"),
     Suite::new("ciliate-lab", "vm_modes"),
 ];
 
