@@ -606,7 +606,13 @@ fn a_node_whose_update_is_rejected_is_removed() {
         assert!(!ipcache.contains_key(&prefix(cidr)), "{ipcache:?}");
         assert!(!ipcache.contains_key(&prefix(node_ip)), "{ipcache:?}");
     }
-    assert!(agent.nodes().iter().all(|n| n.local), "{:?}", agent.nodes());
+    // The routes go before the node list is published: wait for the list.
+    wait_for(
+        "the rejected nodes to leave the node list",
+        WAIT,
+        || format!("{:?}", agent.nodes()),
+        || agent.nodes().iter().all(|n| n.local).then_some(()),
+    );
     assert!(agent.exited().is_none(), "{}", agent.log_text());
 }
 

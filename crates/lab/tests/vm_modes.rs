@@ -32,7 +32,7 @@ fn check_mode(routing: RoutingMode, tunnel: TunnelProtocol, mode: DatapathMode) 
         tunnel_protocol: tunnel,
         datapath_mode: mode,
         // The guest starts processes 20-50x slower than the host.
-        agent_timeout: Duration::from_secs(120),
+        agent_timeout: Duration::from_mins(2),
         ..LabSpec::new(&name, 2)
     };
     let mut lab = LabGuard::up(&spec).expect("lab up");
