@@ -45,6 +45,9 @@ pub const SUITES: &[Suite] = &[
     Suite::new("ciliate-lab", "vm_smoke"),
     Suite::new("ciliate-datapath", "programs"),
     Suite::new("ciliate-datapath", "vm_devices"),
+    Suite::new("ciliate-datapath", "vm_ipvlan_netns"),
+    Suite::new("ciliate-cni", "vm_ipvlan"),
+    Suite::new("ciliate-lab", "vm_ipvlan"),
 ];
 // Not in the default list yet, run with `--only`:
 // - `ciliate-lab:vm_modes` (the connectivity test per datapath mode): in the

@@ -261,19 +261,20 @@ pub fn unplumb(
     maps: &mut Maps,
     nl: &Netlink,
 ) -> Result<(), AgentError> {
-    let key = EndpointKey::new(ep.ip);
-    match maps.endpoints.remove(&key) {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-        Err(aya::maps::MapError::SyscallError(e))
-            if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-        Err(source) => {
-            return Err(AgentError::Map {
-                context: format!("removing {} from the endpoint map", ep.ip),
-                source,
-            })
-        }
-    }
+    remove_map_entry(ep, maps)?;
     datapath.detach(&ep.host_ifname)?;
     let _ = nl.del_route(&host_route(ep, router));
     Ok(())
+}
+
+/// Removes the endpoint's entry from the endpoint map; one already gone is fine.
+pub fn remove_map_entry(ep: &Endpoint, maps: &mut Maps) -> Result<(), AgentError> {
+    match maps.endpoints.remove(&EndpointKey::new(ep.ip)) {
+        Ok(()) => Ok(()),
+        Err(e) if crate::error::is_not_found(&e) => Ok(()),
+        Err(source) => Err(AgentError::Map {
+            context: format!("removing {} from the endpoint map", ep.ip),
+            source,
+        }),
+    }
 }

@@ -19,7 +19,7 @@ use ciliate_datapath::maps::{EndpointInfo, EndpointKey, ENDPOINT_F_HEALTH, ENDPO
 use ciliate_datapath::netlink::{self, Link, Netlink, Route};
 use ipnet::Ipv4Net;
 
-use crate::error::{is_not_found, AgentError};
+use crate::error::AgentError;
 
 /// The interface kind the kernel reports for a slave.
 pub const KIND: &str = "ipvlan";
@@ -192,17 +192,7 @@ pub fn unplumb(
     maps: &mut Maps,
     nl: &Netlink,
 ) -> Result<(), AgentError> {
-    let key = EndpointKey::new(ep.ip);
-    match maps.endpoints.remove(&key) {
-        Ok(()) => {}
-        Err(e) if is_not_found(&e) => {}
-        Err(source) => {
-            return Err(AgentError::Map {
-                context: format!("removing {} from the endpoint map", ep.ip),
-                source,
-            })
-        }
-    }
+    crate::endpoints::remove_map_entry(ep, maps)?;
     datapath.detach_ipvlan(&pin_name(ep))?;
     let _ = nl.del_route(&host_route(ep, node));
     Ok(())

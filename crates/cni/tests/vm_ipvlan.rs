@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use ciliate_datapath::netlink::format_mac;
 use ciliate_datapath::require_root;
-use common::{host_ifname, Agent, Ns, Outcome};
+use common::{add, del, host_ifname, Agent, Ns, Outcome};
 use serde_json::{json, Value};
 
 const NODE_IP: &str = "192.168.88.1";
@@ -49,23 +49,6 @@ fn ipvlan_agent(outside: &Ns) -> Agent {
             .unwrap();
         },
     )
-}
-
-fn add(agent: &Agent, conf: &Value, container: &str, pod: &Ns, ifname: &str) -> Outcome {
-    agent
-        .run("ADD")
-        .pod(container, &pod.path_str(), ifname)
-        .args("default", container)
-        .stdin(conf.to_string())
-        .run()
-}
-
-fn del(agent: &Agent, conf: &Value, container: &str, netns: &str, ifname: &str) -> Outcome {
-    agent
-        .run("DEL")
-        .pod(container, netns, ifname)
-        .stdin(conf.to_string())
-        .run()
 }
 
 fn check(agent: &Agent, conf: &Value, container: &str, pod: &Ns) -> Outcome {

@@ -9,26 +9,8 @@ use std::net::Ipv4Addr;
 
 use ciliate_datapath::netlink::format_mac;
 use ciliate_datapath::require_root;
-use common::{host_ifname, Agent, Ns, Outcome};
+use common::{add, del, host_ifname, Agent, Ns};
 use serde_json::{json, Value};
-
-/// ADD of `container` into `pod` as `ifname`, with the pod's Kubernetes names.
-fn add(agent: &Agent, conf: &Value, container: &str, pod: &Ns, ifname: &str) -> Outcome {
-    agent
-        .run("ADD")
-        .pod(container, &pod.path_str(), ifname)
-        .args("default", container)
-        .stdin(conf.to_string())
-        .run()
-}
-
-fn del(agent: &Agent, conf: &Value, container: &str, netns: &str, ifname: &str) -> Outcome {
-    agent
-        .run("DEL")
-        .pod(container, netns, ifname)
-        .stdin(conf.to_string())
-        .run()
-}
 
 fn pod_ip(result: &Value) -> Ipv4Addr {
     let ips = result["ips"].as_array().unwrap();

@@ -7,7 +7,9 @@
 //! own whose slot 0 holds the node's `from_container_ipvlan`. Both are pinned
 //! under `bpf.root`:
 //! - `ipvlan/<name>-calls`: the prog array; a new datapath object swaps slot 0
-//!   ([`Datapath::open`] does), so upgrading never enters a pod's namespace;
+//!   ([`Datapath::open`] does), so upgrading never enters a pod's namespace
+//!   (the entry itself, which only names the endpoint and tail-calls, stays
+//!   as it was loaded);
 //! - `ipvlan/<name>-entry`: the entry's TCX link on the slave.
 //!
 //! TCX rather than a clsact filter: the link is created from a thread inside

@@ -18,11 +18,10 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use ciliate_datapath::ipvlan::{IpvlanEntry, FROM_CONTAINER_IPVLAN};
 use ciliate_datapath::loader::Datapath;
 use ciliate_datapath::maps::{
-    be_addr, ipcache_key, DatapathConfig, EndpointInfo, EndpointKey, IpcacheValue, Lb4Backend,
-    Lb4Key, Lb4ReverseNat, Lb4Service, TraceEvent, BE_STATE_ACTIVE, CT_F_NODEPORT,
-    ENDPOINT_F_IPVLAN, EVENT_DROP, EVENT_TRACE, IPCACHE_F_HOST, IPPROTO_TCP, IPV4_SVC_LOOPBACK,
-    LB_SCOPE_EXTERNAL, MASQ_F_BPF, METRIC_EGRESS, METRIC_INGRESS, ROUTING_NATIVE, SVC_F_CLUSTER_IP,
-    SVC_F_NODEPORT,
+    be_addr, DatapathConfig, EndpointInfo, EndpointKey, Lb4Backend, Lb4Key, Lb4ReverseNat,
+    Lb4Service, TraceEvent, BE_STATE_ACTIVE, CT_F_NODEPORT, ENDPOINT_F_IPVLAN, EVENT_DROP,
+    EVENT_TRACE, IPPROTO_TCP, IPV4_SVC_LOOPBACK, LB_SCOPE_EXTERNAL, MASQ_F_BPF, METRIC_EGRESS,
+    METRIC_INGRESS, ROUTING_NATIVE, SVC_F_CLUSTER_IP, SVC_F_NODEPORT,
 };
 use ciliate_datapath::reasons::{
     DROP_INVALID_SIP, DROP_MISSED_TAIL_CALL, DROP_NO_SERVICE, DROP_TTL_EXCEEDED,
@@ -88,23 +87,7 @@ fn harness(masquerade: u32) -> Harness {
             .insert(EndpointKey::new(ip(addr)), ipvlan_endpoint(id, master), 0)
             .unwrap();
     }
-    let pods = IpcacheValue {
-        sec_identity: 5151,
-        ..IpcacheValue::default()
-    };
-    h.maps
-        .ipcache
-        .insert(&ipcache_key("10.78.0.0/24".parse().unwrap()), pods, 0)
-        .unwrap();
-    let node = IpcacheValue {
-        sec_identity: 1,
-        flags: IPCACHE_F_HOST,
-        ..IpcacheValue::default()
-    };
-    h.maps
-        .ipcache
-        .insert(&ipcache_key("192.168.10.2/32".parse().unwrap()), node, 0)
-        .unwrap();
+    remote_pods_and_node(&mut h.maps);
     h
 }
 
@@ -191,6 +174,20 @@ fn service(h: &mut Harness, frontend: ([u8; 4], u16), flags: u16, rev: u32, be: 
         .lb4_reverse_nat
         .insert(rev, Lb4ReverseNat::new(addr, frontend.1), 0)
         .unwrap();
+}
+
+/// A ClusterIP `frontend` backed by `backend`, and IV_A's SYN to it through
+/// IV_A's entry: (the entry, the SYN, the verdict, the output).
+fn syn_through_cluster_ip(
+    h: &mut Harness,
+    frontend: ([u8; 4], u16),
+    backend: ([u8; 4], u16),
+) -> (IpvlanEntry, Vec<u8>, u32, Vec<u8>) {
+    service(h, frontend, SVC_F_CLUSTER_IP, REV_CLUSTER, backend);
+    let a = entry(h, IV_A);
+    let syn = pod_tcp((IV_A, CLIENT_PORT), frontend, TCP_SYN);
+    let (verdict, out) = send(&a, &syn);
+    (a, syn, verdict, out)
 }
 
 #[test]
@@ -452,16 +449,9 @@ fn the_node_other_pods_and_other_devices_reach_an_ipvlan_pod_through_its_masters
 fn clusterip_from_an_ipvlan_pod_to_a_sibling_backend_and_back_is_passed_both_ways() {
     root_only!();
     let mut h = harness(0);
-    service(
-        &mut h,
-        (CLUSTER_IP, SVC_PORT),
-        SVC_F_CLUSTER_IP,
-        REV_CLUSTER,
-        (IV_B, BE_PORT),
-    );
-    let (a, b) = (entry(&h, IV_A), entry(&h, IV_B));
-    let syn = pod_tcp((IV_A, CLIENT_PORT), (CLUSTER_IP, SVC_PORT), TCP_SYN);
-    let (verdict, out) = send(&a, &syn);
+    let (_, syn, verdict, out) =
+        syn_through_cluster_ip(&mut h, (CLUSTER_IP, SVC_PORT), (IV_B, BE_PORT));
+    let b = entry(&h, IV_B);
     assert_eq!(
         verdict, TC_ACT_OK,
         "DNATed, then the driver delivers to the sibling"
@@ -487,16 +477,8 @@ fn clusterip_from_an_ipvlan_pod_to_a_sibling_backend_and_back_is_passed_both_way
 fn clusterip_from_an_ipvlan_pod_to_a_remote_backend_is_answered_through_from_netdev() {
     root_only!();
     let mut h = harness(0);
-    service(
-        &mut h,
-        (CLUSTER_IP, SVC_PORT),
-        SVC_F_CLUSTER_IP,
-        REV_CLUSTER,
-        (REMOTE_POD, BE_PORT),
-    );
-    let a = entry(&h, IV_A);
-    let syn = pod_tcp((IV_A, CLIENT_PORT), (CLUSTER_IP, SVC_PORT), TCP_SYN);
-    let (verdict, out) = send(&a, &syn);
+    let (_, _, verdict, out) =
+        syn_through_cluster_ip(&mut h, (CLUSTER_IP, SVC_PORT), (REMOTE_POD, BE_PORT));
     assert_eq!(verdict, TC_ACT_OK, "DNATed, then the driver routes it");
     assert_eq!(tuple_of(&out).dst, (REMOTE_POD, BE_PORT));
     assert_eq!(ttl(&out), 64, "the stack's hop, not ours");
@@ -521,16 +503,8 @@ fn clusterip_from_an_ipvlan_pod_to_a_remote_backend_is_answered_through_from_net
 fn a_host_network_backends_reply_is_reverse_natted_when_it_enters_the_master() {
     root_only!();
     let mut h = harness(0);
-    service(
-        &mut h,
-        (CLUSTER_IP, 443),
-        SVC_F_CLUSTER_IP,
-        REV_CLUSTER,
-        (NODE_IP, HOST_PORT),
-    );
-    let a = entry(&h, IV_A);
-    let syn = pod_tcp((IV_A, CLIENT_PORT), (CLUSTER_IP, 443), TCP_SYN);
-    let (verdict, out) = send(&a, &syn);
+    let (_, _, verdict, out) =
+        syn_through_cluster_ip(&mut h, (CLUSTER_IP, 443), (NODE_IP, HOST_PORT));
     assert_eq!(verdict, TC_ACT_OK, "to the node, through the driver");
     assert_eq!(tuple_of(&out).dst, (NODE_IP, HOST_PORT));
 
@@ -632,16 +606,8 @@ fn nodeport_forwarded_from_another_node_reaches_an_ipvlan_backend_and_its_reply_
 fn hairpin_through_a_service_stays_with_the_driver() {
     root_only!();
     let mut h = harness(0);
-    service(
-        &mut h,
-        (CLUSTER_IP, SVC_PORT),
-        SVC_F_CLUSTER_IP,
-        REV_CLUSTER,
-        (IV_A, BE_PORT),
-    );
-    let a = entry(&h, IV_A);
-    let syn = pod_tcp((IV_A, CLIENT_PORT), (CLUSTER_IP, SVC_PORT), TCP_SYN);
-    let (verdict, out) = send(&a, &syn);
+    let (a, syn, verdict, out) =
+        syn_through_cluster_ip(&mut h, (CLUSTER_IP, SVC_PORT), (IV_A, BE_PORT));
     assert_eq!(verdict, TC_ACT_OK);
     let t = tuple_of(&out);
     let loopback = IPV4_SVC_LOOPBACK.octets();

@@ -11,12 +11,12 @@ mod common;
 use std::net::Ipv4Addr;
 
 use ciliate_datapath::maps::{
-    be_addr, ipcache_key, monotonic_seconds, Ct4Entry, Ct4Key, DatapathConfig, IpcacheValue,
-    IpmasqValue, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, Nat4Entry, TraceEvent,
-    BE_STATE_ACTIVE, CT_F_INBOUND, CT_F_RX_CLOSING, CT_F_SEEN_REPLY, CT_F_TX_CLOSING, CT_KEY_MASQ,
-    EVENT_TRACE, IPCACHE_F_HOST, IPPROTO_TCP, IPPROTO_UDP, LB_SCOPE_EXTERNAL, MASQ_F_BPF,
-    MASQ_F_IPTABLES, MASQ_F_IP_MASQ_AGENT, METRIC_EGRESS, METRIC_INGRESS, NAT_DIR_EGRESS,
-    NAT_DIR_INGRESS, NAT_F_MASQUERADE, NAT_F_NODEPORT, NAT_PORT_MAX, NAT_PORT_MIN, SVC_F_NODEPORT,
+    be_addr, ipcache_key, monotonic_seconds, Ct4Entry, Ct4Key, DatapathConfig, IpmasqValue,
+    Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, Nat4Entry, TraceEvent, BE_STATE_ACTIVE,
+    CT_F_INBOUND, CT_F_RX_CLOSING, CT_F_SEEN_REPLY, CT_F_TX_CLOSING, CT_KEY_MASQ, EVENT_TRACE,
+    IPPROTO_TCP, IPPROTO_UDP, LB_SCOPE_EXTERNAL, MASQ_F_BPF, MASQ_F_IPTABLES, MASQ_F_IP_MASQ_AGENT,
+    METRIC_EGRESS, METRIC_INGRESS, NAT_DIR_EGRESS, NAT_DIR_INGRESS, NAT_F_MASQUERADE,
+    NAT_F_NODEPORT, NAT_PORT_MAX, NAT_PORT_MIN, SVC_F_NODEPORT,
 };
 use ciliate_datapath::netlink::format_mac;
 use ciliate_datapath::reasons::{
@@ -63,23 +63,7 @@ fn config(masquerade: u32) -> DatapathConfig {
 fn harness(masquerade: u32) -> Harness {
     let mut h = Harness::new(true);
     h.maps.config.set(0, config(masquerade), 0).unwrap();
-    let pods = IpcacheValue {
-        sec_identity: 5151,
-        ..IpcacheValue::default()
-    };
-    h.maps
-        .ipcache
-        .insert(&ipcache_key("10.78.0.0/24".parse().unwrap()), pods, 0)
-        .unwrap();
-    let node = IpcacheValue {
-        sec_identity: 1,
-        flags: IPCACHE_F_HOST,
-        ..IpcacheValue::default()
-    };
-    h.maps
-        .ipcache
-        .insert(&ipcache_key("192.168.10.2/32".parse().unwrap()), node, 0)
-        .unwrap();
+    remote_pods_and_node(&mut h.maps);
     h.maps
         .ipmasq4
         .insert(

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use ciliate_datapath::netns;
 use ciliate_lab::connectivity::{name_server, DropWatcher};
 use ciliate_lab::{names, IpamMode, Lab, LabGuard, LabSpec, PodCondition, RoutingMode};
-use common::{ok, run, Stream};
+use common::{client_pod, http, ok, run, Stream};
 
 fn root() -> bool {
     ciliate_datapath::testing::running_as_root("namespaces, BPF, bpffs, etcd in a namespace")
@@ -35,13 +35,6 @@ fn server_pod(name: &str, node: &str, labels: &str) -> String {
          \x20 - {{name: tcp, command: [socat, 'TCP4-LISTEN:9000,fork,reuseaddr', 'EXEC:cat']}}\n\
          \x20 - {{name: udp, command: [socat, 'UDP4-RECVFROM:9000,fork', 'EXEC:cat']}}\n",
         name_server(8080)
-    )
-}
-
-fn client_pod(name: &str, node: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\n\
-         spec: {{nodeName: {node}, containers: [{{name: c, command: [sleep, infinity]}}]}}\n"
     )
 }
 
@@ -105,20 +98,6 @@ fn node_port(lab: &Lab, svc: &str, port: &str) -> u16 {
 fn programmed(lab: &Lab) {
     lab.wait_services_programmed(Duration::from_mins(1))
         .expect("the agents program the services");
-}
-
-/// `curl` from `from`; the body (the answering pod's name) or the failure.
-fn http(lab: &Lab, from: &str, url: &str) -> Result<String, String> {
-    let out = run(lab, from, &["curl", "-sS", "--max-time", "5", url]);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!(
-            "exit {:?}: {}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 #[test]

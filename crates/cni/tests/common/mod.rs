@@ -348,3 +348,21 @@ impl Drop for Agent {
         let _ = nix::mount::umount2(&self.bpf, nix::mount::MntFlags::MNT_DETACH);
     }
 }
+
+/// ADD of `container` into `pod` as `ifname`, with the pod's Kubernetes names.
+pub fn add(agent: &Agent, conf: &Value, container: &str, pod: &Ns, ifname: &str) -> Outcome {
+    agent
+        .run("ADD")
+        .pod(container, &pod.path_str(), ifname)
+        .args("default", container)
+        .stdin(conf.to_string())
+        .run()
+}
+
+pub fn del(agent: &Agent, conf: &Value, container: &str, netns: &str, ifname: &str) -> Outcome {
+    agent
+        .run("DEL")
+        .pod(container, netns, ifname)
+        .stdin(conf.to_string())
+        .run()
+}

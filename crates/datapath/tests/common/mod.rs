@@ -742,3 +742,24 @@ pub fn tunnel_node(
         tunnel,
     }
 }
+
+/// Another node's pods (10.78.0.0/24, identity 5151) and that node itself
+/// (192.168.10.2, a host address) in the ipcache, with no tunnel endpoint.
+pub fn remote_pods_and_node(maps: &mut Maps) {
+    use ciliate_datapath::maps::{ipcache_key, IpcacheValue, IPCACHE_F_HOST};
+    let pods = IpcacheValue {
+        sec_identity: 5151,
+        ..IpcacheValue::default()
+    };
+    maps.ipcache
+        .insert(&ipcache_key("10.78.0.0/24".parse().unwrap()), pods, 0)
+        .unwrap();
+    let node = IpcacheValue {
+        sec_identity: 1,
+        flags: IPCACHE_F_HOST,
+        ..IpcacheValue::default()
+    };
+    maps.ipcache
+        .insert(&ipcache_key("192.168.10.2/32".parse().unwrap()), node, 0)
+        .unwrap();
+}

@@ -260,3 +260,26 @@ impl Drop for Capture {
         self.kill();
     }
 }
+
+/// A pod on `node` that only sleeps: a client to run commands in.
+pub fn client_pod(name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\n\
+         spec: {{nodeName: {node}, containers: [{{name: c, command: [sleep, infinity]}}]}}\n"
+    )
+}
+
+/// `curl` from `from`: the body (the answering pod's name, or the router's
+/// `client <address>`) or the failure.
+pub fn http(lab: &ciliate_lab::Lab, from: &str, url: &str) -> Result<String, String> {
+    let out = run(lab, from, &["curl", "-sS", "--max-time", "5", url]);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "`curl {url}` in {from}: exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
