@@ -48,15 +48,9 @@ pub const SUITES: &[Suite] = &[
     Suite::new("ciliate-datapath", "vm_ipvlan_netns"),
     Suite::new("ciliate-cni", "vm_ipvlan"),
     Suite::new("ciliate-lab", "vm_ipvlan"),
+    Suite::new("ciliate-lab", "vm_geneve_netkit"),
+    Suite::new("ciliate-lab", "vm_modes"),
 ];
-// Not in the default list yet, run with `--only`:
-// - `ciliate-lab:vm_modes` (the connectivity test per datapath mode): in the
-//   loaded TCG guest one UDP NodePort scenario per mode misses socat's 3 s
-//   answer window, and the store client's 3 s timeout fires;
-// - `ciliate-lab:vm_geneve_netkit`: its Geneve lab passes, but its netkit lab
-//   once lost an agent at start with an empty log (suspected memory pressure
-//   in the 2 GiB guest; not yet explained).
-// They stay out of CI until they pass reliably in the guest.
 
 /// Boots tried before giving up: a guest that has not reached its suites
 /// `--boot-timeout` after QEMU started is hung (under TCG on a loaded host, a
