@@ -277,6 +277,7 @@ mod tests {
             mtu: 1500,
             up: true,
             lower_up: true,
+            running: true,
             kind: None,
             link: None,
         };

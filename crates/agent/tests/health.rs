@@ -83,7 +83,29 @@ fn pair(ns: &mut Namespaces) -> (PathBuf, PathBuf, Netlink, u32) {
     nl_b.add_address(veth_b.index, B_IP, 24).unwrap();
     nl_a.set_up(veth_a.index).unwrap();
     nl_b.set_up(veth_b.index).unwrap();
+    // The first probe has one second: an ARP request sent before the kernel's
+    // link-watch has activated the queue is dropped and only retried after
+    // that second, which a loaded machine hits.
+    wait_running(&nl_a, veth_a.index);
+    wait_running(&nl_b, veth_b.index);
     (a, b, nl_b, veth_b.index)
+}
+
+/// Waits until the device is operationally up (`IFF_RUNNING`).
+fn wait_running(nl: &Netlink, index: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let link = nl.link_by_index(index).unwrap().expect("device exists");
+        if link.running {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never became operationally up: {link:?}",
+            link.name
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Runs `f` on a single-threaded runtime whose thread is inside the

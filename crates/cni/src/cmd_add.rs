@@ -380,6 +380,7 @@ mod tests {
             mtu: 1500,
             up: true,
             lower_up: true,
+            running: true,
             kind: Some("veth".into()),
             link: None,
         };
@@ -437,6 +438,7 @@ mod tests {
             mtu: 1500,
             up: true,
             lower_up: true,
+            running: true,
             kind: kind.map(Into::into),
             link: None,
         };

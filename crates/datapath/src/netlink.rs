@@ -118,8 +118,12 @@ pub struct Link {
     pub mtu: u32,
     /// Administratively up (`IFF_UP`).
     pub up: bool,
-    /// Carrier and operational state up (`IFF_RUNNING`/`IFF_LOWER_UP`).
+    /// Carrier up (`IFF_LOWER_UP`).
     pub lower_up: bool,
+    /// Operationally up (`IFF_RUNNING`). The kernel sets it from its
+    /// deferred link-watch work, which is also when it gives the device a real
+    /// queue: until then the device drops what is sent through it, carrier or not.
+    pub running: bool,
     /// `veth`, `bridge`, `vxlan` ...; `None` for devices without a driver kind (`lo`, physical NICs).
     pub kind: Option<String>,
     /// `IFLA_LINK`: for a veth, the peer's index (in the peer's namespace).
@@ -924,6 +928,7 @@ fn parse_link(msg: &LinkMessage) -> Link {
         mtu: 0,
         up: msg.header.flags.contains(LinkFlags::Up),
         lower_up: msg.header.flags.contains(LinkFlags::LowerUp),
+        running: msg.header.flags.contains(LinkFlags::Running),
         kind: None,
         link: None,
     };
