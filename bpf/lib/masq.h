@@ -277,6 +277,68 @@ static __always_inline int masq_track_inbound(struct __sk_buff *skb, struct pkt_
 	return 0;
 }
 
+/* to_container: a connection the host stack delivers to a pod from a source
+ * that is not a pod of this node (a hostPort netfilter DNATed, as the
+ * reference portmap plugin sets up; a client on the node) gets a
+ * CT_KEY_MASQ entry with CT_F_INBOUND | CT_F_VIA_STACK, keyed by the pod's
+ * reply tuple, so that from_container hands the replies back to the stack
+ * (masq_reply_via_stack): only netfilter can undo its own translation, and
+ * routed out by fib_redirect they would leave with the pod's address (and
+ * be dropped by to_netdev, DROP_MASQ_NO_MAPPING). TCP and UDP; started by a
+ * TCP SYN without ACK or any UDP packet; later packets renew it. */
+static __always_inline void masq_track_via_stack(struct __sk_buff *skb, struct pkt_info *pi,
+						 const struct datapath_config *cfg)
+{
+	struct ct4_key key;
+	struct ct4_entry *ct;
+	__u32 now;
+
+	if (pi->proto != IPPROTO_TCP && pi->proto != IPPROTO_UDP)
+		return;
+	if (!pi->has_ports || pi->is_frag || endpoint(pi->src_ip))
+		return;
+	ct_key_reverse_of(&key, pi);
+	key.flags = CT_KEY_MASQ;
+	now = ct_now();
+	ct = ct_lookup(&key);
+	if (!ct) {
+		if (pi->proto == IPPROTO_TCP &&
+		    (pi->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+			return;
+		ct = ct_create(&key, 0, 0, 0, CT_F_INBOUND | CT_F_VIA_STACK, now);
+		if (!ct)
+			return;
+	}
+	if (!(ct->flags & CT_F_VIA_STACK))
+		return;
+	ct_account(ct, cfg, pi, CT_TX, skb->len, now);
+}
+
+/* from_container: whether pi's packet is a pod's reply of a connection
+ * masq_track_via_stack recorded, which must go back through the stack.
+ * Accounts it to the connection. */
+static __always_inline int masq_reply_via_stack(struct __sk_buff *skb, struct pkt_info *pi,
+						const struct datapath_config *cfg)
+{
+	struct ct4_key key;
+	struct ct4_entry *ct;
+
+	if (pi->proto != IPPROTO_TCP && pi->proto != IPPROTO_UDP)
+		return 0;
+	if (!pi->has_ports || pi->is_frag)
+		return 0;
+	/* A connection the pod starts is never one the stack delivered. */
+	if (pi->proto == IPPROTO_TCP &&
+	    (pi->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		return 0;
+	ct_key_of(&key, pi, CT_KEY_MASQ);
+	ct = ct_lookup(&key);
+	if (!ct || !(ct->flags & CT_F_VIA_STACK))
+		return 0;
+	ct_account(ct, cfg, pi, CT_RX, skb->len, ct_now());
+	return 1;
+}
+
 /* from_netdev: a reply to a masqueraded connection, whose INGRESS mapping nat
  * (NAT_F_MASQUERADE) snat4_reply_mapping found. Its destination becomes the
  * pod again, the connection's state and all three entries' lifetimes follow
