@@ -17,9 +17,11 @@
  * to_container: TCX egress of the lxc device (netkit: the primary's policy),
  *   i.e. what the host stack sends to the pod. It reverse-translates a reply
  *   of a service connection whose backend is the host itself, records
- *   connections the stack delivers from elsewhere (a hostPort netfilter
- *   DNATed) so that from_container hands their replies back to the stack,
- *   accounts for the packet and lets it through.
+ *   connections the stack delivers from neither a local pod nor the node
+ *   itself (only netfilter's translations get here that way: a hostPort
+ *   DNATed; BPF deliveries use bpf_redirect_peer and skip this hook) so that
+ *   from_container hands their replies back to the stack, accounts for the
+ *   packet and lets it through.
  * from_container_ipvlan: the same for a pod whose eth0 is an ipvlan L3 slave
  *   (datapathMode ipvlan), tail-called by bpf/ipvlan.c's entry on the slave's
  *   tc egress inside the pod's namespace. No device of the node can be

@@ -278,17 +278,25 @@ static __always_inline int masq_track_inbound(struct __sk_buff *skb, struct pkt_
 }
 
 /* to_container: a connection the host stack delivers to a pod from a source
- * that is not a pod of this node (a hostPort netfilter DNATed, as the
- * reference portmap plugin sets up; a client on the node) gets a
- * CT_KEY_MASQ entry with CT_F_INBOUND | CT_F_VIA_STACK, keyed by the pod's
- * reply tuple, so that from_container hands the replies back to the stack
- * (masq_reply_via_stack): only netfilter can undo its own translation, and
- * routed out by fib_redirect they would leave with the pod's address (and
- * be dropped by to_netdev, DROP_MASQ_NO_MAPPING). TCP and UDP; started by a
- * TCP SYN without ACK or any UDP packet; later packets renew it. */
+ * that is neither a pod of this node nor the node itself gets a CT_KEY_MASQ
+ * entry with CT_F_INBOUND | CT_F_VIA_STACK, keyed by the pod's reply tuple,
+ * so that from_container hands the replies back to the stack
+ * (masq_reply_via_stack). Such a connection is one netfilter translated: a
+ * hostPort the reference portmap plugin DNATs, from outside or from another
+ * node or its pods (they reach the node's address, and the node routes the
+ * result to the pod). Only netfilter can undo its translation: routed by
+ * fib_redirect or into the tunnel the replies would leave with the pod's
+ * address (and to_netdev would drop them, DROP_MASQ_NO_MAPPING). Nothing
+ * else reaches this hook from elsewhere: pods and other nodes' traffic for
+ * a pod is delivered with bpf_redirect_peer, which skips it.
+ * The node's own connections (kubelet's probes) need no entry: replies to
+ * the node's addresses go to the stack anyway (fib_redirect), and they would
+ * fill the table. TCP and UDP; started by a TCP SYN without ACK or any UDP
+ * packet; later packets renew it. */
 static __always_inline void masq_track_via_stack(struct __sk_buff *skb, struct pkt_info *pi,
 						 const struct datapath_config *cfg)
 {
+	struct ipcache_value *src;
 	struct ct4_key key;
 	struct ct4_entry *ct;
 	__u32 now;
@@ -304,6 +312,9 @@ static __always_inline void masq_track_via_stack(struct __sk_buff *skb, struct p
 	if (!ct) {
 		if (pi->proto == IPPROTO_TCP &&
 		    (pi->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+			return;
+		src = ipcache(pi->src_ip);
+		if (src && src->sec_identity == IDENTITY_HOST)
 			return;
 		ct = ct_create(&key, 0, 0, 0, CT_F_INBOUND | CT_F_VIA_STACK, now);
 		if (!ct)

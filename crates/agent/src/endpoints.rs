@@ -248,7 +248,10 @@ fn check_netkit_device(ep: &Endpoint, nl: &Netlink) -> Result<(), AgentError> {
 /// masquerades traffic leaving the node), and in every mode a pod's replies
 /// of connections the stack delivered (a hostPort that netfilter DNATed,
 /// e.g. chained portmap), which only netfilter can translate back. The
-/// health endpoint has no such connections and keeps forwarding off.
+/// health endpoint has no such connections and keeps forwarding off. Without
+/// our programs such a pod still reaches nothing: `arp_ignore=1` leaves its
+/// gateway unresolved, and the datapath passes to the stack only replies of
+/// connections `to_container` recorded and what the FIB cannot forward.
 fn isolate_from_kernel_routing(device: &str, stack_forwards: bool) -> Result<(), AgentError> {
     let forwarding = if stack_forwards { "1" } else { "0" };
     for (key, value) in [("forwarding", forwarding), ("arp_ignore", "1")] {

@@ -12,7 +12,7 @@
 //!   Stop/RemovePodSandbox release the address, endpoint (and its BPF map
 //!   entry), device, network namespace and the runtime's files;
 //! - under the chained list, hostPort (portmap) reaches the pod from outside
-//!   the cluster, bandwidth shapes its device, prevResult flows through, CHECK
+//!   the cluster, from the other node and from a pod on it, bandwidth shapes its device, prevResult flows through, CHECK
 //!   passes on the healthy pod and fails naming the device removed by hand,
 //!   and the pod is still released cleanly afterwards.
 
@@ -449,6 +449,24 @@ fn chained_portmap_and_bandwidth_pass_check_and_check_names_a_removed_device() {
         fetch_soon(&router, SocketAddr::from((node_ip, host_port))),
         Ok("web".into()),
         "hostPort {host_port} on node0 does not reach the pod"
+    );
+    // And from inside the cluster: another node, and a pod on it (through
+    // the tunnel to node0's address). Their replies too must go back through
+    // node0's stack, which alone can translate them back.
+    let node1 = lab.node("node1").unwrap().netns_path.clone();
+    assert_eq!(
+        fetch_soon(&node1, SocketAddr::from((node_ip, host_port))),
+        Ok("web".into()),
+        "hostPort {host_port} on node0 does not answer node1"
+    );
+    let (rt1, c1) = (&suite.runtimes[1], suite.runtimes[1].client().unwrap());
+    let client_pod = run_pod(&c1, rt1.sandbox_config(NAMESPACE, "web-client"));
+    let from_pod = fetch_soon(&client_pod.netns, SocketAddr::from((node_ip, host_port)));
+    remove_pod(&c1, &client_pod);
+    assert_eq!(
+        from_pod,
+        Ok("web".into()),
+        "hostPort {host_port} on node0 does not answer a pod on node1"
     );
     drop(server);
 
