@@ -104,6 +104,25 @@ pub fn del(list: &Value, inv: &Invocation<'_>, prev_result: Option<&Value>) -> R
     first_error.map_or(Ok(()), Err)
 }
 
+/// GC (CNI 1.1) through every plugin of the list, as libcni 1.2 runs it:
+/// cniVersion 1.1.0 and the attachments to keep, `(container id, ifname)`,
+/// as `cni.dev/valid-attachments`. `inv` gives the plugin path and the
+/// runtime's namespace; its container fields are not used by GC.
+pub fn gc(list: &Value, inv: &Invocation<'_>, keep: &[(String, String)]) -> Result<()> {
+    let valid: Vec<Value> = keep
+        .iter()
+        .map(|(id, ifname)| serde_json::json!({"containerID": id, "ifname": ifname}))
+        .collect();
+    for plugin in plugins(list, inv)? {
+        let mut config = plugin_config(list, &plugin, None);
+        config["cniVersion"] = "1.1.0".into();
+        config["cni.dev/valid-attachments"] = Value::Array(valid.clone());
+        config["cni.dev/attachments"] = Value::Array(valid.clone());
+        exec_plugin(inv, "GC", &plugin, &config)?;
+    }
+    Ok(())
+}
+
 /// CHECK through every plugin of the list in order, each given the cached
 /// result of ADD as `prevResult` and, as `runtimeConfig`, the cached
 /// capability arguments it declares (libcni's CheckNetworkList does both).

@@ -66,6 +66,9 @@ pub struct Containerd {
     pub cgroup_parent: String,
     /// The conflist's network name.
     pub network: String,
+    /// The plugin's fault hooks (`CILIATE_CNI_FAULTS`, which containerd
+    /// passes on): a file named after a point makes it abort or pause there.
+    pub faults_dir: PathBuf,
     pub process: ProcessRecord,
 }
 
@@ -194,7 +197,8 @@ impl Containerd {
         }
         let bin_dir = dir.join("cni-bin");
         let conf_dir = dir.join("net.d");
-        for d in [&dir, &bin_dir, &conf_dir, &dir.join("logs")] {
+        let faults_dir = dir.join("cni-faults");
+        for d in [&dir, &bin_dir, &conf_dir, &dir.join("logs"), &faults_dir] {
             std::fs::create_dir_all(d).map_err(io_err("creating", d))?;
         }
         link_plugins(&bin_dir, &lab.state().bin_dir.join(CNI_BIN))?;
@@ -222,7 +226,10 @@ impl Containerd {
             what: format!("containerd of node {node}"),
             netns: &info.netns_path,
             argv: &argv,
-            env: &[],
+            env: &[(
+                "CILIATE_CNI_FAULTS".to_string(),
+                faults_dir.display().to_string(),
+            )],
             env_remove: &[],
             cwd: Some(&dir),
             log: &log,
@@ -238,6 +245,7 @@ impl Containerd {
             log,
             cgroup_parent: cgroup_parent(lab.name(), node),
             network: conflist["name"].as_str().unwrap_or_default().to_string(),
+            faults_dir,
             process,
         };
         match me.get_ready(lab.dir()) {

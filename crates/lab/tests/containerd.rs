@@ -14,7 +14,11 @@
 //! - under the chained list, hostPort (portmap) reaches the pod from outside
 //!   the cluster, from the other node and from a pod on it, bandwidth shapes its device, prevResult flows through, CHECK
 //!   passes on the healthy pod and fails naming the device removed by hand,
-//!   and the pod is still released cleanly afterwards.
+//!   and the pod is still released cleanly afterwards;
+//! - the plugin killed mid-ADD (after the allocation, after making the
+//!   device, and in the runtime's DEL too) and the agent killed mid-ADD
+//!   leave no address, device or BPF endpoint entry once the runtime's
+//!   retry, CNI GC and the agent's restart have run.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -541,4 +545,179 @@ fn chained_portmap_and_bandwidth_pass_check_and_check_names_a_removed_device() {
         !ifbs.contains("bwp"),
         "bandwidth left its ifb device: {ifbs}"
     );
+}
+
+/// The node's `lxc` devices.
+fn lxc_devices(lab: &Lab, node: &str) -> Vec<String> {
+    let out = ok(lab, node, &["ip", "-o", "link", "show"]);
+    let mut names: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with("lxc"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Arms (`Some(action)`) or disarms the plugin's fault hook at `point`.
+fn fault(rt: &Containerd, point: &str, action: Option<&str>) {
+    let file = rt.faults_dir.join(point);
+    match action {
+        Some(a) => std::fs::write(&file, a).unwrap(),
+        None => {
+            let _ = std::fs::remove_file(&file);
+        }
+    }
+}
+
+/// GC through node `rt`'s list as a CNI 1.1 runtime runs it (containerd 1.6
+/// has no GC), keeping the runtime's ready sandboxes.
+fn gc(rt: &Containerd, client: &CriClient) {
+    let keep: Vec<(String, String)> = client
+        .list_pod_sandboxes()
+        .unwrap()
+        .iter()
+        .filter(|s| s.state == k8s_cri::v1::PodSandboxState::SandboxReady as i32)
+        .map(|s| (s.id.clone(), "eth0".to_string()))
+        .collect();
+    let list: Value = serde_json::from_str(
+        &std::fs::read_to_string(rt.conf_dir.join(containerd::CONFLIST_NAME)).unwrap(),
+    )
+    .unwrap();
+    let cni_path = rt.bin_dir.display().to_string();
+    let inv = cni::Invocation {
+        pod: "gc",
+        pod_namespace: "",
+        pod_name: "",
+        container_id: "",
+        netns_path: Path::new(""),
+        ifname: "",
+        cni_path: &cni_path,
+        runtime_netns: &rt.node_netns,
+    };
+    cni::gc(&list, &inv, &keep).expect("GC");
+}
+
+/// Item 4: the plugin or the agent dies mid-ADD. After the runtime's retry,
+/// CNI GC and the agent's restart, the node holds exactly what it held
+/// before plus the retried pod: no address, device or BPF endpoint entry is
+/// left over.
+#[test]
+fn crashes_mid_add_leave_nothing_after_retry_gc_and_agent_restart() {
+    if !root() {
+        return;
+    }
+    let suite = suite();
+    let mut lab = suite.lab();
+    let rt = &suite.runtimes[1];
+    let client = rt.client().unwrap();
+    let node = rt.node.clone();
+    let before = (
+        allocated(&lab, &node),
+        lxc_devices(&lab, &node),
+        bpf_endpoints(&lab, &node),
+    );
+
+    // The plugin dies once its device exists, and again in the runtime's
+    // DEL: the device and the address are left behind.
+    fault(rt, "add-after-device", Some("abort"));
+    fault(rt, "del", Some("abort"));
+    // Each attempt under a name of its own: containerd keeps a name whose
+    // sandbox it could not clean up reserved.
+    let failed = client.run_pod_sandbox(rt.sandbox_config(NAMESPACE, "crashy-1"));
+    fault(rt, "add-after-device", None);
+    fault(rt, "del", None);
+    let failed = failed.expect_err("RunPodSandbox succeeded through a crash");
+    assert!(!failed.to_string().contains("reserve"), "{failed}");
+    assert_eq!(
+        allocated(&lab, &node).len(),
+        before.0.len() + 1,
+        "the crash left its address"
+    );
+    assert_eq!(
+        lxc_devices(&lab, &node).len(),
+        before.1.len() + 1,
+        "the crash left its device"
+    );
+
+    // The plugin dies right after the allocation; the runtime's DEL (which
+    // works) releases the address no endpoint uses.
+    fault(rt, "add-after-allocate", Some("abort"));
+    let failed = client.run_pod_sandbox(rt.sandbox_config(NAMESPACE, "crashy-2"));
+    fault(rt, "add-after-allocate", None);
+    let failed = failed.expect_err("RunPodSandbox succeeded through a crash");
+    assert!(!failed.to_string().contains("reserve"), "{failed}");
+    assert_eq!(
+        allocated(&lab, &node).len(),
+        before.0.len() + 1,
+        "DEL released the address"
+    );
+
+    // The runtime's retry works; GC then removes the first crash's leftovers.
+    let pod = run_pod(&client, rt.sandbox_config(NAMESPACE, "crashy"));
+    gc(rt, &client);
+    let ep = endpoint_of(&lab, &node, &pod).expect("the retried pod's endpoint");
+    let with_pod = |mut v: Vec<String>, item: String| {
+        v.push(item);
+        v.sort();
+        v
+    };
+    let mut want_ips = before.0.clone();
+    want_ips.push(pod.ip);
+    want_ips.sort();
+    let mut ips = allocated(&lab, &node);
+    ips.sort();
+    assert_eq!(ips, want_ips, "after GC: addresses");
+    assert_eq!(
+        lxc_devices(&lab, &node),
+        with_pod(before.1.clone(), ep.host_ifname.clone()),
+        "after GC: devices"
+    );
+
+    // The agent dies while an ADD is paused with its device made: the ADD
+    // fails (its undo removes the device), and so does the runtime's DEL.
+    // The agent's restart releases the address no endpoint uses.
+    fault(rt, "add-after-device", Some("pause"));
+    let reached = rt.faults_dir.join("add-after-device.reached");
+    let _ = std::fs::remove_file(&reached);
+    let adding = {
+        let socket = rt.socket.clone();
+        let config = rt.sandbox_config(NAMESPACE, "crashy-agent");
+        std::thread::spawn(move || CriClient::new(&socket).unwrap().run_pod_sandbox(config))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reached.exists() {
+        assert!(Instant::now() < deadline, "the ADD never reached its pause");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    lab.kill_agent(&node).unwrap();
+    fault(rt, "add-after-device", None);
+    assert!(
+        adding.join().unwrap().is_err(),
+        "the ADD succeeded without an agent"
+    );
+    lab.start_agent(&node, Duration::from_mins(1)).unwrap();
+    let mut ips = allocated(&lab, &node);
+    ips.sort();
+    assert_eq!(ips, want_ips, "after the agent's restart: addresses");
+    assert_eq!(
+        lxc_devices(&lab, &node),
+        with_pod(before.1.clone(), ep.host_ifname.clone()),
+        "after the agent's restart: devices"
+    );
+    let mut want_bpf = with_pod(before.2.clone(), pod.ip.to_string());
+    want_bpf.sort();
+    let mut bpf = bpf_endpoints(&lab, &node);
+    bpf.sort();
+    assert_eq!(bpf, want_bpf, "BPF endpoint entries");
+
+    remove_pod(&client, &pod);
+    assert_released(&lab, rt, &client, &pod, &ep.host_ifname);
+    let mut ips = allocated(&lab, &node);
+    ips.sort();
+    let mut want = before.0.clone();
+    want.sort();
+    assert_eq!(ips, want, "in the end: addresses");
+    assert_eq!(lxc_devices(&lab, &node), before.1, "in the end: devices");
 }
