@@ -16,8 +16,12 @@
  *   masquerading mode what would leave through the FIB goes to the stack.
  * to_container: TCX egress of the lxc device (netkit: the primary's policy),
  *   i.e. what the host stack sends to the pod. It reverse-translates a reply
- *   of a service connection whose backend is the host itself, accounts for
- *   the packet and lets it through.
+ *   of a service connection whose backend is the host itself, records
+ *   connections the stack delivers from neither a local pod nor the node
+ *   itself (only netfilter's translations get here that way: a hostPort
+ *   DNATed; BPF deliveries use bpf_redirect_peer and skip this hook) so that
+ *   from_container hands their replies back to the stack, accounts for the
+ *   packet and lets it through.
  * from_container_ipvlan: the same for a pod whose eth0 is an ipvlan L3 slave
  *   (datapathMode ipvlan), tail-called by bpf/ipvlan.c's entry on the slave's
  *   tc egress inside the pod's namespace. No device of the node can be
@@ -154,6 +158,12 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb, struct pkt_info *p
 		trace(skb, pi, cfg, TRACE_TO_STACK, METRIC_EGRESS, 0);
 		return TC_ACT_OK;
 	}
+	/* A reply of a connection the stack delivered (a hostPort): only
+	 * netfilter can translate it back. */
+	if (masq_reply_via_stack(skb, pi, cfg)) {
+		trace(skb, pi, cfg, TRACE_TO_STACK, METRIC_EGRESS, 0);
+		return TC_ACT_OK;
+	}
 	/* Behind another node's tunnel endpoint: the agent sets those only in
 	 * tunnel mode, so their presence is the whole decision. */
 	if (remote && remote->tunnel_endpoint)
@@ -242,6 +252,10 @@ int to_container(struct __sk_buff *skb)
 
 		if (ret != LB_NONE && ret != LB_XLATED)
 			return ret;
+		/* Not a service reply: perhaps a connection whose replies
+		 * must come back through the stack. */
+		if (ret == LB_NONE)
+			masq_track_via_stack(skb, &pi, cfg);
 	}
 	trace(skb, &pi, cfg, TRACE_FROM_STACK, METRIC_INGRESS, skb->ifindex);
 	return TC_ACT_OK;

@@ -23,6 +23,11 @@ PACKAGES=(
   kmod              # depmod/modprobe for the VM kernel's modules (cargo xtask vm-test)
   cpio              # reads back the VM's initramfs in xtask's tests
   xz-utils          # unpacks the VM kernel's .ko.xz modules into its initramfs
+  containerd        # the real runtime of the containerd suite (CRI drives our CNI plugin)
+  runc              # containerd's OCI runtime, runs the suite's pause containers
+  containernetworking-plugins # portmap and bandwidth, chained after ciliate in the suite
+  gcc               # builds the suite's static pause binary (cc -static)
+  libc6-dev         # static libc for that pause binary
 )
 
 # QEMU for `cargo xtask vm-test`, from bookworm-backports: bookworm's own

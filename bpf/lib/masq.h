@@ -277,6 +277,79 @@ static __always_inline int masq_track_inbound(struct __sk_buff *skb, struct pkt_
 	return 0;
 }
 
+/* to_container: a connection the host stack delivers to a pod from a source
+ * that is neither a pod of this node nor the node itself gets a CT_KEY_MASQ
+ * entry with CT_F_INBOUND | CT_F_VIA_STACK, keyed by the pod's reply tuple,
+ * so that from_container hands the replies back to the stack
+ * (masq_reply_via_stack). Such a connection is one netfilter translated: a
+ * hostPort the reference portmap plugin DNATs, from outside or from another
+ * node or its pods (they reach the node's address, and the node routes the
+ * result to the pod). Only netfilter can undo its translation: routed by
+ * fib_redirect or into the tunnel the replies would leave with the pod's
+ * address (and to_netdev would drop them, DROP_MASQ_NO_MAPPING). Nothing
+ * else reaches this hook from elsewhere: pods and other nodes' traffic for
+ * a pod is delivered with bpf_redirect_peer, which skips it.
+ * The node's own connections (kubelet's probes) need no entry: replies to
+ * the node's addresses go to the stack anyway (fib_redirect), and they would
+ * fill the table. TCP and UDP; started by a TCP SYN without ACK or any UDP
+ * packet; later packets renew it. */
+static __always_inline void masq_track_via_stack(struct __sk_buff *skb, struct pkt_info *pi,
+						 const struct datapath_config *cfg)
+{
+	struct ipcache_value *src;
+	struct ct4_key key;
+	struct ct4_entry *ct;
+	__u32 now;
+
+	if (pi->proto != IPPROTO_TCP && pi->proto != IPPROTO_UDP)
+		return;
+	if (!pi->has_ports || pi->is_frag || endpoint(pi->src_ip))
+		return;
+	ct_key_reverse_of(&key, pi);
+	key.flags = CT_KEY_MASQ;
+	now = ct_now();
+	ct = ct_lookup(&key);
+	if (!ct) {
+		if (pi->proto == IPPROTO_TCP &&
+		    (pi->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+			return;
+		src = ipcache(pi->src_ip);
+		if (src && src->sec_identity == IDENTITY_HOST)
+			return;
+		ct = ct_create(&key, 0, 0, 0, CT_F_INBOUND | CT_F_VIA_STACK, now);
+		if (!ct)
+			return;
+	}
+	if (!(ct->flags & CT_F_VIA_STACK))
+		return;
+	ct_account(ct, cfg, pi, CT_TX, skb->len, now);
+}
+
+/* from_container: whether pi's packet is a pod's reply of a connection
+ * masq_track_via_stack recorded, which must go back through the stack.
+ * Accounts it to the connection. */
+static __always_inline int masq_reply_via_stack(struct __sk_buff *skb, struct pkt_info *pi,
+						const struct datapath_config *cfg)
+{
+	struct ct4_key key;
+	struct ct4_entry *ct;
+
+	if (pi->proto != IPPROTO_TCP && pi->proto != IPPROTO_UDP)
+		return 0;
+	if (!pi->has_ports || pi->is_frag)
+		return 0;
+	/* A connection the pod starts is never one the stack delivered. */
+	if (pi->proto == IPPROTO_TCP &&
+	    (pi->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		return 0;
+	ct_key_of(&key, pi, CT_KEY_MASQ);
+	ct = ct_lookup(&key);
+	if (!ct || !(ct->flags & CT_F_VIA_STACK))
+		return 0;
+	ct_account(ct, cfg, pi, CT_RX, skb->len, ct_now());
+	return 1;
+}
+
 /* from_netdev: a reply to a masqueraded connection, whose INGRESS mapping nat
  * (NAT_F_MASQUERADE) snat4_reply_mapping found. Its destination becomes the
  * pod again, the connection's state and all three entries' lifetimes follow

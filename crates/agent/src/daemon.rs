@@ -7,9 +7,10 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use ciliate_api::{
-    DatapathMode as EndpointKind, DatapathStatus, Endpoint, EndpointCreateRequest, EndpointState,
-    IpMasqState, IpamAllocateRequest, IpamAllocation, IpamOwner, IpamStatus, KprDevice,
-    KubeProxyReplacementStatus, MasqueradingStatus, Node, ProgramStatus, ServiceEntry, Status,
+    add_lock, DatapathMode as EndpointKind, DatapathStatus, Endpoint, EndpointCreateRequest,
+    EndpointState, IpMasqState, IpamAllocateRequest, IpamAllocation, IpamOrphansRequest, IpamOwner,
+    IpamReleased, IpamStatus, KprDevice, KubeProxyReplacementStatus, MasqueradingStatus, Node,
+    ProgramStatus, ServiceEntry, Status,
 };
 use ciliate_datapath::loader::{Datapath, Maps, HOST_ATTACH, NETDEV_ATTACH, OVERLAY_ATTACH};
 use ciliate_datapath::maps::{DatapathConfig, EndpointKey};
@@ -138,6 +139,9 @@ impl Daemon {
             }),
         };
         daemon.restore_endpoints()?;
+        // What an ADD left when it or the agent died mid-way: no endpoint
+        // will come for it (a running ADD holds its lock and is spared).
+        daemon.release_orphans(&IpamOrphansRequest::default())?;
         daemon.publish_local();
         Ok(daemon)
     }
@@ -435,8 +439,19 @@ impl Daemon {
         }
     }
 
-    pub fn release(&self, ip: Ipv4Addr) -> Result<(), AgentError> {
+    /// Releases `ip`; with `container_id`, only while it is that container's
+    /// (an ADD undoing its allocation must never release an address that was
+    /// reclaimed meanwhile and handed to another container).
+    pub fn release(&self, ip: Ipv4Addr, container_id: Option<&str>) -> Result<(), AgentError> {
         let mut inner = self.lock();
+        if let Some(want) = container_id {
+            let holder = inner.ipam.get(ip).and_then(|a| a.container_id.as_deref());
+            if holder != Some(want) {
+                return Err(AgentError::NotFound(format!(
+                    "address {ip} is not allocated to container {want}"
+                )));
+            }
+        }
         if let Some(ep) = inner.registry.by_ip(ip) {
             return Err(AgentError::Conflict(format!(
                 "address {ip} is in use by endpoint {}: delete the endpoint instead",
@@ -446,6 +461,47 @@ impl Daemon {
         inner.ipam.release(ip)?;
         info!(%ip, "released");
         self.persist(&inner)
+    }
+
+    /// Releases the addresses of CNI attachments that no endpoint uses and no
+    /// ADD is still wiring up (`ciliate_api::add_lock`), of the containers
+    /// `req` names: what a plugin or an agent that died mid-ADD left. Called
+    /// by CNI DEL and GC and by the agent's start.
+    pub fn release_orphans(
+        &self,
+        req: &IpamOrphansRequest,
+    ) -> Result<Vec<IpamReleased>, AgentError> {
+        let mut inner = self.lock();
+        let orphans: Vec<IpamReleased> = inner
+            .ipam
+            .allocations()
+            .iter()
+            .filter(|(ip, _)| inner.registry.by_ip(**ip).is_none())
+            .filter_map(|(ip, a)| {
+                let id = a.container_id.as_ref()?;
+                let named = req.container_id.as_ref().is_none_or(|c| c == id);
+                // GC's list is the runtime's: the health endpoint is the
+                // agent's own and never in it.
+                let kept = req.keep_container_ids.as_ref().is_some_and(|keep| {
+                    keep.contains(id) || a.owner == crate::health::HEALTH_OWNER
+                });
+                (named && !kept).then(|| IpamReleased {
+                    ip: *ip,
+                    owner: a.owner.clone(),
+                    container_id: id.clone(),
+                })
+            })
+            .filter(|o| !add_lock::in_flight(&self.config.socket_path, &o.container_id))
+            .collect();
+        if orphans.is_empty() {
+            return Ok(orphans);
+        }
+        for o in &orphans {
+            let _ = inner.ipam.release(o.ip);
+            info!(ip = %o.ip, owner = %o.owner, container = %o.container_id, "released an address no endpoint uses");
+        }
+        self.persist(&inner)?;
+        Ok(orphans)
     }
 
     pub fn create_endpoint(&self, req: &EndpointCreateRequest) -> Result<Endpoint, AgentError> {

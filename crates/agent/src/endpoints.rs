@@ -179,7 +179,8 @@ pub fn host_route(ep: &Endpoint, router: Ipv4Addr) -> Route {
 /// Programs the kernel for `ep`. On error, undoes what it did.
 ///
 /// `stack_forwards`: iptables masquerading, where the datapath hands pod
-/// traffic leaving the node to the stack, which must forward it.
+/// traffic leaving the node to the stack, which must forward it. A pod's
+/// device forwards in any mode (see `isolate_from_kernel_routing`).
 pub fn plumb(
     ep: &Endpoint,
     router: Ipv4Addr,
@@ -188,7 +189,7 @@ pub fn plumb(
     nl: &Netlink,
     stack_forwards: bool,
 ) -> Result<(), AgentError> {
-    isolate_from_kernel_routing(&ep.host_ifname, stack_forwards)?;
+    isolate_from_kernel_routing(&ep.host_ifname, stack_forwards || !ep.health)?;
     match ep.datapath_mode {
         // The pair's policy: from_container on the peer, to_container on the
         // primary; until then the peer drops what the pod sends.
@@ -241,9 +242,16 @@ fn check_netkit_device(ep: &Endpoint, nl: &Netlink) -> Result<(), AgentError> {
 /// does not answer the pod's ARP (the lxc device has no address); so without
 /// our programs a pod reaches nothing, and with them every path is theirs.
 ///
-/// The one exception is iptables masquerading (`stack_forwards`): there the
-/// datapath passes pod traffic that leaves the node to the stack so that
-/// netfilter's POSTROUTING masquerades it, and the stack must forward it.
+/// The exceptions, where the datapath itself passes a pod's packet to the
+/// stack to be routed on, so the stack must forward what arrives on the
+/// device: iptables masquerading (`stack_forwards`: netfilter's POSTROUTING
+/// masquerades traffic leaving the node), and in every mode a pod's replies
+/// of connections the stack delivered (a hostPort that netfilter DNATed,
+/// e.g. chained portmap), which only netfilter can translate back. The
+/// health endpoint has no such connections and keeps forwarding off. Without
+/// our programs such a pod still reaches nothing: `arp_ignore=1` leaves its
+/// gateway unresolved, and the datapath passes to the stack only replies of
+/// connections `to_container` recorded and what the FIB cannot forward.
 fn isolate_from_kernel_routing(device: &str, stack_forwards: bool) -> Result<(), AgentError> {
     let forwarding = if stack_forwards { "1" } else { "0" };
     for (key, value) in [("forwarding", forwarding), ("arp_ignore", "1")] {

@@ -57,7 +57,7 @@ pub fn ensure(daemon: &Daemon) -> anyhow::Result<()> {
     let made = match podnet::create(&nl, &spec) {
         Ok(made) => made,
         Err(e) => {
-            let _ = daemon.release(alloc.ip);
+            let _ = daemon.release(alloc.ip, None);
             return Err(e).context("creating the health endpoint's devices");
         }
     };
@@ -78,7 +78,7 @@ pub fn ensure(daemon: &Daemon) -> anyhow::Result<()> {
     };
     if let Err(e) = daemon.create_endpoint(&req) {
         let _ = nl.del_link(made.host.index);
-        let _ = daemon.release(alloc.ip);
+        let _ = daemon.release(alloc.ip, None);
         return Err(anyhow::anyhow!(e.chain())).context("registering the health endpoint");
     }
     info!(ip = %alloc.ip, netns = %netns_path.display(), "health endpoint ready");

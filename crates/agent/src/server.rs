@@ -10,7 +10,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ciliate_api::{
     ClusterHealth, Endpoint, EndpointCreateRequest, IpMasqState, IpamAllocateRequest,
-    IpamAllocation, MonitorEvent, Node, ServiceEntry, Status,
+    IpamAllocation, IpamOrphansRequest, IpamReleased, MonitorEvent, Node, ServiceEntry, Status,
 };
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
@@ -35,6 +35,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/healthz", get(|| async { "ok" }))
         .route("/v1/ipam", post(allocate))
+        .route("/v1/ipam/orphans", post(release_orphans))
         .route("/v1/ipam/{ip}", delete(release))
         .route("/v1/endpoint", post(create_endpoint).get(list_endpoints))
         .route(
@@ -105,12 +106,36 @@ async fn allocate(
     Ok((StatusCode::CREATED, Json(alloc)))
 }
 
-async fn release(State(api): State<Api>, Path(ip): Path<String>) -> Result<StatusCode, AgentError> {
+/// `?containerId=`: release only while the address is that container's.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReleaseQuery {
+    container_id: Option<String>,
+}
+
+async fn release(
+    State(api): State<Api>,
+    Path(ip): Path<String>,
+    Query(query): Query<ReleaseQuery>,
+) -> Result<StatusCode, AgentError> {
     let ip: Ipv4Addr = ip
         .parse()
         .map_err(|_| AgentError::BadRequest(format!("address {ip:?} is not an IPv4 address")))?;
-    blocking(&api.daemon, move |d| d.release(ip)).await?;
+    blocking(&api.daemon, move |d| {
+        d.release(ip, query.container_id.as_deref())
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn release_orphans(
+    State(api): State<Api>,
+    body: Result<Json<IpamOrphansRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Vec<IpamReleased>>, AgentError> {
+    let Json(req) = body.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    blocking(&api.daemon, move |d| d.release_orphans(&req))
+        .await
+        .map(Json)
 }
 
 async fn create_endpoint(

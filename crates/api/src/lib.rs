@@ -5,7 +5,8 @@
 //! |---|---|---|---|
 //! | GET | /v1/status[?verbose=true] | | [`Status`] |
 //! | POST | /v1/ipam | [`IpamAllocateRequest`] | [`IpamAllocation`] |
-//! | DELETE | /v1/ipam/{ip} | | 204 |
+//! | DELETE | /v1/ipam/{ip}[?containerId=<id>] | | 204 (404 if not allocated, or not to that container) |
+//! | POST | /v1/ipam/orphans | [`IpamOrphansRequest`] | `[IpamReleased]` |
 //! | POST | /v1/endpoint | [`EndpointCreateRequest`] | [`Endpoint`] |
 //! | GET | /v1/endpoint | | `[Endpoint]` |
 //! | GET | /v1/endpoint/{id} | | [`Endpoint`] |
@@ -19,6 +20,7 @@
 //! `{id}` is the numeric endpoint id or `container-id:<id>`. Errors come back as
 //! [`ApiError`] with a 4xx/5xx status.
 
+pub mod add_lock;
 pub mod client;
 pub mod types;
 

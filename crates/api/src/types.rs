@@ -19,6 +19,30 @@ pub struct IpamAllocateRequest {
     pub container_id: Option<String>,
 }
 
+/// Body of `POST /v1/ipam/orphans`: releases the addresses of CNI
+/// attachments that no endpoint uses and no ADD is still wiring up (see
+/// [`crate::add_lock`]). CNI DEL names its container, GC the containers the
+/// runtime keeps; neither releases every orphan.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IpamOrphansRequest {
+    /// Only this container's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// All but these containers'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_container_ids: Option<Vec<String>>,
+}
+
+/// An address `POST /v1/ipam/orphans` released.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IpamReleased {
+    pub ip: Ipv4Addr,
+    pub owner: String,
+    pub container_id: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct IpamAllocation {

@@ -10,10 +10,10 @@ use ciliate_datapath::loader::Maps;
 use ciliate_datapath::maps::{
     addr_of, Ct4Entry, Ct4Key, Lb4Backend, Lb4Key, Lb4Service, Nat4Entry, BE_STATE_TERMINATING,
     CT4_ANY_MAP, CT4_TCP_MAP, CT_F_INBOUND, CT_F_LOOPBACK, CT_F_NODEPORT, CT_F_RX_CLOSING,
-    CT_F_SEEN_REPLY, CT_F_SNAT, CT_F_TX_CLOSING, CT_KEY_MASQ, CT_KEY_SERVICE, IPMASQ4_MAP,
-    IPPROTO_TCP, IPPROTO_UDP, LB_SCOPE_INTERNAL, METRIC_INGRESS, NAT_DIR_INGRESS, NAT_F_MASQUERADE,
-    NAT_F_NODEPORT, SNAT4_MAP, SVC_F_AFFINITY, SVC_F_CLUSTER_IP, SVC_F_EXTERNAL_IP,
-    SVC_F_LOADBALANCER, SVC_F_NODEPORT, SVC_F_TWO_SCOPES,
+    CT_F_SEEN_REPLY, CT_F_SNAT, CT_F_TX_CLOSING, CT_F_VIA_STACK, CT_KEY_MASQ, CT_KEY_SERVICE,
+    IPMASQ4_MAP, IPPROTO_TCP, IPPROTO_UDP, LB_SCOPE_INTERNAL, METRIC_INGRESS, NAT_DIR_INGRESS,
+    NAT_F_MASQUERADE, NAT_F_NODEPORT, SNAT4_MAP, SVC_F_AFFINITY, SVC_F_CLUSTER_IP,
+    SVC_F_EXTERNAL_IP, SVC_F_LOADBALANCER, SVC_F_NODEPORT, SVC_F_TWO_SCOPES,
 };
 use ciliate_datapath::netlink::format_mac;
 use ciliate_datapath::reasons::drop_reason_name;
@@ -442,6 +442,7 @@ fn ct_flag_names(flags: u16) -> Vec<String> {
             (CT_F_LOOPBACK, "loopback"),
             (CT_F_SNAT, "snat"),
             (CT_F_INBOUND, "inbound"),
+            (CT_F_VIA_STACK, "via-stack"),
         ],
     )
 }

@@ -3,7 +3,8 @@
 //! failure undoes every earlier step.
 
 use ciliate_api::{
-    Client, ClientError, DatapathMode, EndpointCreateRequest, IpamAllocateRequest, IpamAllocation,
+    add_lock, Client, ClientError, DatapathMode, EndpointCreateRequest, IpamAllocateRequest,
+    IpamAllocation,
 };
 use ciliate_datapath::netlink::{format_mac, Link, Netlink};
 use serde_json::Value;
@@ -15,7 +16,7 @@ use crate::error::{chain, code, CniError, CniResult};
 use crate::netkit;
 use crate::result::{CniOutput, Interface, IpConfig, RouteEntry};
 use crate::veth::{self, Veth};
-use crate::{info, ipvlan, warn};
+use crate::{fault, info, ipvlan, warn};
 
 pub fn run(env: &Env, conf: &NetConf) -> CniResult<Value> {
     let container_id = env.require_container_id()?;
@@ -50,6 +51,19 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<Value> {
     }
 
     let client = Client::new(&conf.socket_path);
+    // Marks this ADD in flight until the process ends, however it ends:
+    // reclaiming addresses no endpoint uses (DEL, GC, the agent's start)
+    // spares the one it is about to allocate.
+    let _in_flight = match add_lock::AddLock::hold(&conf.socket_path, container_id) {
+        Ok(lock) => Some(lock),
+        Err(e) => {
+            warn!(
+                "cannot mark the ADD in flight under {}: {e}; a concurrent GC may reclaim its address",
+                add_lock::dir(&conf.socket_path).display()
+            );
+            None
+        }
+    };
     let owner = env.args.pod().unwrap_or_else(|| container_id.to_string());
     let request = IpamAllocateRequest {
         owner: owner.clone(),
@@ -62,6 +76,7 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<Value> {
         "allocated {} from {} (router {}, mtu {})",
         alloc.ip, alloc.cidr, alloc.router, alloc.mtu
     );
+    fault::at("add-after-allocate");
 
     let mut undo = Undo {
         client: &client,
@@ -101,6 +116,7 @@ pub fn run(env: &Env, conf: &NetConf) -> CniResult<Value> {
                 Made::ipvlan(made)
             }
         };
+        fault::at("add-after-device");
         let request = endpoint_request(env, container_id, ifname, &made, &alloc)?;
         let endpoint: ciliate_api::Endpoint = match client.post("/v1/endpoint", &request) {
             Ok(endpoint) => endpoint,
@@ -315,7 +331,10 @@ impl Undo<'_> {
         }
         if let Some(ip) = self.ip {
             // After a deleted endpoint the agent has released it already: 404.
-            match ignore_404(self.client.delete(&format!("/v1/ipam/{ip}"))) {
+            // Only while it is still this container's: an agent restarted
+            // meanwhile may have reclaimed it and handed it to another.
+            let uri = format!("/v1/ipam/{ip}?containerId={}", self.container_id);
+            match ignore_404(self.client.delete(&uri)) {
                 Ok(()) => info!("undo: released {ip}"),
                 Err(e) => problems.push(format!("releasing {ip}: {}", chain(&e))),
             }

@@ -1,7 +1,11 @@
 //! GC (CNI 1.1): remove every endpoint the runtime no longer knows, with its
-//! host device. The node's health endpoint is never touched.
+//! host device; release every address allocated for a container the runtime
+//! no longer knows that no endpoint uses (an ADD died after allocating); and
+//! delete `lxc` devices neither an endpoint nor a valid attachment owns (an
+//! ADD died after making it), unless an ADD is running, whose device that
+//! may be. The node's health endpoint is never touched.
 
-use ciliate_api::{Client, Endpoint};
+use ciliate_api::{add_lock, Client, Endpoint, IpamOrphansRequest, IpamReleased};
 use ciliate_datapath::netlink::Netlink;
 
 use crate::conf::NetConf;
@@ -59,6 +63,24 @@ pub fn run(conf: &NetConf) -> CniResult<()> {
             Err(e) => failures.push(CniError::agent(&format!("deleting endpoint {}", ep.id), &e)),
         }
     }
+    let request = IpamOrphansRequest {
+        container_id: None,
+        keep_container_ids: Some(valid.iter().map(|a| a.container_id.clone()).collect()),
+    };
+    match client.post::<_, Vec<IpamReleased>>("/v1/ipam/orphans", &request) {
+        Ok(released) => {
+            for r in released {
+                info!(
+                    "released {} of container {} (no endpoint used it)",
+                    r.ip, r.container_id
+                );
+            }
+        }
+        Err(e) => failures.push(CniError::agent("releasing addresses no endpoint uses", &e)),
+    }
+    if let Err(e) = delete_stray_devices(conf, &client, valid, &host_nl) {
+        failures.push(e);
+    }
     match failures.first() {
         None => Ok(()),
         Some(first) => {
@@ -66,4 +88,45 @@ pub fn run(conf: &NetConf) -> CniResult<()> {
             Err(CniError::new(first.code, format!("GC: {}", all.join("; "))))
         }
     }
+}
+
+/// `lxc` devices no endpoint and no valid attachment owns. Skipped while an
+/// ADD runs: its device exists before its endpoint does.
+fn delete_stray_devices(
+    conf: &NetConf,
+    client: &Client,
+    valid: &[crate::conf::Attachment],
+    host_nl: &Netlink,
+) -> CniResult<()> {
+    if add_lock::any_in_flight(&conf.socket_path) {
+        info!("an ADD is running: stray devices are left for the next GC");
+        return Ok(());
+    }
+    // Listed again: endpoints made since the first listing own their devices.
+    let endpoints: Vec<Endpoint> = client
+        .get("/v1/endpoint")
+        .map_err(|e| CniError::agent("listing the agent's endpoints", &e))?;
+    let owned: Vec<String> = endpoints
+        .iter()
+        .map(|ep| ep.host_ifname.clone())
+        .chain(
+            valid
+                .iter()
+                .map(|a| veth::host_ifname(&a.container_id, &a.ifname)),
+        )
+        .collect();
+    let links = host_nl
+        .links()
+        .map_err(|e| CniError::io("listing the node's devices", &e))?;
+    for link in links {
+        if !link.name.starts_with("lxc") || owned.contains(&link.name) {
+            continue;
+        }
+        info!(
+            "deleting {} (index {}): no endpoint or attachment owns it",
+            link.name, link.index
+        );
+        veth::teardown(host_nl, &link.name)?;
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@ mod cmd_gc;
 mod cmd_status;
 mod conf;
 mod error;
+mod fault;
 mod ipvlan;
 mod log;
 mod netkit;

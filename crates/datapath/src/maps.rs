@@ -68,6 +68,10 @@ pub const CT_F_SNAT: u16 = 0x20;
 /// `CT_KEY_MASQ` entries: a connection from outside to a pod, keyed by the
 /// pod's reply tuple; its replies leave untranslated.
 pub const CT_F_INBOUND: u16 = 0x40;
+/// With `CT_F_INBOUND`: the host stack delivered the connection to the pod
+/// from outside, another node or its pods (a hostPort netfilter DNATed);
+/// its replies go back through the stack.
+pub const CT_F_VIA_STACK: u16 = 0x80;
 pub const NAT_DIR_EGRESS: u8 = 0;
 pub const NAT_DIR_INGRESS: u8 = 1;
 pub const NAT_F_NODEPORT: u16 = 0x1;

@@ -3,6 +3,9 @@
 //! cluster to the node IP (TCP, UDP, ICMP echo), `from_netdev` translates the
 //! replies back and delivers them to the pod, lifetimes follow the TCP state,
 //! and iptables mode hands pod traffic to the stack in `from_container`.
+//! Connections the host stack delivers to a pod from elsewhere (a hostPort
+//! netfilter DNATed) are recorded by `to_container`, and `from_container`
+//! hands their replies back to the stack.
 //! Every rewritten packet has its checksums recomputed here.
 
 #[macro_use]
@@ -11,17 +14,19 @@ mod common;
 use std::net::Ipv4Addr;
 
 use ciliate_datapath::maps::{
-    be_addr, ipcache_key, monotonic_seconds, Ct4Entry, Ct4Key, DatapathConfig, IpmasqValue,
-    Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, Nat4Entry, TraceEvent, BE_STATE_ACTIVE,
-    CT_F_INBOUND, CT_F_RX_CLOSING, CT_F_SEEN_REPLY, CT_F_TX_CLOSING, CT_KEY_MASQ, EVENT_TRACE,
-    IPPROTO_TCP, IPPROTO_UDP, LB_SCOPE_EXTERNAL, MASQ_F_BPF, MASQ_F_IPTABLES, MASQ_F_IP_MASQ_AGENT,
+    be_addr, ipcache_key, monotonic_seconds, Ct4Entry, Ct4Key, DatapathConfig, IpcacheValue,
+    IpmasqValue, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4Service, Nat4Entry, TraceEvent,
+    BE_STATE_ACTIVE, CT_F_INBOUND, CT_F_RX_CLOSING, CT_F_SEEN_REPLY, CT_F_TX_CLOSING,
+    CT_F_VIA_STACK, CT_KEY_MASQ, EVENT_TRACE, IDENTITY_HOST, IPCACHE_F_HOST, IPPROTO_TCP,
+    IPPROTO_UDP, LB_SCOPE_EXTERNAL, MASQ_F_BPF, MASQ_F_IPTABLES, MASQ_F_IP_MASQ_AGENT,
     METRIC_EGRESS, METRIC_INGRESS, NAT_DIR_EGRESS, NAT_DIR_INGRESS, NAT_F_MASQUERADE,
     NAT_F_NODEPORT, NAT_PORT_MAX, NAT_PORT_MIN, SVC_F_NODEPORT,
 };
 use ciliate_datapath::netlink::format_mac;
 use ciliate_datapath::reasons::{
     DROP_FRAG_MASQ, DROP_MASQ_NO_ENDPOINT, DROP_MASQ_NO_MAPPING, DROP_NAT_NO_MAPPING,
-    TRACE_FROM_NETDEV, TRACE_REV_SNAT, TRACE_SNAT, TRACE_TO_NETDEV, TRACE_TO_STACK,
+    TRACE_FROM_NETDEV, TRACE_REV_SNAT, TRACE_SNAT, TRACE_TO_NETDEV, TRACE_TO_OVERLAY,
+    TRACE_TO_STACK,
 };
 use common::*;
 
@@ -928,4 +933,165 @@ fn a_truncated_icmp_error_goes_to_the_stack_untouched() {
         &ipv4([10, 10, 0, 254], NODE_IP, 64, ICMP, &i),
     );
     assert_eq!(h.run("from_netdev", &error), (TC_ACT_OK, error));
+}
+
+/// Pod A's device in tunnel mode: remote pods behind REMOTE_NODE's tunnel
+/// endpoint, REMOTE_NODE and this node's own address in the ipcache as the
+/// agent writes them (a remote node's identity, the host's).
+const TUNNEL_IFINDEX: u32 = 777;
+const REMOTE_NODE_IDENTITY: u32 = 6;
+
+fn via_stack_harness() -> Harness {
+    let mut h = harness(MASQ_F_BPF);
+    let mut cfg = config(MASQ_F_BPF);
+    cfg.tunnel_ifindex = TUNNEL_IFINDEX;
+    h.maps.config.set(0, cfg, 0).unwrap();
+    let tunnel_endpoint = u32::from_ne_bytes(REMOTE_NODE);
+    for (net, sec_identity, flags) in [
+        ("10.78.0.0/24", 5151, 0),
+        ("192.168.10.2/32", REMOTE_NODE_IDENTITY, IPCACHE_F_HOST),
+    ] {
+        let value = IpcacheValue {
+            sec_identity,
+            tunnel_endpoint,
+            flags,
+            pad: 0,
+        };
+        h.maps
+            .ipcache
+            .insert(&ipcache_key(net.parse().unwrap()), value, 0)
+            .unwrap();
+    }
+    let own = IpcacheValue {
+        sec_identity: IDENTITY_HOST,
+        flags: IPCACHE_F_HOST,
+        ..IpcacheValue::default()
+    };
+    for net in ["192.168.10.1/32", "10.77.0.1/32"] {
+        h.maps
+            .ipcache
+            .insert(&ipcache_key(net.parse().unwrap()), own, 0)
+            .unwrap();
+    }
+    h
+}
+
+/// A frame the host stack sends pod A (`to_container` sees it).
+fn stack_to_pod_a(src: ([u8; 4], u16), dport: u16, flags: u8) -> Vec<u8> {
+    tcp_frame((POD_A_MAC, LXC_A_MAC), src, (POD_A, dport), flags)
+}
+
+fn masq_ct_of(h: &Harness, src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Option<Ct4Entry> {
+    let key = Ct4Key::new(v4(src.0), src.1, v4(dst.0), dst.1, IPPROTO_TCP, CT_KEY_MASQ);
+    h.maps.ct4_tcp.get(&key, 0).ok()
+}
+
+/// A hostPort connection netfilter DNATed to pod A, from outside the cluster,
+/// from a pod on another node or from another node itself: `to_container`
+/// records it, and the pod's replies go to the stack (which translates them
+/// back) instead of out through the FIB or the tunnel.
+#[test]
+fn replies_of_connections_the_stack_delivers_from_elsewhere_go_back_to_the_stack() {
+    root_only!();
+    let mut h = via_stack_harness();
+    let server = (POD_A, 8080);
+    for (client, what) in [
+        ((WORLD, 50000), "an outside client"),
+        ((REMOTE_POD, 50001), "a pod on another node"),
+        ((REMOTE_NODE, 50002), "another node"),
+    ] {
+        let syn = stack_to_pod_a(client, server.1, TCP_SYN);
+        assert_eq!(h.run("to_container", &syn), (TC_ACT_OK, syn.clone()));
+        let ct = masq_ct_of(&h, server, client)
+            .unwrap_or_else(|| panic!("{what}: the connection is recorded"));
+        assert_eq!(ct.flags, CT_F_INBOUND | CT_F_VIA_STACK, "{what}: {ct:?}");
+        assert_eq!((ct.tx_packets, ct.rx_packets), (1, 0), "{what}");
+        assert_lifetime(ct.lifetime, T_SYN, what);
+        events(&mut h);
+
+        for flags in [TCP_SYN | TCP_ACK, TCP_ACK, TCP_FIN | TCP_ACK] {
+            let reply = from_pod_a(server.1, client, flags);
+            assert_eq!(
+                h.run("from_container", &reply),
+                (TC_ACT_OK, reply.clone()),
+                "{what}: the pod's reply goes to the stack untouched"
+            );
+            let ev = events(&mut h);
+            assert_eq!(
+                ev.iter()
+                    .map(|e| (e.reason, e.dst_ifindex))
+                    .collect::<Vec<_>>(),
+                [(TRACE_TO_STACK, 0)],
+                "{what}"
+            );
+        }
+        let ct = masq_ct_of(&h, server, client).unwrap();
+        assert_eq!(
+            (ct.tx_packets, ct.rx_packets),
+            (1, 3),
+            "{what}: replies counted"
+        );
+        assert_eq!(nat_count(&h), 0, "{what}: no mapping made");
+    }
+
+    // The contrast: the pod's own connection to that remote pod goes
+    // through the tunnel, as the replies above would have without the entry.
+    let own = from_pod_a(POD_PORT, (REMOTE_POD, 50001), TCP_SYN);
+    assert_eq!(h.run("from_container", &own).0, TC_ACT_REDIRECT);
+    let ev = events(&mut h);
+    assert_eq!(ev[0].reason, TRACE_TO_OVERLAY);
+    assert_eq!(ev[0].dst_ifindex, TUNNEL_IFINDEX);
+
+    // UDP too, from its first packet.
+    let client = (WORLD, 5353);
+    let request = udp_frame((POD_A_MAC, LXC_A_MAC), client, (POD_A, 53), true);
+    assert_eq!(h.run("to_container", &request).0, TC_ACT_OK);
+    let ct = masq_ct(&h, (POD_A, 53), client, IPPROTO_UDP);
+    assert_eq!(ct.flags, CT_F_INBOUND | CT_F_VIA_STACK, "{ct:?}");
+    let reply = udp_frame((LXC_A_MAC, POD_A_MAC), (POD_A, 53), client, true);
+    assert_eq!(h.run("from_container", &reply), (TC_ACT_OK, reply.clone()));
+    let ct = masq_ct(&h, (POD_A, 53), client, IPPROTO_UDP);
+    assert_eq!((ct.tx_packets, ct.rx_packets), (1, 1));
+}
+
+/// What needs no entry: the node's own connections (their replies reach
+/// the stack anyway), a connection the pod started (the stack delivering
+/// its SYN-ACK, e.g. after iptables masquerading), a pod of this node, and a
+/// TCP segment that starts nothing.
+#[test]
+fn the_nodes_own_pod_started_and_local_pod_connections_get_no_via_stack_entry() {
+    root_only!();
+    let mut h = via_stack_harness();
+    let server = (POD_A, 8080);
+    for (client, what) in [
+        ((NODE_IP, 40001), "the node's address"),
+        ((ROUTER, 40002), "the router address"),
+        ((POD_B, 40003), "a pod of this node"),
+    ] {
+        let syn = stack_to_pod_a(client, server.1, TCP_SYN);
+        assert_eq!(h.run("to_container", &syn), (TC_ACT_OK, syn.clone()));
+        assert_eq!(masq_ct_of(&h, server, client), None, "{what}");
+    }
+    let mid_stream = stack_to_pod_a((WORLD, 40004), server.1, TCP_ACK);
+    assert_eq!(h.run("to_container", &mid_stream).0, TC_ACT_OK);
+    assert_eq!(masq_ct_of(&h, server, (WORLD, 40004)), None, "no SYN");
+
+    // Pod A starts connections to a remote pod and to the outside; the
+    // stack hands it their SYN-ACKs: nothing is recorded and the pod's
+    // next segments take their usual paths (the tunnel; the FIB, which
+    // without a native device is the stack).
+    for (peer, verdict) in [
+        ((REMOTE_POD, WEB), TC_ACT_REDIRECT),
+        ((WORLD, WEB), TC_ACT_OK),
+    ] {
+        let syn = from_pod_a(POD_PORT, peer, TCP_SYN);
+        assert_eq!(h.run("from_container", &syn).0, verdict, "{peer:?}");
+        let syn_ack = stack_to_pod_a(peer, POD_PORT, TCP_SYN | TCP_ACK);
+        assert_eq!(h.run("to_container", &syn_ack).0, TC_ACT_OK);
+        assert_eq!(masq_ct_of(&h, (POD_A, POD_PORT), peer), None, "{peer:?}");
+        let ack = from_pod_a(POD_PORT, peer, TCP_ACK);
+        assert_eq!(h.run("from_container", &ack).0, verdict, "{peer:?}");
+    }
+    assert_eq!(h.maps.ct4_tcp.keys().count(), 0);
+    events(&mut h);
 }

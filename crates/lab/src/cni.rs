@@ -104,6 +104,61 @@ pub fn del(list: &Value, inv: &Invocation<'_>, prev_result: Option<&Value>) -> R
     first_error.map_or(Ok(()), Err)
 }
 
+/// GC (CNI 1.1) through every plugin of the list, as libcni 1.2 runs it:
+/// cniVersion 1.1.0 and the attachments to keep, `(container id, ifname)`,
+/// as `cni.dev/valid-attachments`. `inv` gives the plugin path and the
+/// runtime's namespace; its container fields are not used by GC.
+pub fn gc(list: &Value, inv: &Invocation<'_>, keep: &[(String, String)]) -> Result<()> {
+    let valid: Vec<Value> = keep
+        .iter()
+        .map(|(id, ifname)| serde_json::json!({"containerID": id, "ifname": ifname}))
+        .collect();
+    for plugin in plugins(list, inv)? {
+        let mut config = plugin_config(list, &plugin, None);
+        config["cniVersion"] = "1.1.0".into();
+        config["cni.dev/valid-attachments"] = Value::Array(valid.clone());
+        config["cni.dev/attachments"] = Value::Array(valid.clone());
+        exec_plugin(inv, "GC", &plugin, &config)?;
+    }
+    Ok(())
+}
+
+/// CHECK through every plugin of the list in order, each given the cached
+/// result of ADD as `prevResult` and, as `runtimeConfig`, the cached
+/// capability arguments it declares (libcni's CheckNetworkList does both).
+pub fn check(
+    list: &Value,
+    inv: &Invocation<'_>,
+    prev_result: &Value,
+    capability_args: &Value,
+) -> Result<()> {
+    for plugin in plugins(list, inv)? {
+        let mut config = plugin_config(list, &plugin, Some(prev_result));
+        inject_runtime_config(&mut config, &plugin, capability_args);
+        exec_plugin(inv, "CHECK", &plugin, &config)?;
+    }
+    Ok(())
+}
+
+/// Sets `runtimeConfig.<cap>` for each capability the plugin declares
+/// (`"capabilities": {"portMappings": true}`) that the runtime has an argument for.
+pub fn inject_runtime_config(config: &mut Value, plugin: &Value, capability_args: &Value) {
+    let Some(caps) = plugin.get("capabilities").and_then(Value::as_object) else {
+        return;
+    };
+    for (cap, on) in caps {
+        if on.as_bool() != Some(true) {
+            continue;
+        }
+        if let Some(arg) = capability_args.get(cap) {
+            if let Some(obj) = config.as_object_mut() {
+                let rc = obj.entry("runtimeConfig").or_insert_with(|| json!({}));
+                rc[cap] = arg.clone();
+            }
+        }
+    }
+}
+
 /// The pod's IPv4 address from a CNI result (`ips[].address`).
 pub fn result_ipv4(result: &Value) -> Option<Ipv4Addr> {
     result.get("ips")?.as_array()?.iter().find_map(|ip| {

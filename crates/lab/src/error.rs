@@ -124,6 +124,15 @@ pub enum LabError {
         message: String,
     },
 
+    /// A CRI call the runtime refused or did not answer; the status's code
+    /// and message are the runtime's words (a failed CNI ADD shows here).
+    #[error("CRI {call} on {}: {}: {}", socket.display(), source.code(), source.message())]
+    Cri {
+        call: String,
+        socket: PathBuf,
+        source: Box<tonic::Status>,
+    },
+
     #[error("state file {} is not valid", path.display())]
     State {
         path: PathBuf,

@@ -1706,6 +1706,8 @@ impl Lab {
             }
         }
 
+        // Pods containerd made live outside the lab's namespaces and cgroups.
+        failures.extend(crate::containerd::cleanup_lab(&dir, name));
         let mounts = sys::mounts_under(&dir);
         report.mounts = mounts.len();
         failures.extend(sys::unmount_all_under(&dir));
@@ -1822,6 +1824,7 @@ pub fn leftovers(lab: &str) -> Vec<String> {
     if dir.exists() {
         items.push(format!("directory {}", dir.display()));
     }
+    items.extend(crate::containerd::leftovers(lab));
     items
 }
 

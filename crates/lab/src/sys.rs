@@ -30,12 +30,17 @@ pub fn find_program(program: &Path) -> Option<PathBuf> {
 
 /// Runs `ip ARGS...` and fails with its stderr.
 pub fn ip(what: &str, ip_args: &[&str]) -> Result<()> {
-    let argv: Vec<String> = std::iter::once("ip")
-        .chain(ip_args.iter().copied())
-        .map(String::from)
+    run_checked(what, Command::new("ip").args(ip_args))
+}
+
+/// Runs a command to its end (stdin from /dev/null) and fails with its
+/// stderr when it exits unsuccessfully; `what` says why it ran.
+pub fn run_checked(what: &str, cmd: &mut Command) -> Result<()> {
+    let argv: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let out = Command::new("ip")
-        .args(ip_args)
+    let out = cmd
         .stdin(Stdio::null())
         .output()
         .map_err(|source| LabError::Spawn {
