@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::catalog::{self, Service, MAX_SERVICES};
 use crate::iptables::Backend;
 use crate::load::{self, LoadSpec, Sample, Server};
+use crate::stats::median;
 use crate::topology::{flush_conntrack, Kind, Topology};
 use crate::{ciliate, interrupt, report};
 
@@ -266,6 +267,7 @@ impl Bed {
             });
         }
         let sample = load::run(&LoadSpec {
+            mode: load::Mode::Crr,
             netns: client,
             target,
             concurrency: opts.concurrency,
@@ -308,19 +310,6 @@ fn splitmix(state: &mut u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len().is_multiple_of(2) {
-        f64::midpoint(values[mid - 1], values[mid])
-    } else {
-        values[mid]
-    })
 }
 
 fn row(
