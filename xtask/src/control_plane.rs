@@ -12,6 +12,7 @@
 //!    (`ciliate_lab4_svc`, slot 0 of each frontend), and its RSS then.
 //! 4. CNI DEL of every pod: p50/p99 and pods per second.
 
+use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -469,10 +470,10 @@ pub fn markdown(report: &Report) -> String {
         ),
     ];
     for (k, v) in rows {
-        md.push_str(&format!("| {k} | {v} |\n"));
+        let _ = writeln!(md, "| {k} | {v} |");
     }
     for e in &report.errors {
-        md.push_str(&format!("\n- {e}"));
+        let _ = write!(md, "\n- {e}");
     }
     md.push('\n');
     md

@@ -180,9 +180,9 @@ fn route_direct(from: &Node, to: &Node) -> Result<()> {
 }
 
 fn ip(what: &str, ns: &Netns, args: &[&str]) -> Result<()> {
-    let mut argv = vec!["-n", ns.name()];
-    argv.extend_from_slice(args);
-    sys::ip(what, &argv).with_context(|| format!("{what} in {}", ns.name()))
+    let mut command = vec!["-n", ns.name()];
+    command.extend_from_slice(args);
+    sys::ip(what, &command).with_context(|| format!("{what} in {}", ns.name()))
 }
 
 /// Creates `node`'s `flannel.1`, up, with `<PodCIDR>.0/32`; returns its MAC.

@@ -19,6 +19,7 @@
 //! A path whose first verdict is not the expected one is reported as an
 //! error instead of being timed.
 
+use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -397,18 +398,19 @@ pub fn markdown(report: &Report) -> String {
         let cilium = r
             .cilium_ns
             .map_or_else(|| "-".to_string(), |(e, n)| format!("{e:.0} / {n:.0}"));
-        md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {cilium} |\n",
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {cilium} |",
             r.path,
             r.program,
             ns(r.new_ns),
             ns(r.established_ns),
             ns(r.repeat_ns)
-        ));
+        );
     }
     for r in &report.rows {
         if let Some(e) = &r.error {
-            md.push_str(&format!("\n- {}: {e}", r.path));
+            let _ = write!(md, "\n- {}: {e}", r.path);
         }
     }
     md.push('\n');

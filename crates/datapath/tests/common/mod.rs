@@ -20,6 +20,8 @@ use ciliate_datapath::podnet::{self, PodNetSpec, PodVeth};
 use ciliate_datapath::reasons::REASON_FORWARDED;
 
 // The packet builders live in the crate, so the benchmarks build the same packets.
+// Not every test file uses every one.
+#[allow(unused_imports)]
 pub use ciliate_datapath::packets::{
     checksum, eth, ipv4, l4_checksum, tcp_frame, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
