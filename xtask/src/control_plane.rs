@@ -9,7 +9,7 @@
 //! 3. `services` ClusterIP services, each with an EndpointSlice naming one
 //!    pod, written into the store (etcd) as the API server would hold them;
 //!    the time until the agent has all of them in its service map
-//!    (`ciliate_lab4_svc`, slot 0 of each frontend), and its RSS then.
+//!    (`ciliate_lb4_svc`, slot 0 of each frontend), and its RSS then.
 //! 4. CNI DEL of every pod: p50/p99 and pods per second.
 
 use std::fmt::Write as _;

@@ -85,6 +85,12 @@ struct AllArgs {
         default_value = "1,1000,10000,100000"
     )]
     service_counts: Vec<usize>,
+    /// Services: seconds per measurement.
+    #[arg(long, global = true, default_value_t = 5.0)]
+    svc_seconds: f64,
+    /// Services: rounds per target (both mechanisms each round).
+    #[arg(long, global = true, default_value_t = 2)]
+    svc_rounds: usize,
     /// Per packet: single calls per figure.
     #[arg(long, global = true, default_value_t = 2000)]
     packets: u32,
@@ -206,8 +212,8 @@ fn run_sections(sections: Vec<Section>, a: AllArgs) -> Result<()> {
         },
         services: Options {
             counts: a.service_counts,
-            seconds: 5.0,
-            rounds: 2,
+            seconds: a.svc_seconds,
+            rounds: a.svc_rounds,
             concurrency: 4,
             iptables: Backend::Nft,
             cpus: CpuMode::Split,

@@ -241,9 +241,9 @@ impl Bed {
             &server,
             SocketAddrV4::new(server_ip, ECHO_PORT),
             1,
-            server_cpu(opts.cpus),
+            opts.cpus.server_cpu(),
         )?;
-        let iperf = iperf::Server::start(&server, server_ip, server_cpu(opts.cpus))?;
+        let iperf = iperf::Server::start(&server, server_ip, opts.cpus.server_cpu())?;
         let bed = Self {
             config,
             client,
@@ -282,7 +282,7 @@ impl Bed {
                     &self.client,
                     self.server_ip,
                     opts.seconds,
-                    client_cpu(opts.cpus),
+                    opts.cpus.client_cpu(),
                 ) {
                     Ok(t) => {
                         m.value = Some(t.bits_per_second / 1e9);
@@ -303,7 +303,7 @@ impl Bed {
                     concurrency: 1,
                     duration: Duration::from_secs_f64(opts.seconds),
                     timeout: Duration::from_millis(opts.timeout_ms),
-                    cpu: client_cpu(opts.cpus),
+                    cpu: opts.cpus.client_cpu(),
                 };
                 match load::run(&spec) {
                     Ok(s) => {
@@ -318,22 +318,6 @@ impl Bed {
             }
         }
         m
-    }
-}
-
-fn client_cpu(mode: CpuMode) -> Option<usize> {
-    match mode {
-        CpuMode::Free => None,
-        CpuMode::Split | CpuMode::Same => Some(0),
-    }
-}
-
-fn server_cpu(mode: CpuMode) -> Option<usize> {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    match mode {
-        CpuMode::Free => None,
-        CpuMode::Same => Some(0),
-        CpuMode::Split => Some(usize::from(cpus > 1)),
     }
 }
 
@@ -466,10 +450,14 @@ pub fn markdown(report: &Report) -> String {
     let mut md = format!(
         "## Pod to pod across nodes\n\n{} rounds of {} s per test, datapaths interleaved \
          (order rotating); TCP_RR and TCP_CRR with 1 client loop and 1-byte messages; \
-         throughput is one iperf3 stream; CPUs: {:?}. Median [min - max] over rounds; \
+         throughput is one iperf3 stream; {}. Median [min - max] over rounds; \
          ratios are medians of per-round ratios against the same round's kernel / flannel. \
          Setup {:.0} s, whole section {:.0} s.\n\n",
-        o.rounds, o.seconds, o.cpus, report.setup_seconds, report.total_seconds
+        o.rounds,
+        o.seconds,
+        o.cpus.describe(),
+        report.setup_seconds,
+        report.total_seconds
     );
     md.push_str(
         "| datapath | test | median | [min - max] | p50 / p99 µs | vs kernel | vs flannel |\n",

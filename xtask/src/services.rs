@@ -36,6 +36,35 @@ pub enum CpuMode {
     Free,
 }
 
+impl CpuMode {
+    /// The CPU client threads are pinned to (None: not pinned).
+    pub fn client_cpu(self) -> Option<usize> {
+        match self {
+            CpuMode::Free => None,
+            CpuMode::Split | CpuMode::Same => Some(0),
+        }
+    }
+
+    /// The CPU server threads are pinned to; Split falls back to CPU 0 on a
+    /// one-CPU machine.
+    pub fn server_cpu(self) -> Option<usize> {
+        match self {
+            CpuMode::Free => None,
+            CpuMode::Same => Some(0),
+            CpuMode::Split => Some(usize::from(cpu_count() > 1)),
+        }
+    }
+
+    /// For the reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CpuMode::Split => "client threads on CPU 0, server threads on CPU 1",
+            CpuMode::Same => "client and server threads on CPU 0",
+            CpuMode::Free => "threads placed by the scheduler",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Options {
     pub counts: Vec<usize>,
@@ -207,7 +236,7 @@ impl Bed {
             &topo.server.path(),
             SocketAddrV4::new(catalog::SERVER_IP, catalog::TARGET_PORT),
             opts.concurrency,
-            server_cpu(opts.cpus),
+            opts.cpus.server_cpu(),
         )?;
         Ok(Self {
             mechanism,
@@ -273,7 +302,7 @@ impl Bed {
             concurrency: opts.concurrency,
             duration: Duration::from_secs_f64(opts.seconds),
             timeout,
-            cpu: client_cpu(opts.cpus),
+            cpu: opts.cpus.client_cpu(),
         })?;
         Ok(Round {
             status: "ok",
@@ -285,21 +314,6 @@ impl Bed {
 
 fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-}
-
-fn client_cpu(mode: CpuMode) -> Option<usize> {
-    match mode {
-        CpuMode::Free => None,
-        CpuMode::Split | CpuMode::Same => Some(0),
-    }
-}
-
-fn server_cpu(mode: CpuMode) -> Option<usize> {
-    match mode {
-        CpuMode::Free => None,
-        CpuMode::Same => Some(0),
-        CpuMode::Split => Some(usize::from(cpu_count() > 1)),
-    }
 }
 
 /// A small deterministic generator (splitmix64): the random service is

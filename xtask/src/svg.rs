@@ -112,7 +112,7 @@ fn panel(svg: &mut String, p: &Panel<'_>) {
 
 pub fn chart(report: &Report) -> String {
     let mut svg = String::from(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="1000" height="420" font-family="sans-serif">
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="1000" height="460" font-family="sans-serif">
 <rect width="100%" height="100%" fill="#fff"/>
 "##,
     );
@@ -180,12 +180,14 @@ pub fn chart(report: &Report) -> String {
             decimals: 0,
         },
     );
+    // The path names go under the series legend: long names beside it ran
+    // past the right edge.
     if let Some(r) = &report.per_packet {
         for (i, row) in r.rows.iter().enumerate() {
             let _ = writeln!(
                 svg,
-                r#"<text x="700" y="{}" font-size="10">path {}: {}</text>"#,
-                TOP + HEIGHT + 36.0 + i as f64 * 13.0,
+                r#"<text x="530" y="{}" font-size="10">path {}: {}</text>"#,
+                TOP + HEIGHT + 72.0 + i as f64 * 13.0,
                 i + 1,
                 escape(row.path)
             );
