@@ -19,6 +19,7 @@ PACKAGES=(
   protobuf-compiler # protoc, which the etcd-client crate needs to build
   libprotobuf-dev   # protoc's well-known .proto files (descriptor.proto), same reason
   iptables          # the kube-proxy-style iptables baseline of the services benchmark
+  iperf3            # pod-to-pod throughput in `cargo xtask bench`
   tcpdump           # captures on the lab's outside router in tests
   kmod              # depmod/modprobe for the VM kernel's modules (cargo xtask vm-test)
   cpio              # reads back the VM's initramfs in xtask's tests

@@ -22,12 +22,12 @@ use crate::topology::{Topology, CLIENT_LXC, SERVER_LXC};
 const BACKEND_ID: u32 = 1;
 
 /// A bpffs mounted on a fresh temporary directory, unmounted on drop.
-struct Bpffs {
+pub(crate) struct Bpffs {
     dir: tempfile::TempDir,
 }
 
 impl Bpffs {
-    fn mount() -> Result<Self> {
+    pub(crate) fn mount() -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("ciliate-bench-bpffs-")
             .tempdir()
@@ -43,7 +43,7 @@ impl Bpffs {
         Ok(Self { dir })
     }
 
-    fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.dir.path().join("node")
     }
 }

@@ -1,10 +1,15 @@
-//! The load tool: a connect-request-close (TCP_CRR-style) client and a
-//! 1-byte echo server, each on threads that live in a network namespace.
+//! The load tool: a 1-byte echo server and two clients, each on threads that
+//! live in a network namespace.
 //!
-//! A client loop: connect, send 1 byte, read 1 byte, close; the latency of one
-//! connection is the time from `connect()` to `close()`. The server closes
-//! after the client did (it echoes, then waits for EOF), so TIME_WAIT stays on
-//! the client, whose namespace reuses such ports (`tcp_tw_reuse`).
+//! - connect-request-close (TCP_CRR-style, [`Mode::Crr`]): connect, send 1
+//!   byte, read 1 byte, close; the latency of one connection is the time from
+//!   `connect()` to `close()`.
+//! - request/response (TCP_RR-style, [`Mode::Rr`]): one connection per loop,
+//!   send 1 byte, read 1 byte, again; the latency is one round trip.
+//!
+//! The server echoes every byte until the client closes, and closes after the
+//! client did, so TIME_WAIT stays on the client, whose namespace reuses such
+//! ports (`tcp_tw_reuse`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -95,15 +100,16 @@ fn accept_loop(listener: &TcpListener, stop: &AtomicBool) {
     }
 }
 
-/// Echoes one byte, then waits for the client to close first.
+/// Echoes byte by byte until the client closes (or goes quiet).
 fn serve(mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(SERVE_TIMEOUT));
     let mut byte = [0u8; 1];
-    if stream.read_exact(&mut byte).is_err() || stream.write_all(&byte).is_err() {
-        return;
+    while matches!(stream.read(&mut byte), Ok(1)) {
+        if stream.write_all(&byte).is_err() {
+            return;
+        }
     }
-    let _ = stream.read(&mut byte);
 }
 
 impl Drop for Server {
@@ -115,9 +121,21 @@ impl Drop for Server {
     }
 }
 
+/// What a client loop repeats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Connect, 1 byte each way, close (TCP_CRR-style).
+    #[default]
+    Crr,
+    /// 1 byte each way on one connection (TCP_RR-style).
+    Rr,
+}
+
 /// One client run.
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
+    pub mode: Mode,
     pub netns: PathBuf,
     pub target: SocketAddrV4,
     pub concurrency: usize,
@@ -141,18 +159,25 @@ pub struct Sample {
     pub first_error: Option<String>,
 }
 
-/// One connect-request-close exchange.
-fn exchange(target: SocketAddrV4, timeout: Duration) -> std::io::Result<()> {
+fn connect(target: SocketAddrV4, timeout: Duration) -> std::io::Result<TcpStream> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_tcp_nodelay(true)?;
     socket.connect_timeout(&SocketAddr::V4(target).into(), timeout)?;
     socket.set_read_timeout(Some(timeout))?;
     socket.set_write_timeout(Some(timeout))?;
-    let mut stream: TcpStream = socket.into();
+    Ok(socket.into())
+}
+
+/// One byte there and back.
+fn round_trip(stream: &mut TcpStream) -> std::io::Result<()> {
     stream.write_all(&[1])?;
     let mut byte = [0u8; 1];
-    stream.read_exact(&mut byte)?;
-    Ok(())
+    stream.read_exact(&mut byte)
+}
+
+/// One connect-request-close exchange.
+fn exchange(target: SocketAddrV4, timeout: Duration) -> std::io::Result<()> {
+    round_trip(&mut connect(target, timeout)?)
 }
 
 fn describe(target: SocketAddrV4, timeout: Duration, e: &std::io::Error) -> String {
@@ -172,7 +197,7 @@ pub fn probe(netns: &Path, target: SocketAddrV4, timeout: Duration) -> Result<Re
     .with_context(|| format!("entering {}", netns.display()))
 }
 
-/// Runs `concurrency` connect-request-close loops for `duration`.
+/// Runs `concurrency` client loops of `spec.mode` for `duration`.
 pub fn run(spec: &LoadSpec) -> Result<Sample> {
     let start = Instant::now();
     let deadline = start + spec.duration;
@@ -185,7 +210,10 @@ pub fn run(spec: &LoadSpec) -> Result<Sample> {
             if let Some(cpu) = spec.cpu {
                 pin_to(cpu)?;
             }
-            let worker = client_loop(spec.target, spec.timeout, deadline);
+            let worker = match spec.mode {
+                Mode::Crr => client_loop(spec.target, spec.timeout, deadline),
+                Mode::Rr => rr_loop(spec.target, spec.timeout, deadline),
+            };
             guard.restore().context("leaving the client namespace")?;
             Ok(worker)
         }));
@@ -238,6 +266,47 @@ fn client_loop(target: SocketAddrV4, timeout: Duration, deadline: Instant) -> Wo
                 }
                 // A failing path fails fast (unreachable, reset): do not spin.
                 std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Round trips on one connection; a failed one is counted and the loop
+/// connects again.
+fn rr_loop(target: SocketAddrV4, timeout: Duration, deadline: Instant) -> Worker {
+    let mut worker = Worker {
+        latencies_ns: Vec::with_capacity(1 << 16),
+        errors: 0,
+        first_error: None,
+    };
+    let mut stream: Option<TcpStream> = None;
+    let fail = |worker: &mut Worker, e: &std::io::Error| {
+        worker.errors += 1;
+        if worker.first_error.is_none() {
+            worker.first_error = Some(describe(target, timeout, e));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    loop {
+        if Instant::now() >= deadline || interrupt::interrupted() {
+            return worker;
+        }
+        let s = match &mut stream {
+            Some(s) => s,
+            None => match connect(target, timeout) {
+                Ok(s) => stream.insert(s),
+                Err(e) => {
+                    fail(&mut worker, &e);
+                    continue;
+                }
+            },
+        };
+        let begin = Instant::now();
+        match round_trip(s) {
+            Ok(()) => worker.latencies_ns.push(begin.elapsed().as_nanos() as u64),
+            Err(e) => {
+                stream = None;
+                fail(&mut worker, &e);
             }
         }
     }

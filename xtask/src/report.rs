@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::services::{CpuMode, Mechanism, Report, Round, Row, Target};
+use crate::services::{Mechanism, Report, Round, Row, Target};
 
 /// One line for the progress log.
 pub fn describe_round(round: &Round) -> String {
@@ -63,11 +63,7 @@ fn target_cell(row: &Row) -> String {
 pub fn markdown(report: &Report) -> String {
     let o = &report.options;
     let smallest = o.counts.iter().min().copied().unwrap_or(1);
-    let placement = match o.cpus {
-        CpuMode::Split => "client threads on CPU 0, server threads on CPU 1",
-        CpuMode::Same => "client and server threads on CPU 0",
-        CpuMode::Free => "threads placed by the scheduler",
-    };
+    let placement = o.cpus.describe();
     let mut md = String::new();
     let _ = writeln!(md, "## Services: connect-request-close to a ClusterIP\n");
     let _ = writeln!(

@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::catalog::{self, Service, MAX_SERVICES};
 use crate::iptables::Backend;
 use crate::load::{self, LoadSpec, Sample, Server};
+use crate::stats::median;
 use crate::topology::{flush_conntrack, Kind, Topology};
 use crate::{ciliate, interrupt, report};
 
@@ -33,6 +34,35 @@ pub enum CpuMode {
     Same,
     /// Wherever the scheduler puts them.
     Free,
+}
+
+impl CpuMode {
+    /// The CPU client threads are pinned to (None: not pinned).
+    pub fn client_cpu(self) -> Option<usize> {
+        match self {
+            CpuMode::Free => None,
+            CpuMode::Split | CpuMode::Same => Some(0),
+        }
+    }
+
+    /// The CPU server threads are pinned to; Split falls back to CPU 0 on a
+    /// one-CPU machine.
+    pub fn server_cpu(self) -> Option<usize> {
+        match self {
+            CpuMode::Free => None,
+            CpuMode::Same => Some(0),
+            CpuMode::Split => Some(usize::from(cpu_count() > 1)),
+        }
+    }
+
+    /// For the reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            CpuMode::Split => "client threads on CPU 0, server threads on CPU 1",
+            CpuMode::Same => "client and server threads on CPU 0",
+            CpuMode::Free => "threads placed by the scheduler",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -206,7 +236,7 @@ impl Bed {
             &topo.server.path(),
             SocketAddrV4::new(catalog::SERVER_IP, catalog::TARGET_PORT),
             opts.concurrency,
-            server_cpu(opts.cpus),
+            opts.cpus.server_cpu(),
         )?;
         Ok(Self {
             mechanism,
@@ -266,12 +296,13 @@ impl Bed {
             });
         }
         let sample = load::run(&LoadSpec {
+            mode: load::Mode::Crr,
             netns: client,
             target,
             concurrency: opts.concurrency,
             duration: Duration::from_secs_f64(opts.seconds),
             timeout,
-            cpu: client_cpu(opts.cpus),
+            cpu: opts.cpus.client_cpu(),
         })?;
         Ok(Round {
             status: "ok",
@@ -285,21 +316,6 @@ fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
-fn client_cpu(mode: CpuMode) -> Option<usize> {
-    match mode {
-        CpuMode::Free => None,
-        CpuMode::Split | CpuMode::Same => Some(0),
-    }
-}
-
-fn server_cpu(mode: CpuMode) -> Option<usize> {
-    match mode {
-        CpuMode::Free => None,
-        CpuMode::Same => Some(0),
-        CpuMode::Split => Some(usize::from(cpu_count() > 1)),
-    }
-}
-
 /// A small deterministic generator (splitmix64): the random service is
 /// reproducible from the seed in the report.
 fn splitmix(state: &mut u64) -> u64 {
@@ -308,19 +324,6 @@ fn splitmix(state: &mut u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len().is_multiple_of(2) {
-        f64::midpoint(values[mid - 1], values[mid])
-    } else {
-        values[mid]
-    })
 }
 
 fn row(

@@ -36,6 +36,14 @@ impl Netns {
         })
     }
 
+    /// Takes ownership of an existing namespace (made by the lab's helpers),
+    /// so that it is deleted on drop like one made by [`Netns::create`].
+    pub fn adopt(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

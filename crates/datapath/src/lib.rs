@@ -9,6 +9,7 @@ pub mod maps;
 pub mod netkit;
 pub mod netlink;
 pub mod netns;
+pub mod packets;
 pub mod podnet;
 pub mod reasons;
 pub mod sysctl;
