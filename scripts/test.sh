@@ -23,7 +23,7 @@ echo "==> cargo test"
 cargo test --workspace -- --test-threads=2
 if [[ $EUID -eq 0 ]]; then
   echo "==> cargo xtask vm-test (suites needing Debian's 6.12 kernel, in QEMU)"
-  timeout 3900 cargo xtask vm-test
+  timeout 3800 cargo xtask vm-test
 else
   echo "ciliate: WARNING: not root: the VM suites (cargo xtask vm-test) are SKIPPED" >&2
 fi

@@ -38,7 +38,7 @@ enum Command {
         #[arg(long, default_value_t = 3072)]
         memory: u32,
         /// Seconds until QEMU is killed and the run fails.
-        #[arg(long, default_value_t = 3300)]
+        #[arg(long, default_value_t = 3600)]
         timeout: u64,
         /// Seconds for the guest to reach its suites before it is booted again.
         #[arg(long, default_value_t = 120)]

@@ -49,10 +49,9 @@ pub const SUITES: &[Suite] = &[
     Suite::new("ciliate-cni", "vm_ipvlan"),
     Suite::new("ciliate-lab", "vm_ipvlan"),
     Suite::new("ciliate-lab", "vm_geneve_netkit"),
+    // Last: five labs, the connectivity test in each datapath mode (20-25 min).
+    Suite::new("ciliate-lab", "vm_modes"),
 ];
-// Not in the default list yet, run with `--only ciliate-lab:vm_modes`: the
-// connectivity test per datapath mode. In CI's guest veth+vxlan, veth+geneve,
-// veth+native and netkit+native pass; ipvlan+native does not yet.
 
 /// Boots tried before giving up: a guest that has not reached its suites
 /// `--boot-timeout` after QEMU started is hung (under TCG on a loaded host, a

@@ -66,13 +66,22 @@ impl Daemon {
             .with_context(|| format!("creating stateDir {}", config.state_dir.display()))?;
         let saved = state::load(&config.state_dir)?;
 
+        // Loading means the kernel verifies every program: a second here, minutes
+        // under an emulated CPU, so the log says when it starts and how long it took.
+        info!(root = %config.bpf_root.display(), "opening the datapath");
+        let opening = Instant::now();
         let datapath = Datapath::open(&config.bpf_root).with_context(|| {
             format!(
                 "loading the datapath under bpf.root {}",
                 config.bpf_root.display()
             )
         })?;
-        info!(origin = datapath.origin().as_str(), root = %config.bpf_root.display(), "datapath ready");
+        info!(
+            origin = datapath.origin().as_str(),
+            root = %config.bpf_root.display(),
+            took_ms = opening.elapsed().as_millis(),
+            "datapath ready"
+        );
         let mut datapath = datapath;
         let tunnel = crate::devices::ensure_tunnel_device(&Netlink::new()?, &config)
             .context("setting up the tunnel device")?;

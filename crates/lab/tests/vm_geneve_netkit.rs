@@ -26,9 +26,6 @@ use ciliate_datapath::netlink::Netlink;
 use ciliate_lab::{DatapathMode, Lab, LabGuard, LabSpec, RoutingMode, TunnelProtocol};
 use common::{ok, run, Capture, Packet};
 
-/// The guest starts processes 20-50x slower than the host.
-const AGENT_TIMEOUT: Duration = Duration::from_mins(2);
-
 fn root() -> bool {
     ciliate_datapath::testing::running_as_root("namespaces, BPF, bpffs, etcd in a namespace")
 }
@@ -101,7 +98,7 @@ fn geneve_carries_pod_traffic_on_6081_and_a_restart_with_vxlan_switches_devices(
     let spec = LabSpec {
         routing: RoutingMode::Tunnel,
         tunnel_protocol: TunnelProtocol::Geneve,
-        agent_timeout: AGENT_TIMEOUT,
+        agent_timeout: common::VM_AGENT_TIMEOUT,
         ..LabSpec::new(format!("gn{}", std::process::id()), 2)
     };
     let mut lab = LabGuard::up(&spec).expect("lab up");
@@ -159,7 +156,7 @@ fn geneve_carries_pod_traffic_on_6081_and_a_restart_with_vxlan_switches_devices(
             serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         config["tunnelProtocol"] = serde_yaml::Value::String("vxlan".into());
         std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-        lab.start_agent(node, AGENT_TIMEOUT).unwrap();
+        lab.start_agent(node, common::VM_AGENT_TIMEOUT).unwrap();
     }
     for node in ["node0", "node1"] {
         assert_eq!(
@@ -246,7 +243,7 @@ fn netkit_pods_talk_on_one_node_across_nodes_and_through_a_cluster_ip_with_or_wi
     let spec = LabSpec {
         routing: RoutingMode::Native,
         datapath_mode: DatapathMode::Netkit,
-        agent_timeout: AGENT_TIMEOUT,
+        agent_timeout: common::VM_AGENT_TIMEOUT,
         ..LabSpec::new(format!("nk{}", std::process::id()), 2)
     };
     let mut lab = LabGuard::up(&spec).expect("lab up");
@@ -342,7 +339,7 @@ fn netkit_pods_talk_on_one_node_across_nodes_and_through_a_cluster_ip_with_or_wi
     // node0's agent down: the pinned links keep its pods' traffic flowing.
     lab.kill_agent("node0").unwrap();
     reach_all(&lab, "while node0's agent is down");
-    lab.start_agent("node0", AGENT_TIMEOUT).unwrap();
+    lab.start_agent("node0", common::VM_AGENT_TIMEOUT).unwrap();
     reach_all(&lab, "after node0's agent restarted");
 
     // Deleting a pod removes its pair and its pins.

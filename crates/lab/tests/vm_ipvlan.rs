@@ -46,8 +46,7 @@ fn lab() -> Lab {
         Lab::up(&LabSpec {
             routing: RoutingMode::Native,
             datapath_mode: DatapathMode::Ipvlan,
-            // The guest starts processes 20-50x slower than the host.
-            agent_timeout: Duration::from_mins(2),
+            agent_timeout: common::VM_AGENT_TIMEOUT,
             ..LabSpec::new(&name, 2)
         })
         .expect("lab up");

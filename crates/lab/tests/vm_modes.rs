@@ -11,7 +11,7 @@
 //! skipped) and takes the lab down.
 //! Needs root, etcd and the workspace's binaries (`cargo build --workspace --bins`).
 
-use std::time::Duration;
+mod common;
 
 use ciliate_datapath::netlink::Netlink;
 use ciliate_lab::connectivity::{self, Outcome};
@@ -31,8 +31,7 @@ fn check_mode(routing: RoutingMode, tunnel: TunnelProtocol, mode: DatapathMode) 
         routing,
         tunnel_protocol: tunnel,
         datapath_mode: mode,
-        // The guest starts processes 20-50x slower than the host.
-        agent_timeout: Duration::from_mins(2),
+        agent_timeout: common::VM_AGENT_TIMEOUT,
         ..LabSpec::new(&name, 2)
     };
     let mut lab = LabGuard::up(&spec).expect("lab up");

@@ -7,7 +7,10 @@
 //!
 //! The manager keeps the last usable form of every Service and EndpointSlice,
 //! recomputes the desired frontends after each batch of events and lets
-//! [`lbmap::LbSync`] write the difference. Nothing is written before both
+//! [`lbmap::LbSync`] write the difference. A recomputation covers every
+//! object, so [`Pacer`] spaces them out by their own cost: events that arrive
+//! meanwhile join the next batch, and programming n services stays
+//! O(n log n) however the store trickles them in. Nothing is written before both
 //! kinds have been listed completely (`Synced`): a Service seen before its
 //! EndpointSlices would otherwise be written without backends, and what an
 //! earlier run wrote (ids included) keeps traffic flowing meanwhile, however
@@ -22,6 +25,7 @@ pub mod lbmap;
 pub mod model;
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use ciliate_api::ServiceEntry;
 use ciliate_store::{Event, Store};
@@ -134,10 +138,15 @@ impl<T: LbTables> ServiceManager<T> {
         self.services_synced && self.slices_synced
     }
 
+    /// Whether [`Self::apply`] has something to write.
+    pub fn pending(&self) -> bool {
+        self.dirty && self.synced()
+    }
+
     /// Writes what changed since the last call into the maps, once both
     /// kinds are listed.
     pub fn apply(&mut self) {
-        if !self.dirty || !self.synced() {
+        if !self.pending() {
             return;
         }
         self.dirty = false;
@@ -213,6 +222,35 @@ fn remember<P: PartialEq>(
     }
 }
 
+/// When the next recomputation may run: after one that took `t`, not before
+/// another `t` has passed, so at most half the time goes to recomputing and a
+/// burst of n events costs O(log n) recomputations, not n.
+#[derive(Debug)]
+pub struct Pacer {
+    earliest: Instant,
+}
+
+impl Pacer {
+    /// The first recomputation may run at once.
+    pub fn new(now: Instant) -> Self {
+        Self { earliest: now }
+    }
+
+    /// The instant from which the next recomputation may run.
+    pub fn earliest(&self) -> Instant {
+        self.earliest
+    }
+
+    pub fn ready(&self, now: Instant) -> bool {
+        now >= self.earliest
+    }
+
+    /// Records a recomputation that started at `started` and took `took`.
+    pub fn ran(&mut self, started: Instant, took: Duration) {
+        self.earliest = started + took + took;
+    }
+}
+
 /// Runs the service manager until `stopping` turns true.
 pub async fn run<T: LbTables>(
     store: Store,
@@ -224,9 +262,12 @@ pub async fn run<T: LbTables>(
     let mut services = store.watch::<Service>();
     let mut slices = store.watch::<EndpointSlice>();
     let report = |what: &str, e: &ciliate_store::Error| cluster.report_error(&endpoints, what, e);
+    let mut pacer = Pacer::new(Instant::now());
     loop {
+        let due = manager.pending().then(|| pacer.earliest());
         tokio::select! {
             _ = stopping.wait_for(|s| *s) => return,
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {}
             event = services.next() => match event {
                 Some(Ok(event)) => manager.on_service(event),
                 Some(Err(e)) => report("watching Services (skipped)", &e),
@@ -259,8 +300,12 @@ pub async fn run<T: LbTables>(
                 break;
             }
         }
-        // Map syscalls: keep them off the async workers' queue.
-        tokio::task::block_in_place(|| manager.apply());
+        let now = Instant::now();
+        if manager.pending() && pacer.ready(now) {
+            // Map syscalls: keep them off the async workers' queue.
+            tokio::task::block_in_place(|| manager.apply());
+            pacer.ran(now, now.elapsed());
+        }
     }
 }
 
@@ -294,6 +339,21 @@ mod tests {
     fn synced(m: &mut ServiceManager<FakeTables>) {
         m.on_service(Event::Synced);
         m.on_slice(Event::Synced);
+    }
+
+    #[test]
+    fn the_pacer_leaves_as_much_time_between_recomputations_as_they_take() {
+        let t0 = Instant::now();
+        let mut pacer = Pacer::new(t0);
+        assert!(pacer.ready(t0), "the first one runs at once");
+        pacer.ran(t0, Duration::from_millis(300));
+        assert_eq!(pacer.earliest(), t0 + Duration::from_millis(600));
+        assert!(!pacer.ready(t0 + Duration::from_millis(599)));
+        assert!(pacer.ready(t0 + Duration::from_millis(600)));
+        // A cheap one shortens the wait again.
+        let t1 = t0 + Duration::from_secs(1);
+        pacer.ran(t1, Duration::from_millis(1));
+        assert!(pacer.ready(t1 + Duration::from_millis(2)));
     }
 
     #[test]

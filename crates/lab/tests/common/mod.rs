@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use ciliate_datapath::netns;
 
+/// How long a VM suite's lab waits for each agent. In the guest (QEMU without
+/// KVM) the kernel verifies the datapath's programs in minutes, not a second,
+/// and both nodes' agents verify at once on two emulated CPUs.
+pub const VM_AGENT_TIMEOUT: Duration = Duration::from_mins(5);
+
 /// A TCP stream from a socket in `netns` to an echo server: sends 1 KiB
 /// every millisecond and reads the echo, counting both.
 pub struct Stream {
