@@ -11,6 +11,11 @@
 //!    the time until the agent has all of them in its service map
 //!    (`ciliate_lb4_svc`, slot 0 of each frontend), and its RSS then.
 //! 4. CNI DEL of every pod: p50/p99 and pods per second.
+//! 5. Through containerd: `cri_pods` sandboxes made and removed through CRI
+//!    (RunPodSandbox, then StopPodSandbox + RemovePodSandbox) on a containerd
+//!    running in the node, one after another: the latency a kubelet sees,
+//!    and the plugin's own ADD and DEL as containerd (libcni) ran them, from
+//!    the `done in N us` line each run writes to its log.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -43,6 +48,8 @@ const SERVICE_NAMESPACE: &str = "bench";
 pub struct Options {
     pub endpoints: usize,
     pub services: usize,
+    /// Pods made and removed through containerd's CRI (0: not measured).
+    pub cri_pods: usize,
     /// How long the agent may take to program the services.
     pub program_timeout_s: u64,
     #[serde(skip)]
@@ -55,6 +62,12 @@ impl Options {
             anyhow::bail!(
                 "--endpoints: {} is not allowed: give 1..=4000 (one node's /20 PodCIDR)",
                 self.endpoints
+            );
+        }
+        if self.cri_pods > 1000 {
+            anyhow::bail!(
+                "--cri-pods: {} is not allowed: give 0..=1000",
+                self.cri_pods
             );
         }
         if self.services > catalog::MAX_SERVICES {
@@ -104,9 +117,26 @@ pub struct Report {
     pub store_write_s: Option<f64>,
     /// From the first write until the agent's map held every service.
     pub program_s: Option<f64>,
+    /// Through containerd (absent when `cri_pods` is 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cri: Option<CriReport>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
     pub total_seconds: f64,
+}
+
+/// Pods through containerd: what the kubelet's calls took, and ciliate's
+/// plugin inside them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CriReport {
+    /// RunPodSandbox (pods/s over the loop).
+    pub run_sandbox: Latency,
+    /// StopPodSandbox + RemovePodSandbox.
+    pub remove_sandbox: Latency,
+    /// The plugin's ADD as containerd ran it.
+    pub add: Latency,
+    /// The plugin's DEL as containerd ran it.
+    pub del: Latency,
 }
 
 impl Default for Options {
@@ -114,6 +144,7 @@ impl Default for Options {
         Self {
             endpoints: 1000,
             services: 100_000,
+            cri_pods: 100,
             program_timeout_s: 600,
             bin_dir: None,
         }
@@ -280,9 +311,119 @@ pub fn run(opts: &Options) -> Result<Report> {
         "  {} DELs: p50 {:.1} ms, p99 {:.1} ms, {:.0} pods/s",
         report.del.calls, report.del.p50_ms, report.del.p99_ms, report.del.pods_per_s
     );
+    // 5. Through containerd.
+    if opts.cri_pods > 0 {
+        match through_containerd(&lab, &node, opts.cri_pods) {
+            Ok(cri) => {
+                eprintln!(
+                    "  {} pods through containerd: RunPodSandbox p50 {:.1} ms p99 {:.1} ms \
+                     (plugin ADD p50 {:.1} ms p99 {:.1} ms); Stop+Remove p50 {:.1} ms p99 {:.1} ms \
+                     (plugin DEL p50 {:.1} ms p99 {:.1} ms)",
+                    cri.run_sandbox.calls,
+                    cri.run_sandbox.p50_ms,
+                    cri.run_sandbox.p99_ms,
+                    cri.add.p50_ms,
+                    cri.add.p99_ms,
+                    cri.remove_sandbox.p50_ms,
+                    cri.remove_sandbox.p99_ms,
+                    cri.del.p50_ms,
+                    cri.del.p99_ms
+                );
+                report.cri = Some(cri);
+            }
+            Err(e) => report.errors.push(format!("through containerd: {e:#}")),
+        }
+    }
     lab.down().context("taking the control-plane lab down")?;
     report.total_seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Step 5: `count` sandboxes through a containerd started in the node.
+fn through_containerd(
+    lab: &ciliate_lab::Lab,
+    node: &ciliate_lab::NodeInfo,
+    count: usize,
+) -> Result<CriReport> {
+    use ciliate_lab::containerd::{self, Containerd};
+    let log = node.dir.join("cni-containerd.log");
+    let list = containerd::conflist(&node.socket, &log, false);
+    eprintln!("control-plane: starting containerd in {}", node.name);
+    let runtime = Containerd::start(lab, &node.name, &list).context("starting containerd")?;
+    let measured = (|| -> Result<CriReport> {
+        let client = runtime.client()?;
+        let mut ids = Vec::with_capacity(count);
+        let mut run_ns = Vec::with_capacity(count);
+        let begin = Instant::now();
+        for i in 0..count {
+            interrupt::check()?;
+            let config = runtime.sandbox_config(SERVICE_NAMESPACE, &format!("cri{i}"));
+            let t = Instant::now();
+            let id = client
+                .run_pod_sandbox(config)
+                .with_context(|| format!("RunPodSandbox {SERVICE_NAMESPACE}/cri{i}"))?;
+            run_ns.push(t.elapsed().as_nanos() as u64);
+            ids.push(id);
+        }
+        let run_wall = begin.elapsed();
+        let mut remove_ns = Vec::with_capacity(count);
+        let begin = Instant::now();
+        for id in &ids {
+            interrupt::check()?;
+            let t = Instant::now();
+            client
+                .stop_pod_sandbox(id)
+                .with_context(|| format!("StopPodSandbox {id}"))?;
+            client
+                .remove_pod_sandbox(id)
+                .with_context(|| format!("RemovePodSandbox {id}"))?;
+            remove_ns.push(t.elapsed().as_nanos() as u64);
+        }
+        let remove_wall = begin.elapsed();
+        let text = std::fs::read_to_string(&log)
+            .with_context(|| format!("reading the plugin's log {}", log.display()))?;
+        let plugin = |command: &str, wall: Duration| -> Result<Latency> {
+            let took = plugin_durations(&text, command);
+            let nanos = ids
+                .iter()
+                .map(|id| {
+                    took.get(id.as_str()).copied().with_context(|| {
+                        format!(
+                            "{} has no `{command} ... done in` line for sandbox {id}",
+                            log.display()
+                        )
+                    })
+                })
+                .collect::<Result<Vec<u64>>>()?;
+            Ok(Latency::of(nanos, wall))
+        };
+        Ok(CriReport {
+            add: plugin("ADD", run_wall)?,
+            del: plugin("DEL", remove_wall)?,
+            run_sandbox: Latency::of(run_ns, run_wall),
+            remove_sandbox: Latency::of(remove_ns, remove_wall),
+        })
+    })();
+    let stopped = runtime.stop().context("stopping containerd");
+    let report = measured?;
+    stopped?;
+    Ok(report)
+}
+
+/// The plugin's run time per container id for one command, from its log's
+/// `<COMMAND> container=<id> ...: done in <N> us` lines, in nanoseconds.
+/// A container run more than once keeps its last.
+fn plugin_durations<'a>(log: &'a str, command: &str) -> std::collections::BTreeMap<&'a str, u64> {
+    let tag = format!(" {command} container=");
+    log.lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once(tag.as_str())?;
+            let (id, _) = rest.split_once(' ')?;
+            let (_, us) = rest.rsplit_once(": done in ")?;
+            let us: u64 = us.strip_suffix(" us")?.trim().parse().ok()?;
+            Some((id, us * 1000))
+        })
+        .collect()
 }
 
 fn service_objects(index: usize, backend: Ipv4Addr) -> (Service, EndpointSlice) {
@@ -431,7 +572,7 @@ pub fn markdown(report: &Report) -> String {
          | measure | value |\n|---|---:|\n",
         report.total_seconds
     );
-    let rows = [
+    let mut rows = vec![
         (
             format!("CNI ADD p50 / p99 / max ({} calls)", report.add.calls),
             format!(
@@ -477,6 +618,40 @@ pub fn markdown(report: &Report) -> String {
             format!("{} s", f(report.program_s, 1)),
         ),
     ];
+    if let Some(cri) = &report.cri {
+        let lat = |l: &Latency| format!("{:.1} / {:.1} / {:.1} ms", l.p50_ms, l.p99_ms, l.max_ms);
+        rows.extend([
+            (
+                format!(
+                    "containerd RunPodSandbox p50 / p99 / max ({} pods)",
+                    cri.run_sandbox.calls
+                ),
+                lat(&cri.run_sandbox),
+            ),
+            (
+                "  of which CNI ADD (the plugin as containerd ran it)".to_string(),
+                lat(&cri.add),
+            ),
+            (
+                format!(
+                    "containerd StopPodSandbox + RemovePodSandbox ({} pods)",
+                    cri.remove_sandbox.calls
+                ),
+                lat(&cri.remove_sandbox),
+            ),
+            (
+                "  of which CNI DEL (the plugin as containerd ran it)".to_string(),
+                lat(&cri.del),
+            ),
+            (
+                "pods created / removed per second through containerd".to_string(),
+                format!(
+                    "{:.1} / {:.1}",
+                    cri.run_sandbox.pods_per_s, cri.remove_sandbox.pods_per_s
+                ),
+            ),
+        ]);
+    }
     for (k, v) in rows {
         let _ = writeln!(md, "| {k} | {v} |");
     }
@@ -485,4 +660,27 @@ pub fn markdown(report: &Report) -> String {
     }
     md.push('\n');
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plugin_durations;
+
+    #[test]
+    fn plugin_durations_are_read_per_container_and_command() {
+        let log = "\
+2026-11-22T08:00:00.000Z INFO ciliate-cni[10] ADD container=abc ifname=eth0: network n cniVersion 1.0.0
+2026-11-22T08:00:00.010Z INFO ciliate-cni[10] ADD container=abc ifname=eth0: done in 12345 us
+2026-11-22T08:00:00.020Z INFO ciliate-cni[11] DEL container=abc ifname=eth0: done in 800 us
+2026-11-22T08:00:00.030Z WARN ciliate-cni[12] ADD container=def ifname=eth0: no address left
+2026-11-22T08:00:00.040Z INFO ciliate-cni[13] ADD container=ghi ifname=eth0: done in 7 us
+";
+        let add = plugin_durations(log, "ADD");
+        assert_eq!(add.len(), 2, "{add:?}");
+        assert_eq!(add["abc"], 12_345_000);
+        assert_eq!(add["ghi"], 7_000);
+        assert!(!add.contains_key("def"), "a failed ADD has no duration");
+        assert_eq!(plugin_durations(log, "DEL")["abc"], 800_000);
+        assert!(plugin_durations(log, "CHECK").is_empty());
+    }
 }

@@ -100,6 +100,9 @@ struct AllArgs {
     /// Control plane: endpoints (pods) made through CNI ADD.
     #[arg(long, global = true, default_value_t = 1000)]
     endpoints: usize,
+    /// Control plane: pods made and removed through containerd's CRI (0: skip).
+    #[arg(long, global = true, default_value_t = 100)]
+    cri_pods: usize,
     /// Control plane: services written to the store.
     #[arg(long, global = true, default_value_t = 100_000)]
     cp_services: usize,
@@ -228,6 +231,7 @@ fn run_sections(sections: Vec<Section>, a: AllArgs) -> Result<()> {
         control_plane: control_plane::Options {
             endpoints: a.endpoints,
             services: a.cp_services,
+            cri_pods: a.cri_pods,
             program_timeout_s: a.program_timeout,
             bin_dir,
         },

@@ -48,6 +48,7 @@ fn every_section_runs_and_writes_json_markdown_and_a_chart() {
         control_plane: control_plane::Options {
             endpoints: 3,
             services: 20,
+            cri_pods: 2,
             program_timeout_s: 60,
             bin_dir: None,
         },
@@ -97,6 +98,16 @@ fn every_section_runs_and_writes_json_markdown_and_a_chart() {
     assert!(cp["add"]["p99_ms"].as_f64().unwrap() >= cp["add"]["p50_ms"].as_f64().unwrap());
     assert!(cp["rss_endpoints_mib"].as_f64().is_some_and(|v| v > 0.0));
     assert!(cp["program_s"].as_f64().is_some(), "20 services programmed");
+    for what in ["run_sandbox", "remove_sandbox", "add", "del"] {
+        let l = &cp["cri"][what];
+        assert_eq!(l["calls"], 2, "{what} through containerd: {cp}");
+        assert!(l["p50_ms"].as_f64().is_some_and(|v| v > 0.0), "{what}: {l}");
+    }
+    // The plugin's ADD is part of RunPodSandbox.
+    assert!(
+        cp["cri"]["add"]["max_ms"].as_f64() <= cp["cri"]["run_sandbox"]["max_ms"].as_f64(),
+        "{cp}"
+    );
 
     assert!(json["services"]["rows"]
         .as_array()
