@@ -19,7 +19,7 @@
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -166,9 +166,28 @@ fn rss_mib(pid: i32) -> Option<f64> {
 
 struct Pod {
     name: String,
+    /// `default/<name>`, for messages.
+    key: String,
     netns: String,
+    netns_path: PathBuf,
     container_id: String,
     result: Option<serde_json::Value>,
+}
+
+impl Pod {
+    /// The CNI call a runtime on `runtime_netns` makes for this pod.
+    fn invocation<'a>(&'a self, cni_path: &'a str, runtime_netns: &'a Path) -> cni::Invocation<'a> {
+        cni::Invocation {
+            pod: &self.key,
+            pod_namespace: "default",
+            pod_name: &self.name,
+            container_id: &self.container_id,
+            netns_path: &self.netns_path,
+            ifname: "eth0",
+            cni_path,
+            runtime_netns,
+        }
+    }
 }
 
 pub fn run(opts: &Options) -> Result<Report> {
@@ -210,30 +229,20 @@ pub fn run(opts: &Options) -> Result<Report> {
         fabric::create_netns(&netns_name, &[])?;
         let container_id = names::container_id(&lab_name, "default", &name);
         let mut pod = Pod {
+            key: format!("default/{name}"),
             name,
+            netns_path: netns::named_path(&netns_name),
             netns: netns_name,
             container_id,
             result: None,
         };
-        let path = netns::named_path(&pod.netns);
-        let key = format!("default/{}", pod.name);
-        let inv = cni::Invocation {
-            pod: &key,
-            pod_namespace: "default",
-            pod_name: &pod.name,
-            container_id: &pod.container_id,
-            netns_path: &path,
-            ifname: "eth0",
-            cni_path: &cni_path,
-            runtime_netns: &node.netns_path,
-        };
         let t = Instant::now();
-        let result = cni::add(&list, &inv);
+        let result = cni::add(&list, &pod.invocation(&cni_path, &node.netns_path));
         add_ns.push(t.elapsed().as_nanos() as u64);
         match result {
             Ok(r) => pod.result = Some(r),
             Err(e) => {
-                report.errors.push(format!("CNI ADD {key}: {e}"));
+                report.errors.push(format!("CNI ADD {}: {e}", pod.key));
                 pods.push(pod);
                 break;
             }
@@ -286,23 +295,15 @@ pub fn run(opts: &Options) -> Result<Report> {
     let begin = Instant::now();
     for pod in &pods {
         interrupt::check()?;
-        let path = netns::named_path(&pod.netns);
-        let key = format!("default/{}", pod.name);
-        let inv = cni::Invocation {
-            pod: &key,
-            pod_namespace: "default",
-            pod_name: &pod.name,
-            container_id: &pod.container_id,
-            netns_path: &path,
-            ifname: "eth0",
-            cni_path: &cni_path,
-            runtime_netns: &node.netns_path,
-        };
         let t = Instant::now();
-        let result = cni::del(&list, &inv, pod.result.as_ref());
+        let result = cni::del(
+            &list,
+            &pod.invocation(&cni_path, &node.netns_path),
+            pod.result.as_ref(),
+        );
         del_ns.push(t.elapsed().as_nanos() as u64);
         if let Err(e) = result {
-            report.errors.push(format!("CNI DEL {key}: {e}"));
+            report.errors.push(format!("CNI DEL {}: {e}", pod.key));
         }
         let _ = netns::delete_named(&pod.netns);
     }
@@ -501,7 +502,7 @@ fn programmed(maps: &Maps, from: usize, count: usize) -> usize {
 /// Writes the services; returns (seconds writing, seconds until programmed).
 fn program_services(
     lab: &ciliate_lab::Lab,
-    bpf_root: &std::path::Path,
+    bpf_root: &Path,
     opts: &Options,
     backend: Ipv4Addr,
 ) -> Result<(f64, Option<f64>)> {
