@@ -117,12 +117,75 @@ pub struct Report {
     pub store_write_s: Option<f64>,
     /// From the first write until the agent's map held every service.
     pub program_s: Option<f64>,
+    /// Where the agent's part of those ADDs went, from its log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_create: Option<AgentCreate>,
     /// Through containerd (absent when `cri_pods` is 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cri: Option<CriReport>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
     pub total_seconds: f64,
+}
+
+/// The agent's endpoint creation (`POST /v1/endpoint`) during the ADDs, as
+/// its `endpoint created` lines time it: the profile of ADD's largest part.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AgentCreate {
+    /// The whole request, lock to answer.
+    pub total: Percentiles,
+    /// Programming the kernel: the device's sysctls, the two TCX attaches
+    /// (each a link creation that waits for an RCU grace period under the
+    /// RTNL lock), the endpoint map entry and the host route.
+    pub plumb: Percentiles,
+    /// Saving the agent's state file.
+    pub persist: Percentiles,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Percentiles {
+    fn of_micros(mut micros: Vec<u64>) -> Self {
+        micros.sort_unstable();
+        Self {
+            samples: micros.len(),
+            p50_ms: percentile(&micros, 0.50) as f64 / 1e3,
+            p99_ms: percentile(&micros, 0.99) as f64 / 1e3,
+        }
+    }
+}
+
+/// The agent's `endpoint created` timings for the pods whose label starts
+/// with `label_prefix`; `None` when there are none.
+fn agent_create_timings(log: &str, label_prefix: &str) -> Option<AgentCreate> {
+    let (mut total, mut plumb, mut persist) = (Vec::new(), Vec::new(), Vec::new());
+    let tag = format!(" label={label_prefix}");
+    for line in log.lines() {
+        if !line.contains(" endpoint created ") || !line.contains(tag.as_str()) {
+            continue;
+        }
+        let field = |name: &str| {
+            let (_, rest) = line.split_once(&format!(" {name}="))?;
+            rest.split(' ').next()?.parse::<u64>().ok()
+        };
+        if let (Some(t), Some(p), Some(s)) =
+            (field("took_us"), field("plumb_us"), field("persist_us"))
+        {
+            total.push(t);
+            plumb.push(p);
+            persist.push(s);
+        }
+    }
+    (!total.is_empty()).then(|| AgentCreate {
+        total: Percentiles::of_micros(total),
+        plumb: Percentiles::of_micros(plumb),
+        persist: Percentiles::of_micros(persist),
+    })
 }
 
 /// Pods through containerd: what the kubelet's calls took, and ciliate's
@@ -251,6 +314,10 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     report.add = Latency::of(add_ns, begin.elapsed());
     report.rss_endpoints_mib = rss_mib(pid);
+    let agent_log = node.dir.join("agent.log");
+    report.agent_create = std::fs::read_to_string(&agent_log)
+        .ok()
+        .and_then(|log| agent_create_timings(&log, "k8s:default/bench"));
     eprintln!(
         "  {} ADDs: p50 {:.1} ms, p99 {:.1} ms, {:.0} pods/s; agent RSS {:.1} MiB",
         report.add.calls,
@@ -619,6 +686,23 @@ pub fn markdown(report: &Report) -> String {
             format!("{} s", f(report.program_s, 1)),
         ),
     ];
+    if let Some(a) = &report.agent_create {
+        let pct = |p: &Percentiles| format!("{:.1} / {:.1} ms", p.p50_ms, p.p99_ms);
+        rows.splice(
+            1..1,
+            [
+                (
+                    "  of which the agent's endpoint creation, p50 / p99".to_string(),
+                    pct(&a.total),
+                ),
+                (
+                    "    programming the kernel (2 TCX attaches, map entry, route)".to_string(),
+                    pct(&a.plumb),
+                ),
+                ("    saving its state file".to_string(), pct(&a.persist)),
+            ],
+        );
+    }
     if let Some(cri) = &report.cri {
         let lat = |l: &Latency| format!("{:.1} / {:.1} / {:.1} ms", l.p50_ms, l.p99_ms, l.max_ms);
         rows.extend([
@@ -665,7 +749,23 @@ pub fn markdown(report: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::plugin_durations;
+    use super::{agent_create_timings, plugin_durations};
+
+    #[test]
+    fn agent_create_timings_take_the_benchmarks_pods_only() {
+        let log = "\
+2026-11-22T10:56:34.193037Z  INFO ciliate_agent::daemon: endpoint created id=1 ip=172.20.0.2 device=lxc_health label=reserved:health lock_us=14 plumb_us=28594 persist_us=447 took_us=29089
+2026-11-22T10:57:23.748429Z  INFO ciliate_agent::daemon: endpoint created id=2 ip=172.20.3.233 device=lxca05134c4d8e label=k8s:default/bench0 lock_us=14 plumb_us=26964 persist_us=6891 took_us=34878
+2026-11-22T10:57:23.797740Z  INFO ciliate_agent::daemon: endpoint created id=3 ip=172.20.3.234 device=lxcd30f4626308 label=k8s:default/bench1 lock_us=17 plumb_us=17774 persist_us=5151 took_us=23616
+2026-11-22T10:57:23.797741Z  INFO ciliate_agent::daemon: endpoint deleted id=3 ip=172.20.3.234
+";
+        let a = agent_create_timings(log, "k8s:default/bench").expect("two endpoints");
+        assert_eq!(a.total.samples, 2);
+        assert!((a.plumb.p50_ms - 17.774).abs() < 1e-9, "{a:?}");
+        assert!((a.plumb.p99_ms - 26.964).abs() < 1e-9, "{a:?}");
+        assert!((a.persist.p99_ms - 6.891).abs() < 1e-9, "{a:?}");
+        assert!(agent_create_timings(log, "k8s:other/").is_none());
+    }
 
     #[test]
     fn plugin_durations_are_read_per_container_and_command() {

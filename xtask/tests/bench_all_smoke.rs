@@ -98,6 +98,19 @@ fn every_section_runs_and_writes_json_markdown_and_a_chart() {
     assert!(cp["add"]["p99_ms"].as_f64().unwrap() >= cp["add"]["p50_ms"].as_f64().unwrap());
     assert!(cp["rss_endpoints_mib"].as_f64().is_some_and(|v| v > 0.0));
     assert!(cp["program_s"].as_f64().is_some(), "20 services programmed");
+    // The agent's share of each ADD, read from its log: one per pod.
+    let agent = &cp["agent_create"];
+    assert_eq!(agent["total"]["samples"], 3, "{cp}");
+    for part in ["plumb", "persist"] {
+        assert!(
+            agent[part]["p50_ms"].as_f64() <= agent["total"]["p99_ms"].as_f64(),
+            "{part} is part of the creation: {agent}"
+        );
+    }
+    assert!(
+        agent["plumb"]["p50_ms"].as_f64().is_some_and(|v| v > 0.0),
+        "{agent}"
+    );
     for what in ["run_sandbox", "remove_sandbox", "add", "del"] {
         let l = &cp["cri"][what];
         assert_eq!(l["calls"], 2, "{what} through containerd: {cp}");

@@ -190,6 +190,7 @@ pub fn plumb(
     stack_forwards: bool,
 ) -> Result<(), AgentError> {
     isolate_from_kernel_routing(&ep.host_ifname, stack_forwards || !ep.health)?;
+    let attaching = std::time::Instant::now();
     match ep.datapath_mode {
         // The pair's policy: from_container on the peer, to_container on the
         // primary; until then the peer drops what the pod sends.
@@ -199,6 +200,7 @@ pub fn plumb(
         }
         _ => datapath.attach(&ep.host_ifname, LXC_ATTACH)?,
     }
+    tracing::debug!(device = %ep.host_ifname, took_us = attaching.elapsed().as_micros(), "attached");
     let (key, info) = map_entry(ep);
     if let Err(source) = maps.endpoints.insert(key, info, 0) {
         let _ = datapath.detach(&ep.host_ifname);
