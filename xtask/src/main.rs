@@ -71,11 +71,13 @@ struct AllArgs {
         default_value = "kernel,ciliate-native,flannel,ciliate-tunnel"
     )]
     configs: Vec<Config>,
-    /// Pod to pod: seconds per test and datapath.
-    #[arg(long, global = true, default_value_t = 5.0)]
+    /// Pod to pod: seconds per test and datapath. Many short rounds rather
+    /// than a few long ones: on a shared machine one iperf3 stream ranges
+    /// from 1 to 22 Gbit/s between rounds, and a median needs rounds.
+    #[arg(long, global = true, default_value_t = 3.0)]
     p2p_seconds: f64,
     /// Pod to pod: rounds (every datapath and test once per round).
-    #[arg(long, global = true, default_value_t = 3)]
+    #[arg(long, global = true, default_value_t = 5)]
     p2p_rounds: usize,
     /// Services: counts (the services subcommand has its own flags).
     #[arg(
@@ -85,8 +87,9 @@ struct AllArgs {
         default_value = "1,1000,10000,100000"
     )]
     service_counts: Vec<usize>,
-    /// Services: seconds per measurement.
-    #[arg(long, global = true, default_value_t = 5.0)]
+    /// Services: seconds per measurement (3 keeps the whole run within
+    /// 20 minutes on 2 cores, build included).
+    #[arg(long, global = true, default_value_t = 3.0)]
     svc_seconds: f64,
     /// Services: rounds per target (both mechanisms each round).
     #[arg(long, global = true, default_value_t = 2)]
