@@ -234,6 +234,15 @@ pub struct SavedRoute {
     pub gateway: Option<Ipv4Addr>,
 }
 
+impl SavedRoute {
+    fn of(route: &Route) -> Self {
+        SavedRoute {
+            dst: route.dst,
+            gateway: route.gateway,
+        }
+    }
+}
+
 pub fn load_routes(dir: &Path) -> Vec<SavedRoute> {
     let path = dir.join(ROUTES_FILE);
     match std::fs::read(&path) {
@@ -378,6 +387,18 @@ impl NodeManager {
         }
 
         let before = self.saved_routes();
+        // The file names every route before it exists: a crash between the
+        // two then leaves nothing the next run's prune_stale cannot find.
+        let mut intent = before.clone();
+        for route in want.routes.values() {
+            let saved = SavedRoute::of(route);
+            if !intent.contains(&saved) {
+                intent.push(saved);
+            }
+        }
+        if intent != before {
+            self.save_route_list(&intent);
+        }
         // A changed route is replaced in place below; only gone ones are deleted.
         let stale: Vec<Route> = self
             .routes
@@ -407,7 +428,7 @@ impl NodeManager {
                 Err(e) => warn!(error = %e, "cannot write a node route"),
             }
         }
-        if before != self.saved_routes() {
+        if intent != self.saved_routes() {
             self.save_routes();
         }
 
@@ -423,17 +444,15 @@ impl NodeManager {
     }
 
     fn saved_routes(&self) -> Vec<SavedRoute> {
-        self.routes
-            .values()
-            .map(|r| SavedRoute {
-                dst: r.dst,
-                gateway: r.gateway,
-            })
-            .collect()
+        self.routes.values().map(SavedRoute::of).collect()
     }
 
     fn save_routes(&self) {
-        if let Err(e) = save_routes(&self.settings.state_dir, &self.saved_routes()) {
+        self.save_route_list(&self.saved_routes());
+    }
+
+    fn save_route_list(&self, routes: &[SavedRoute]) {
+        if let Err(e) = save_routes(&self.settings.state_dir, routes) {
             warn!(error = %e, "cannot save the node routes file");
         }
     }

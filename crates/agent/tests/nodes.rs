@@ -8,6 +8,7 @@ mod cluster;
 
 use std::net::Ipv4Addr;
 
+use ciliate_agent::nodes::load_routes;
 use ciliate_datapath::maps::IPCACHE_F_HOST;
 use ciliate_datapath::require_root;
 use ciliate_store::{AddressType, CiliateNode};
@@ -383,6 +384,14 @@ fn native_mode_routes_via_node_ips() {
         WAIT,
         || agent.log_text(),
         || net.node.route_to("172.20.3.0/24"),
+    );
+    // Saved before it was made, so the crash below cannot lose it.
+    let saved = load_routes(&agent.state_dir());
+    assert!(
+        saved
+            .iter()
+            .any(|r| r.dst == prefix("172.20.3.0/24") && r.gateway == Some(ip("192.168.77.7"))),
+        "the routes file does not name the route it made: {saved:?}"
     );
     agent.stop(true);
     net.client.delete("remote-m").unwrap();
