@@ -1,5 +1,8 @@
 //! `cargo xtask ...` (alias in .cargo/config.toml).
 
+#[path = "../launcher/src/bench_packages.rs"]
+mod bench_packages;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -167,26 +170,26 @@ enum Bench {
 const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench");
 
 /// Builds the binaries a lab runs, in this workspace's release profile, and
-/// returns their directory (`--bin-dir` skips this).
+/// returns their directory (`--bin-dir` skips this). xtask is in the same
+/// build so that cargo resolves the features the launcher's build did and
+/// finds everything fresh (a different set of packages rebuilds shared crates).
 fn lab_binaries(explicit: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(dir) = explicit {
         return Ok(dir);
     }
     let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    eprintln!("building ciliate-agent, ciliate-cni, ciliate-operator and ciliate (release)");
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+    eprintln!(
+        "building {} (release)",
+        bench_packages::BENCH_PACKAGES.join(", ")
+    );
+    let mut build = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
+    build
         .current_dir(workspace)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "ciliate-agent",
-            "-p",
-            "ciliate-cni",
-        ])
-        .args(["-p", "ciliate-operator", "-p", "ciliate-cli"])
-        .status()
-        .context("running cargo build")?;
+        .args(["build", "--release", "-p", "xtask"]);
+    for package in bench_packages::BENCH_PACKAGES {
+        build.args(["-p", package]);
+    }
+    let status = build.status().context("running cargo build")?;
     if !status.success() {
         anyhow::bail!("cargo build of the lab's binaries failed ({status})");
     }
