@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Programs on the node's own devices.
  *
- * from_host: TCX egress of ciliate_host, i.e. what the node itself sends
- *   towards pod addresses it routes through ciliate_host (in tunnel mode the
- *   agent routes every remote PodCIDR `dev ciliate_host`, which has NOARP).
- *   What the ipcache puts behind another node's tunnel endpoint goes into the
- *   tunnel with the host identity; a pod on this node gets it directly;
- *   everything else goes on unchanged.
+ * from_host: TCX egress of ciliate_host, i.e. what the node's stack sends
+ *   towards pod addresses: the node's PodCIDR is routed `dev ciliate_host`
+ *   (NOARP), and in tunnel mode every remote PodCIDR too. A pod on this node
+ *   gets it directly, after what only traffic from the stack needs (a
+ *   reply from a host-network service backend is reverse-translated, a
+ *   connection netfilter translated is recorded); what the ipcache puts
+ *   behind another node's tunnel endpoint goes into the tunnel with the host
+ *   identity; everything else goes on unchanged.
  * from_netdev: TCX ingress of the native device (eth0), i.e. what arrives from
  *   the network between nodes. IPv4 for a pod on this node goes straight to
  *   it (reverse-translated first if it replies to a service connection;
@@ -44,6 +46,8 @@ int from_host(struct __sk_buff *skb)
 	struct pkt_info pi = {};
 	struct endpoint_info *dst;
 	struct iphdr *ip;
+	__u32 lifetime;
+	int ret;
 
 	if ((void *)(eth + 1) > data_end || eth->h_proto != ETH_P_IP_BE)
 		return TC_ACT_OK;
@@ -54,9 +58,24 @@ int from_host(struct __sk_buff *skb)
 		return drop(skb, &pi, DROP_INVALID, METRIC_EGRESS);
 
 	dst = endpoint(ip->daddr);
-	if (dst)
+	if (dst) {
+		/* Pods and other nodes reach a pod with bpf_redirect_peer: only
+		 * what the stack routes gets here. A reply from a host-network
+		 * backend (pod -> ClusterIP -> node IP:6443) gets its frontend
+		 * back as source; anything else may be a connection netfilter
+		 * translated (a hostPort), whose replies only netfilter can
+		 * translate back. For an ipvlan pod from_netdev does both, on
+		 * the master's ingress, where deliver_local sends it. */
+		if (pi.has_ports && !(dst->flags & ENDPOINT_F_IPVLAN)) {
+			ret = lb4_reply(skb, &pi, cfg, METRIC_INGRESS, &lifetime);
+			if (ret != LB_NONE && ret != LB_XLATED)
+				return ret;
+			if (ret == LB_NONE)
+				masq_track_via_stack(skb, &pi, cfg);
+		}
 		return deliver_local(skb, &pi, cfg, dst, TRACE_FROM_HOST, METRIC_INGRESS,
 				     HOOK_EGRESS);
+	}
 	remote = ipcache(ip->daddr);
 	if (remote && remote->tunnel_endpoint)
 		return encap_to_node(skb, &pi, cfg, remote, IDENTITY_HOST, METRIC_EGRESS);

@@ -14,14 +14,6 @@
  *   source (a NodePort reply then routes out to the outside client), and a
  *   packet to a frontend is DNATed to a backend (lib/lb.h). In iptables
  *   masquerading mode what would leave through the FIB goes to the stack.
- * to_container: TCX egress of the lxc device (netkit: the primary's policy),
- *   i.e. what the host stack sends to the pod. It reverse-translates a reply
- *   of a service connection whose backend is the host itself, records
- *   connections the stack delivers from neither a local pod nor the node
- *   itself (only netfilter's translations get here that way: a hostPort
- *   DNATed; BPF deliveries use bpf_redirect_peer and skip this hook) so that
- *   from_container hands their replies back to the stack, accounts for the
- *   packet and lets it through.
  * from_container_ipvlan: the same for a pod whose eth0 is an ipvlan L3 slave
  *   (datapathMode ipvlan), tail-called by bpf/ipvlan.c's entry on the slave's
  *   tc egress inside the pod's namespace. No device of the node can be
@@ -30,6 +22,10 @@
  *   slave or routes it in the node's namespace out of the master (to the
  *   node, to other nodes, to a NodePort client, to be masqueraded by
  *   to_netdev). See lib/deliver.h.
+ * Nothing runs where the lxc device sends into the pod, which saves an
+ * attach (an RCU grace period under RTNL) per endpoint: every BPF delivery
+ * enters the pod directly, and the node routes what its stack sends to pods
+ * through ciliate_host, whose from_host (host.c) delivers it.
  * Verdicts mean the same at both kinds of hook: TC_ACT_OK / TC_ACT_SHOT /
  * TC_ACT_REDIRECT are netkit's NETKIT_PASS / NETKIT_DROP / NETKIT_REDIRECT. */
 #include "lib/common.h"
@@ -215,49 +211,3 @@ int from_container_ipvlan(struct __sk_buff *skb)
 {
 	return from_pod(skb, 1);
 }
-
-SEC("classifier/to_container")
-int to_container(struct __sk_buff *skb)
-{
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct datapath_config *cfg = config();
-	struct ethhdr *eth = data;
-	struct pkt_info pi = {};
-	struct endpoint_info *dst;
-	struct iphdr *ip;
-
-	if ((void *)(eth + 1) > data_end)
-		return drop(skb, &pi, DROP_INVALID, METRIC_INGRESS);
-	pi.eth_proto = eth->h_proto;
-
-	if (eth->h_proto == ETH_P_ARP_BE) {
-		trace(skb, &pi, cfg, TRACE_FROM_STACK, METRIC_INGRESS, skb->ifindex);
-		return TC_ACT_OK;
-	}
-	if (eth->h_proto != ETH_P_IP_BE)
-		return drop(skb, &pi, DROP_UNSUPPORTED_L3, METRIC_INGRESS);
-	if (parse_ipv4(data, data_end, &ip, &pi) < 0)
-		return drop(skb, &pi, DROP_INVALID, METRIC_INGRESS);
-	dst = endpoint(ip->daddr);
-	if (dst)
-		pi.dst_ep = dst->lxc_id;
-	/* A reply the host stack delivers, e.g. from a host-network backend
-	 * on this node (pod -> ClusterIP -> node IP:6443): its source becomes
-	 * the frontend. Deliveries with bpf_redirect_peer skip this hook, so
-	 * nothing is translated twice. */
-	if (cfg && pi.has_ports) {
-		__u32 lifetime;
-		int ret = lb4_reply(skb, &pi, cfg, METRIC_INGRESS, &lifetime);
-
-		if (ret != LB_NONE && ret != LB_XLATED)
-			return ret;
-		/* Not a service reply: perhaps a connection whose replies
-		 * must come back through the stack. */
-		if (ret == LB_NONE)
-			masq_track_via_stack(skb, &pi, cfg);
-	}
-	trace(skb, &pi, cfg, TRACE_FROM_STACK, METRIC_INGRESS, skb->ifindex);
-	return TC_ACT_OK;
-}
-

@@ -207,7 +207,7 @@ struct ct4_key {
  * rx_* the pod's. */
 #define CT_F_INBOUND 0x40
 /* CT_KEY_MASQ entries only, with CT_F_INBOUND: the host stack delivered the
- * connection to the pod (to_container) from outside, another node or its
+ * connection to the pod (from_host) from outside, another node or its
  * pods, e.g. a hostPort netfilter DNATed; the pod's replies go back through
  * the stack to be translated back. */
 #define CT_F_VIA_STACK 0x80

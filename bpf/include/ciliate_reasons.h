@@ -33,7 +33,7 @@
 #define TRACE_TO_ENDPOINT 1 // to-endpoint
 #define TRACE_TO_STACK 2 // to-stack
 #define TRACE_ARP_REPLY 3 // arp-reply
-#define TRACE_FROM_STACK 4 // from-stack
+/* 4 was from-stack: to_container, whose work from_host does now. */
 #define TRACE_TO_OVERLAY 5 // to-overlay
 #define TRACE_FROM_OVERLAY 6 // from-overlay
 #define TRACE_TO_NETDEV 7 // to-netdev

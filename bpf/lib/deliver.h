@@ -25,7 +25,7 @@
 
 /* The hook the calling program runs at. bpf_redirect_peer, which enters the
  * pod's namespace directly, works only from a tc ingress hook; from an egress
- * hook the packet goes out of the pod's lxc device instead (through to_container). */
+ * hook the packet goes out of the pod's lxc device instead. */
 #define HOOK_INGRESS 0
 #define HOOK_EGRESS 1
 /* tc egress of an ipvlan slave inside a pod's namespace (bpf/ipvlan.c's entry

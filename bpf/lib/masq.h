@@ -277,7 +277,7 @@ static __always_inline int masq_track_inbound(struct __sk_buff *skb, struct pkt_
 	return 0;
 }
 
-/* to_container: a connection the host stack delivers to a pod from a source
+/* from_host: a connection the host stack delivers to a pod from a source
  * that is neither a pod of this node nor the node itself gets a CT_KEY_MASQ
  * entry with CT_F_INBOUND | CT_F_VIA_STACK, keyed by the pod's reply tuple,
  * so that from_container hands the replies back to the stack
@@ -287,8 +287,8 @@ static __always_inline int masq_track_inbound(struct __sk_buff *skb, struct pkt_
  * result to the pod). Only netfilter can undo its translation: routed by
  * fib_redirect or into the tunnel the replies would leave with the pod's
  * address (and to_netdev would drop them, DROP_MASQ_NO_MAPPING). Nothing
- * else reaches this hook from elsewhere: pods and other nodes' traffic for
- * a pod is delivered with bpf_redirect_peer, which skips it.
+ * else for a pod reaches this hook from elsewhere: pods and other nodes'
+ * traffic for a pod is delivered with bpf_redirect_peer.
  * The node's own connections (kubelet's probes) need no entry: replies to
  * the node's addresses go to the stack anyway (fib_redirect), and they would
  * fill the table. TCP and UDP; started by a TCP SYN without ACK or any UDP

@@ -1,7 +1,7 @@
 //! ciliate's datapath on the benchmark's node, loaded the way the datapath
-//! tests load it: a private bpffs, `from_container`/`to_container` on both
-//! lxc devices, the pods in the endpoint map, and services written straight
-//! into the pinned maps (what the agent would write for a ClusterIP service
+//! tests load it: a private bpffs, `from_container` on both lxc devices,
+//! the pods in the endpoint map, and services written straight into the
+//! pinned maps (what the agent would write for a ClusterIP service
 //! with one endpoint, in the agent's order: backend, slots, slot 0).
 
 use std::path::PathBuf;

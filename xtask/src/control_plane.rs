@@ -134,9 +134,9 @@ pub struct Report {
 pub struct AgentCreate {
     /// The whole request, lock to answer.
     pub total: Percentiles,
-    /// Programming the kernel: the device's sysctls, the two TCX attaches
-    /// (each a link creation that waits for an RCU grace period under the
-    /// RTNL lock), the endpoint map entry and the host route.
+    /// Programming the kernel: the device's sysctls, the TCX attach (a link
+    /// creation that waits for an RCU grace period under the RTNL lock) and
+    /// the endpoint map entry.
     pub plumb: Percentiles,
     /// Saving the agent's state file.
     pub persist: Percentiles,
@@ -696,7 +696,7 @@ pub fn markdown(report: &Report) -> String {
                     pct(&a.total),
                 ),
                 (
-                    "    programming the kernel (2 TCX attaches, map entry, route)".to_string(),
+                    "    programming the kernel (sysctls, TCX attach, map entry)".to_string(),
                     pct(&a.plumb),
                 ),
                 ("    saving its state file".to_string(), pct(&a.persist)),

@@ -300,7 +300,13 @@ impl Daemon {
             };
             if present {
                 inner.registry.set_state(ep.id, EndpointState::Restoring);
-                match self.plumb(inner, &ep, &nl) {
+                let restored = self.plumb(inner, &ep, &nl).and_then(|()| {
+                    if ep.datapath_mode == EndpointKind::Ipvlan {
+                        return Ok(());
+                    }
+                    endpoints::remove_legacy_plumbing(&ep, self.addressing.pod.router, &nl)
+                });
+                match restored {
                     Ok(()) => {
                         inner.registry.set_state(ep.id, EndpointState::Ready);
                         info!(id = ep.id, ip = %ep.ip, device = %ep.host_ifname, "restored endpoint");
@@ -419,7 +425,6 @@ impl Daemon {
             ),
             EndpointKind::Veth | EndpointKind::Netkit => endpoints::plumb(
                 ep,
-                self.addressing.pod.router,
                 &mut inner.datapath,
                 &mut inner.maps,
                 nl,
@@ -438,13 +443,9 @@ impl Daemon {
                 &mut inner.maps,
                 nl,
             ),
-            EndpointKind::Veth | EndpointKind::Netkit => endpoints::unplumb(
-                ep,
-                self.addressing.pod.router,
-                &inner.datapath,
-                &mut inner.maps,
-                nl,
-            ),
+            EndpointKind::Veth | EndpointKind::Netkit => {
+                endpoints::unplumb(ep, &inner.datapath, &mut inner.maps)
+            }
         }
     }
 

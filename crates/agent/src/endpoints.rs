@@ -163,8 +163,11 @@ pub fn map_entry(ep: &Endpoint) -> (EndpointKey, EndpointInfo) {
     (EndpointKey::new(ep.ip), info)
 }
 
-/// The host route to the pod: `IP/32 dev lxc... src ROUTER scope link`.
-pub fn host_route(ep: &Endpoint, router: Ipv4Addr) -> Route {
+/// The host route to the pod that agents before the one-attach layout made:
+/// `IP/32 dev lxc... src ROUTER scope link`. The node now reaches its pods
+/// through the PodCIDR route `dev ciliate_host`, where from_host delivers;
+/// this one would bypass it, so a restored endpoint loses it.
+pub fn legacy_host_route(ep: &Endpoint, router: Ipv4Addr) -> Route {
     Route {
         dst: Ipv4Net::new(ep.ip, 32).expect("/32 is valid"),
         gateway: None,
@@ -183,7 +186,6 @@ pub fn host_route(ep: &Endpoint, router: Ipv4Addr) -> Route {
 /// device forwards in any mode (see `isolate_from_kernel_routing`).
 pub fn plumb(
     ep: &Endpoint,
-    router: Ipv4Addr,
     datapath: &mut Datapath,
     maps: &mut Maps,
     nl: &Netlink,
@@ -192,8 +194,8 @@ pub fn plumb(
     isolate_from_kernel_routing(&ep.host_ifname, stack_forwards || !ep.health)?;
     let attaching = std::time::Instant::now();
     match ep.datapath_mode {
-        // The pair's policy: from_container on the peer, to_container on the
-        // primary; until then the peer drops what the pod sends.
+        // The pair's policy: from_container on the peer; until then the
+        // peer drops what the pod sends.
         DatapathMode::Netkit => {
             check_netkit_device(ep, nl)?;
             datapath.attach_netkit(&ep.host_ifname, NETKIT_ATTACH)?;
@@ -209,12 +211,25 @@ pub fn plumb(
             source,
         });
     }
-    if let Err(e) = nl.replace_route(&host_route(ep, router)) {
-        let _ = maps.endpoints.remove(&key);
-        let _ = datapath.detach(&ep.host_ifname);
-        return Err(e.into());
-    }
     Ok(())
+}
+
+/// Removes what an agent before the one-attach layout made for `ep` and the
+/// current layout must not have: its /32 route through the lxc device.
+/// (A `to_container` link goes when the datapath loads the new object.)
+pub fn remove_legacy_plumbing(
+    ep: &Endpoint,
+    router: Ipv4Addr,
+    nl: &Netlink,
+) -> Result<(), AgentError> {
+    match nl.del_route(&legacy_host_route(ep, router)) {
+        Ok(()) => {
+            tracing::info!(id = ep.id, device = %ep.host_ifname, "removed the endpoint's route of an earlier layout");
+            Ok(())
+        }
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A netkit endpoint's host device must be the primary of a netkit pair:
@@ -253,27 +268,28 @@ fn check_netkit_device(ep: &Endpoint, nl: &Netlink) -> Result<(), AgentError> {
 /// health endpoint has no such connections and keeps forwarding off. Without
 /// our programs such a pod still reaches nothing: `arp_ignore=1` leaves its
 /// gateway unresolved, and the datapath passes to the stack only replies of
-/// connections `to_container` recorded and what the FIB cannot forward.
+/// connections `from_host` recorded and what the FIB cannot forward.
+///
+/// `rp_filter=0`: the node routes the pod's address through `ciliate_host`,
+/// not through this device, so strict reverse-path filtering would drop what
+/// the pod sends to the node itself.
 fn isolate_from_kernel_routing(device: &str, stack_forwards: bool) -> Result<(), AgentError> {
     let forwarding = if stack_forwards { "1" } else { "0" };
-    for (key, value) in [("forwarding", forwarding), ("arp_ignore", "1")] {
+    for (key, value) in [
+        ("forwarding", forwarding),
+        ("arp_ignore", "1"),
+        ("rp_filter", "0"),
+    ] {
         sysctl::set(&format!("net/ipv4/conf/{device}/{key}"), value)?;
     }
     Ok(())
 }
 
 /// Removes what `plumb` made. Missing pieces are fine: a deleted device takes
-/// its route and links with it.
-pub fn unplumb(
-    ep: &Endpoint,
-    router: Ipv4Addr,
-    datapath: &Datapath,
-    maps: &mut Maps,
-    nl: &Netlink,
-) -> Result<(), AgentError> {
+/// its links with it.
+pub fn unplumb(ep: &Endpoint, datapath: &Datapath, maps: &mut Maps) -> Result<(), AgentError> {
     remove_map_entry(ep, maps)?;
     datapath.detach(&ep.host_ifname)?;
-    let _ = nl.del_route(&host_route(ep, router));
     Ok(())
 }
 

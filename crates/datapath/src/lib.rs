@@ -15,7 +15,7 @@ pub mod reasons;
 pub mod sysctl;
 pub mod testing;
 
-/// The compiled `bpf/lxc.c`: `from_container` and `to_container` and their maps.
+/// The compiled `bpf/lxc.c`: `from_container` (and its ipvlan variant) and their maps.
 pub const LXC_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lxc.o"));
 
 /// The compiled `bpf/overlay.c`: `from_overlay` on the node's tunnel device.

@@ -38,7 +38,7 @@ pub const OBJECTS: &[(&str, &[u8], &[&str])] = &[
     (
         "lxc",
         crate::LXC_OBJECT,
-        &["from_container", "to_container", "from_container_ipvlan"],
+        &["from_container", "from_container_ipvlan"],
     ),
     ("overlay", crate::OVERLAY_OBJECT, &["from_overlay"]),
     (
@@ -48,19 +48,17 @@ pub const OBJECTS: &[(&str, &[u8], &[&str])] = &[
     ),
 ];
 
-/// What goes on a pod's lxc device, and where.
-pub const LXC_ATTACH: &[(&str, TcAttachType)] = &[
-    ("from_container", TcAttachType::Ingress),
-    ("to_container", TcAttachType::Egress),
-];
+/// What goes on a pod's lxc device, and where: only what the pod sends.
+/// Every TCX attach waits for an RCU grace period under RTNL, so each
+/// program here is paid for by every CNI ADD; what the node's stack sends to
+/// a pod is routed through `ciliate_host` instead (`from_host`).
+pub const LXC_ATTACH: &[(&str, TcAttachType)] = &[("from_container", TcAttachType::Ingress)];
 
-/// What polices a netkit pod's pair, both named by its primary (`lxc...`):
-/// the peer's programs run on what the pod sends, the primary's on what the
-/// node sends to the pod (see [`crate::netkit`]).
-pub const NETKIT_ATTACH: &[(&str, NetkitAttach)] = &[
-    ("from_container", NetkitAttach::Peer),
-    ("to_container", NetkitAttach::Primary),
-];
+/// What polices a netkit pod's pair, named by its primary (`lxc...`): the
+/// peer's program runs on what the pod sends (see [`crate::netkit`]); the
+/// primary keeps its default policy, as the lxc device of a veth has nothing
+/// at egress.
+pub const NETKIT_ATTACH: &[(&str, NetkitAttach)] = &[("from_container", NetkitAttach::Peer)];
 
 /// What goes on the node's tunnel device.
 pub const OVERLAY_ATTACH: &[(&str, TcAttachType)] = &[("from_overlay", TcAttachType::Ingress)];
@@ -480,8 +478,8 @@ impl Datapath {
 
     /// Removes every pinned link of `device`, which detaches the programs.
     pub fn detach(&self, device: &str) -> Result<(), LoadError> {
-        for name in program_names() {
-            let path = self.link_path(device, name);
+        for (_, program) in self.pinned_links().into_iter().filter(|(d, _)| d == device) {
+            let path = self.link_path(device, &program);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -497,7 +495,8 @@ impl Datapath {
         Ok(())
     }
 
-    /// (device, program) of every pinned link under this root.
+    /// (device, program) of every pinned link under this root, programs of
+    /// earlier objects included (program names have no `-`; device names may).
     fn pinned_links(&self) -> Vec<(String, String)> {
         std::fs::read_dir(self.root.join("links"))
             .into_iter()
@@ -505,10 +504,8 @@ impl Datapath {
             .flatten()
             .filter_map(|e| {
                 let file = e.file_name().to_str()?.to_string();
-                program_names().find_map(|p| {
-                    file.strip_suffix(&format!("-{p}"))
-                        .map(|d| (d.to_string(), p.to_string()))
-                })
+                let (device, program) = file.rsplit_once('-')?;
+                Some((device.to_string(), program.to_string()))
             })
             .collect()
     }
@@ -526,6 +523,10 @@ impl Datapath {
         for (device, program) in self.pinned_links() {
             let path = self.link_path(&device, &program);
             let Some((_, prog)) = self.programs.iter_mut().find(|(n, _)| *n == program) else {
+                // A program the new object no longer has (to_container):
+                // its link goes, or the old program would keep running.
+                std::fs::remove_file(&path)
+                    .map_err(io("removing the link of a removed program", &path))?;
                 continue;
             };
             let netkit_link =

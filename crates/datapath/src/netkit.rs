@@ -10,7 +10,8 @@
 //! - [`NetkitAttach::Peer`] (`BPF_NETKIT_PEER`): what the pod sends out of its
 //!   end (the peer); the place of `from_container`.
 //! - [`NetkitAttach::Primary`] (`BPF_NETKIT_PRIMARY`): what the node sends
-//!   through the primary towards the pod; the place of `to_container`.
+//!   through the primary towards the pod; the datapath attaches nothing
+//!   there (what the node sends to pods is `from_host`'s).
 //!
 //! aya 0.14 knows the netkit link type but cannot create one, so this module
 //! makes the `BPF_LINK_CREATE` call itself, and pins, opens and updates links

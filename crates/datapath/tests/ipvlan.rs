@@ -335,7 +335,7 @@ fn a_veth_endpoint_is_reached_from_an_ipvlan_pod_through_to_netdev() {
 
     // The driver's route lookup, bound to the master, takes the default
     // route: the frame leaves addressed to the gateway and to_netdev
-    // delivers it into pod B's lxc device (through to_container).
+    // delivers it into pod B's lxc device.
     let routed = tcp_frame(
         (NET_MAC, MASTER_MAC),
         (IV_A, CLIENT_PORT),
@@ -519,8 +519,8 @@ fn a_host_network_backends_reply_is_reverse_natted_when_it_enters_the_master() {
     let (verdict, out) = h.run("from_host", &reply);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(tuple_of(&out).src, (NODE_IP, HOST_PORT));
-    // ... and from_netdev there translates it, which to_container does for
-    // a veth pod, and passes it to the driver.
+    // ... and from_netdev there translates it, which from_host does itself
+    // for a veth pod, and passes it to the driver.
     let (verdict, out) = h.run("from_netdev", &out);
     assert_eq!(verdict, TC_ACT_OK);
     let t = tuple_of(&out);

@@ -4,7 +4,7 @@
 //! replies back and delivers them to the pod, lifetimes follow the TCP state,
 //! and iptables mode hands pod traffic to the stack in `from_container`.
 //! Connections the host stack delivers to a pod from elsewhere (a hostPort
-//! netfilter DNATed) are recorded by `to_container`, and `from_container`
+//! netfilter DNATed) are recorded by `from_host`, and `from_container`
 //! hands their replies back to the stack.
 //! Every rewritten packet has its checksums recomputed here.
 
@@ -976,7 +976,7 @@ fn via_stack_harness() -> Harness {
     h
 }
 
-/// A frame the host stack sends pod A (`to_container` sees it).
+/// A frame the host stack sends pod A (out of ciliate_host: `from_host` sees it).
 fn stack_to_pod_a(src: ([u8; 4], u16), dport: u16, flags: u8) -> Vec<u8> {
     tcp_frame((POD_A_MAC, LXC_A_MAC), src, (POD_A, dport), flags)
 }
@@ -987,8 +987,8 @@ fn masq_ct_of(h: &Harness, src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Option<C
 }
 
 /// A hostPort connection netfilter DNATed to pod A, from outside the cluster,
-/// from a pod on another node or from another node itself: `to_container`
-/// records it, and the pod's replies go to the stack (which translates them
+/// from a pod on another node or from another node itself: `from_host`
+/// records it as it delivers it, and the pod's replies go to the stack (which translates them
 /// back) instead of out through the FIB or the tunnel.
 #[test]
 fn replies_of_connections_the_stack_delivers_from_elsewhere_go_back_to_the_stack() {
@@ -1001,7 +1001,7 @@ fn replies_of_connections_the_stack_delivers_from_elsewhere_go_back_to_the_stack
         ((REMOTE_NODE, 50002), "another node"),
     ] {
         let syn = stack_to_pod_a(client, server.1, TCP_SYN);
-        assert_eq!(h.run("to_container", &syn), (TC_ACT_OK, syn.clone()));
+        assert_eq!(h.run("from_host", &syn).0, TC_ACT_REDIRECT);
         let ct = masq_ct_of(&h, server, client)
             .unwrap_or_else(|| panic!("{what}: the connection is recorded"));
         assert_eq!(ct.flags, CT_F_INBOUND | CT_F_VIA_STACK, "{what}: {ct:?}");
@@ -1045,7 +1045,7 @@ fn replies_of_connections_the_stack_delivers_from_elsewhere_go_back_to_the_stack
     // UDP too, from its first packet.
     let client = (WORLD, 5353);
     let request = udp_frame((POD_A_MAC, LXC_A_MAC), client, (POD_A, 53), true);
-    assert_eq!(h.run("to_container", &request).0, TC_ACT_OK);
+    assert_eq!(h.run("from_host", &request).0, TC_ACT_REDIRECT);
     let ct = masq_ct(&h, (POD_A, 53), client, IPPROTO_UDP);
     assert_eq!(ct.flags, CT_F_INBOUND | CT_F_VIA_STACK, "{ct:?}");
     let reply = udp_frame((LXC_A_MAC, POD_A_MAC), (POD_A, 53), client, true);
@@ -1069,11 +1069,11 @@ fn the_nodes_own_pod_started_and_local_pod_connections_get_no_via_stack_entry() 
         ((POD_B, 40003), "a pod of this node"),
     ] {
         let syn = stack_to_pod_a(client, server.1, TCP_SYN);
-        assert_eq!(h.run("to_container", &syn), (TC_ACT_OK, syn.clone()));
+        assert_eq!(h.run("from_host", &syn).0, TC_ACT_REDIRECT);
         assert_eq!(masq_ct_of(&h, server, client), None, "{what}");
     }
     let mid_stream = stack_to_pod_a((WORLD, 40004), server.1, TCP_ACK);
-    assert_eq!(h.run("to_container", &mid_stream).0, TC_ACT_OK);
+    assert_eq!(h.run("from_host", &mid_stream).0, TC_ACT_REDIRECT);
     assert_eq!(masq_ct_of(&h, server, (WORLD, 40004)), None, "no SYN");
 
     // Pod A starts connections to a remote pod and to the outside; the
@@ -1087,7 +1087,7 @@ fn the_nodes_own_pod_started_and_local_pod_connections_get_no_via_stack_entry() 
         let syn = from_pod_a(POD_PORT, peer, TCP_SYN);
         assert_eq!(h.run("from_container", &syn).0, verdict, "{peer:?}");
         let syn_ack = stack_to_pod_a(peer, POD_PORT, TCP_SYN | TCP_ACK);
-        assert_eq!(h.run("to_container", &syn_ack).0, TC_ACT_OK);
+        assert_eq!(h.run("from_host", &syn_ack).0, TC_ACT_REDIRECT);
         assert_eq!(masq_ct_of(&h, (POD_A, POD_PORT), peer), None, "{peer:?}");
         let ack = from_pod_a(POD_PORT, peer, TCP_ACK);
         assert_eq!(h.run("from_container", &ack).0, verdict, "{peer:?}");

@@ -1,4 +1,4 @@
-//! Every branch of `from_container`, `to_container`, `from_overlay`,
+//! Every branch of `from_container`, `from_overlay`,
 //! `from_host` and `from_netdev`, run in the kernel with `BPF_PROG_TEST_RUN`
 //! on synthetic packets: verdict, output bytes, counters and events. (The FIB
 //! outcomes need routes and neighbours: tests/fib.rs runs those in namespaces.)
@@ -15,8 +15,8 @@ use ciliate_datapath::maps::{
 use ciliate_datapath::reasons::{
     DROP_ARP_NOT_ROUTER, DROP_INVALID, DROP_INVALID_ARP, DROP_INVALID_SIP, DROP_NO_CONFIG,
     DROP_NO_TUNNEL_DEVICE, DROP_TTL_EXCEEDED, DROP_UNSUPPORTED_L3, REASON_FORWARDED,
-    TRACE_ARP_REPLY, TRACE_FROM_HOST, TRACE_FROM_NETDEV, TRACE_FROM_OVERLAY, TRACE_FROM_STACK,
-    TRACE_TO_ENDPOINT, TRACE_TO_OVERLAY, TRACE_TO_STACK,
+    TRACE_ARP_REPLY, TRACE_FROM_HOST, TRACE_FROM_NETDEV, TRACE_FROM_OVERLAY, TRACE_TO_ENDPOINT,
+    TRACE_TO_OVERLAY, TRACE_TO_STACK,
 };
 use common::*;
 
@@ -301,52 +301,17 @@ fn unconfigured_datapath_drops_with_a_reason() {
 }
 
 #[test]
-fn to_container_passes_ipv4_and_arp_and_counts_them() {
-    root_only!();
-    let mut h = Harness::new(true);
-    let packet = eth(
-        POD_A_MAC,
-        LXC_A_MAC,
-        0x0800,
-        &ipv4(ROUTER, POD_A, 64, 17, &tcp_ports(53, 5353)[..8]),
-    );
-    let (verdict, out) = h.run("to_container", &packet);
-    assert_eq!((verdict, out), (TC_ACT_OK, packet));
-    let ev = h.next_event().unwrap();
-    assert_eq!(
-        (ev.kind, ev.reason, ev.dir, ev.dst_ep, ev.proto),
-        (EVENT_TRACE, TRACE_FROM_STACK, METRIC_INGRESS, 101, 17)
-    );
-    let request = eth(
-        [0xff; 6],
-        LXC_A_MAC,
-        0x0806,
-        &arp(1, LXC_A_MAC, ROUTER, [0; 6], POD_A),
-    );
-    assert_eq!(h.run("to_container", &request).0, TC_ACT_OK);
-    assert_eq!(h.counter(REASON_FORWARDED, METRIC_INGRESS), 2);
-}
-
-#[test]
-fn to_container_drops_what_it_cannot_parse() {
+fn from_host_drops_what_it_cannot_parse() {
     root_only!();
     let mut h = Harness::new(false);
-    let ipv6 = eth(POD_A_MAC, LXC_A_MAC, 0x86dd, &[0x60; 40]);
-    expect_drop(
-        &mut h,
-        "to_container",
-        &ipv6,
-        DROP_UNSUPPORTED_L3,
-        METRIC_INGRESS,
-    );
     let mut bad_ihl = ipv4(ROUTER, POD_A, 64, 1, &icmp_echo());
     bad_ihl[0] = 0x44;
     expect_drop(
         &mut h,
-        "to_container",
+        "from_host",
         &eth(POD_A_MAC, LXC_A_MAC, 0x0800, &bad_ihl),
         DROP_INVALID,
-        METRIC_INGRESS,
+        METRIC_EGRESS,
     );
 }
 

@@ -1267,9 +1267,12 @@ fn conntrack_lifetimes_follow_the_tcp_state() {
 
 /// A host-network backend on this node (the API server at node IP:6443).
 const HOST_BE_PORT: u16 = 6443;
+/// ciliate_host's MAC: NOARP, so the stack's frames through it carry it as
+/// both source and destination.
+const CILIATE_HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
 #[test]
-fn a_reply_from_a_host_network_backend_is_reverse_translated_in_to_container() {
+fn a_reply_from_a_host_network_backend_is_reverse_translated_in_from_host() {
     root_only!();
     let mut h = harness(Some(NODE_IP), true);
     backend(
@@ -1289,15 +1292,21 @@ fn a_reply_from_a_host_network_backend_is_reverse_translated_in_to_container() {
     assert_eq!(verdict, TC_ACT_OK, "to the host stack");
     assert_eq!(t.dst, (NODE_IP, HOST_BE_PORT));
 
-    // The host's answer, as the stack hands it to the pod's lxc device.
+    // The host's answer, as the stack sends it out of ciliate_host (the
+    // PodCIDR's device); from_host delivers it to the pod.
     let reply = tcp_frame(
-        (POD_A_MAC, LXC_A_MAC),
+        (CILIATE_HOST_MAC, CILIATE_HOST_MAC),
         (NODE_IP, HOST_BE_PORT),
         (POD_A, CLIENT_PORT),
         TCP_SYN | TCP_ACK,
     );
-    let (verdict, out, t) = run(&h, "to_container", &reply);
-    assert_eq!(verdict, TC_ACT_OK);
+    let (verdict, out, t) = run(&h, "from_host", &reply);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        &out[..12],
+        &[POD_A_MAC, LXC_A_MAC].concat()[..],
+        "to the pod"
+    );
     assert_eq!(t.src, (CLUSTER_IP, SVC_PORT), "source is the frontend");
     assert_eq!(t.dst, (POD_A, CLIENT_PORT));
     assert_checksums(&out, false);
@@ -1308,15 +1317,16 @@ fn a_reply_from_a_host_network_backend_is_reverse_translated_in_to_container() {
     assert_eq!(conn.flags & CT_F_SEEN_REPLY, CT_F_SEEN_REPLY);
     assert_eq!(conn.rx_packets, 1);
 
-    // Anything else the host sends the pod passes untouched.
+    // Anything else the host sends the pod is delivered as it is.
     let ssh = tcp_frame(
-        (POD_A_MAC, LXC_A_MAC),
+        (CILIATE_HOST_MAC, CILIATE_HOST_MAC),
         (NODE_IP, 22),
         (POD_A, CLIENT_PORT),
         TCP_ACK,
     );
-    let (verdict, out) = h.run("to_container", &ssh);
-    assert_eq!((verdict, out), (TC_ACT_OK, ssh));
+    let (verdict, _, t) = run(&h, "from_host", &ssh);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((t.src, t.dst), ((NODE_IP, 22), (POD_A, CLIENT_PORT)));
 }
 
 #[test]

@@ -78,14 +78,24 @@ fn pod_traffic_needs_the_bpf_programs() {
         .iter()
         .find(|e| e.pod_name.as_deref() == Some("a"))
         .expect("endpoint of a");
-    for program in ["from_container", "to_container"] {
-        std::fs::remove_file(
-            node.bpf_root
-                .join("links")
-                .join(format!("{}-{program}", a.host_ifname)),
-        )
+    // The node reaches the pod through ciliate_host, whose from_host
+    // delivers it: the pod's own device has no route and no program for
+    // what the node sends (one TCX attach per pod).
+    let a_ip = a.ip.to_string();
+    let route = lab
+        .exec("node0", &["ip", "-4", "route", "get", &a_ip])
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout).to_string();
+    assert!(route.contains("dev ciliate_host"), "node0: {route}");
+    assert!(ping(&lab, "node0", &a_ip), "node0 reaches pod a");
+    let pins: Vec<String> = std::fs::read_dir(node.bpf_root.join("links"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&format!("{}-", a.host_ifname)))
+        .collect();
+    assert_eq!(pins, [format!("{}-from_container", a.host_ifname)]);
+    std::fs::remove_file(node.bpf_root.join("links").join(&pins[0]))
         .expect("the pod's link is pinned");
-    }
     assert!(lab
         .exec("a", &["ip", "neigh", "flush", "all"])
         .unwrap()
@@ -104,11 +114,47 @@ fn pod_traffic_needs_the_bpf_programs() {
         "nor can others reach it"
     );
 
-    // A restarted agent restores the endpoint and attaches again.
+    // A restarted agent restores the endpoint and attaches again. Meanwhile
+    // the pod got the route an agent before the one-attach layout made
+    // (`IP/32 dev lxc... src ROUTER`), which would bypass from_host: the
+    // restored endpoint loses it.
     lab.kill_agent("node0").unwrap();
+    let addr = lab
+        .exec(
+            "node0",
+            &["ip", "-4", "-o", "addr", "show", "dev", "ciliate_host"],
+        )
+        .unwrap();
+    let addr = String::from_utf8_lossy(&addr.stdout).to_string();
+    let router = addr
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_else(|| panic!("the router IP on ciliate_host: {addr}"))
+        .to_string();
+    let legacy = [
+        "ip",
+        "route",
+        "add",
+        &a_ip,
+        "dev",
+        &a.host_ifname,
+        "scope",
+        "link",
+        "src",
+        &router,
+    ];
+    assert!(lab.exec("node0", &legacy).unwrap().status.success());
     lab.start_agent("node0", Duration::from_secs(30)).unwrap();
     eventually_ping(&lab, "a", &b_ip);
     assert!(ping(&lab, "a", &node_ip));
+    let route = lab
+        .exec("node0", &["ip", "-4", "route", "get", &a_ip])
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout).to_string();
+    assert!(route.contains("dev ciliate_host"), "after restart: {route}");
+    assert!(ping(&lab, "node0", &a_ip), "node0 reaches pod a again");
 }
 
 /// Counts what arrives on an accepted connection until EOF or error.
