@@ -82,12 +82,7 @@ fn pod_traffic_needs_the_bpf_programs() {
     // delivers it: the pod's own device has no route and no program for
     // what the node sends (one TCX attach per pod).
     let a_ip = a.ip.to_string();
-    let route = lab
-        .exec("node0", &["ip", "-4", "route", "get", &a_ip])
-        .unwrap();
-    let route = String::from_utf8_lossy(&route.stdout).to_string();
-    assert!(route.contains("dev ciliate_host"), "node0: {route}");
-    assert!(ping(&lab, "node0", &a_ip), "node0 reaches pod a");
+    assert_node_reaches_through_ciliate_host(&lab, &a_ip, "with the programs");
     let pins: Vec<String> = std::fs::read_dir(node.bpf_root.join("links"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -149,12 +144,18 @@ fn pod_traffic_needs_the_bpf_programs() {
     lab.start_agent("node0", Duration::from_secs(30)).unwrap();
     eventually_ping(&lab, "a", &b_ip);
     assert!(ping(&lab, "a", &node_ip));
+    assert_node_reaches_through_ciliate_host(&lab, &a_ip, "after the restart");
+}
+
+/// node0 routes `ip` through ciliate_host (where from_host delivers) and
+/// reaches it.
+fn assert_node_reaches_through_ciliate_host(lab: &LabGuard, ip: &str, when: &str) {
     let route = lab
-        .exec("node0", &["ip", "-4", "route", "get", &a_ip])
+        .exec("node0", &["ip", "-4", "route", "get", ip])
         .unwrap();
     let route = String::from_utf8_lossy(&route.stdout).to_string();
-    assert!(route.contains("dev ciliate_host"), "after restart: {route}");
-    assert!(ping(&lab, "node0", &a_ip), "node0 reaches pod a again");
+    assert!(route.contains("dev ciliate_host"), "{when}: {route}");
+    assert!(ping(lab, "node0", ip), "{when}: node0 reaches {ip}");
 }
 
 /// Counts what arrives on an accepted connection until EOF or error.
