@@ -477,9 +477,10 @@ impl Datapath {
     }
 
     /// Removes every pinned link of `device`, which detaches the programs.
+    /// (Links of programs an earlier object had went when this one loaded.)
     pub fn detach(&self, device: &str) -> Result<(), LoadError> {
-        for (_, program) in self.pinned_links().into_iter().filter(|(d, _)| d == device) {
-            let path = self.link_path(device, &program);
+        for name in program_names() {
+            let path = self.link_path(device, name);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
