@@ -66,6 +66,7 @@ int from_host(struct __sk_buff *skb)
 		 * translated (a hostPort), whose replies only netfilter can
 		 * translate back. For an ipvlan pod from_netdev does both, on
 		 * the master's ingress, where deliver_local sends it. */
+		pi.dst_ep = dst->lxc_id;
 		if (pi.has_ports && !(dst->flags & ENDPOINT_F_IPVLAN)) {
 			ret = lb4_reply(skb, &pi, cfg, METRIC_INGRESS, &lifetime);
 			if (ret != LB_NONE && ret != LB_XLATED)

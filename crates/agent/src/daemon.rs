@@ -283,8 +283,9 @@ impl Daemon {
     }
 
     /// Brings the kernel in line with the saved endpoints: endpoints whose
-    /// device is gone are removed; the rest get their links, map entries and
-    /// routes (links already pinned are kept as they are). Map entries and
+    /// device is gone are removed; the rest get their links and map entries
+    /// (links already pinned are kept as they are) and lose the /32 route of
+    /// the layout before one attach per pod. Map entries and
     /// links that no endpoint owns are removed.
     fn restore_endpoints(&self) -> Result<(), AgentError> {
         let nl = Netlink::new()?;

@@ -255,6 +255,7 @@ pub fn ensure_host_devices(
     // gateway; from_host takes those packets, so there is nobody to ARP for.
     nl.set_arp(host.index, false)?;
     route_through(HOST_DEVICE)?;
+    relax_strict_rp_filter()?;
     nl.set_up(net.index)?;
     nl.set_up(host.index)?;
     for (ip, prefix) in nl.addresses(host.index)? {
@@ -266,6 +267,10 @@ pub fn ensure_host_devices(
     if !nl.addresses(host.index)?.contains(&(pod.router, 32)) {
         nl.add_address(host.index, pod.router, 32)?;
     }
+    // What the node sends its own pods goes this way (from_host delivers
+    // it), so it must fit the pods' MTU: in tunnel mode smaller than
+    // ciliate_host's, and a delivered packet larger than the pod's device
+    // takes is dropped without an ICMP error.
     nl.replace_route(&Route {
         dst: pod.cidr,
         gateway: None,
@@ -273,9 +278,26 @@ pub fn ensure_host_devices(
         scope_link: true,
         src: Some(pod.router),
         onlink: false,
-        mtu: None,
+        mtu: Some(pod_mtu(config)),
     })?;
     Ok(host.index)
+}
+
+/// Strict reverse-path filtering node-wide (`all/rp_filter=1`, e.g. a
+/// hardened host) overrides every device's own setting, and would drop what
+/// pods send the node: their addresses are routed through ciliate_host, not
+/// through the lxc device they arrive on. Like Cilium, the agent turns it
+/// off then; loose (2) and off (0) are left as they are.
+pub fn relax_strict_rp_filter() -> Result<(), AgentError> {
+    const KEY: &str = "net/ipv4/conf/all/rp_filter";
+    if sysctl::get(KEY)?.trim() == "1" {
+        sysctl::set(KEY, "0")?;
+        warn!(
+            key = KEY,
+            "strict reverse-path filtering would drop pods' traffic to the node; turned it off"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 mod cluster;
 
 use std::net::Ipv4Addr;
+use std::process::Command;
 
 use ciliate_agent::nodes::load_routes;
 use ciliate_datapath::maps::IPCACHE_F_HOST;
@@ -109,9 +110,38 @@ fn wait_registered(net: &Net, agent: &Agent, cidr: &str) -> CiliateNode {
 fn tunnel_mode_registers_and_routes_to_other_nodes() {
     require_root!("network namespaces, devices, a bpffs and etcd");
     let net = Net::new();
+    // A hardened host's strict reverse-path filtering would drop what pods
+    // send the node (their addresses are routed through ciliate_host).
+    let strict = Command::new("ip")
+        .args(["netns", "exec", &net.node.name, "sh", "-c"])
+        .arg("echo 1 > /proc/sys/net/ipv4/conf/all/rp_filter")
+        .status()
+        .unwrap();
+    assert!(strict.success());
     let mut agent = Agent::new(&net.node, &cluster_pool(&net, "routingMode: tunnel\n"));
     let status = start_and_assign(&net, &mut agent, "172.20.5.0/24");
     assert_eq!(status.mtu, 1450);
+    assert_eq!(net.node.sysctl("net/ipv4/conf/all/rp_filter"), "0");
+    // What the node sends its own pods takes the PodCIDR route, so it is
+    // sized for the pods.
+    let own = net
+        .node
+        .route_to("172.20.5.0/24")
+        .expect("the PodCIDR route");
+    assert_eq!(
+        (own.oif, own.mtu),
+        (
+            Some(
+                net.node
+                    .netlink()
+                    .link_by_name("ciliate_host")
+                    .unwrap()
+                    .unwrap()
+                    .index
+            ),
+            Some(1450)
+        )
+    );
     let registered = wait_registered(&net, &agent, "172.20.5.0/24");
     let health_ip = registered.spec.health.ipv4.unwrap();
     assert!(prefix("172.20.5.0/24").contains(&health_ip));

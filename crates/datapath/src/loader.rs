@@ -296,6 +296,7 @@ impl Datapath {
             programs,
             origin,
         };
+        datapath.remove_links_of_unknown_programs()?;
         if origin == Origin::Replaced {
             datapath.update_pinned_links()?;
         }
@@ -477,7 +478,7 @@ impl Datapath {
     }
 
     /// Removes every pinned link of `device`, which detaches the programs.
-    /// (Links of programs an earlier object had went when this one loaded.)
+    /// (Links of programs an earlier object had went when this one opened.)
     pub fn detach(&self, device: &str) -> Result<(), LoadError> {
         for name in program_names() {
             let path = self.link_path(device, name);
@@ -519,15 +520,28 @@ impl Datapath {
         devices
     }
 
+    /// Removes the pinned links of programs this object does not have
+    /// (`to_container` of the layout before one attach per pod), whose old
+    /// programs would otherwise keep running. On every open, not only when
+    /// a new object loads: an upgrade interrupted after pinning the new
+    /// programs is adopted next time.
+    fn remove_links_of_unknown_programs(&self) -> Result<(), LoadError> {
+        for (device, program) in self.pinned_links() {
+            if program_names().any(|name| name == program) {
+                continue;
+            }
+            let path = self.link_path(&device, &program);
+            std::fs::remove_file(&path)
+                .map_err(io("removing the link of a program no object has", &path))?;
+        }
+        Ok(())
+    }
+
     /// Points every pinned link at the freshly loaded program of the same name.
     fn update_pinned_links(&mut self) -> Result<(), LoadError> {
         for (device, program) in self.pinned_links() {
             let path = self.link_path(&device, &program);
             let Some((_, prog)) = self.programs.iter_mut().find(|(n, _)| *n == program) else {
-                // A program the new object no longer has (to_container):
-                // its link goes, or the old program would keep running.
-                std::fs::remove_file(&path)
-                    .map_err(io("removing the link of a removed program", &path))?;
                 continue;
             };
             let netkit_link =

@@ -1,8 +1,8 @@
 //! The loader across object versions, on the TCX links of a veth pod in a
 //! namespace of its own: a new object moves every pinned link onto its
-//! program of the same name, and removes the links of programs it no longer
-//! has, so that no old program keeps running. That is the upgrade from the
-//! layout with `to_container` at the lxc device's egress.
+//! program of the same name, and every open removes the links of programs
+//! the object does not have, so that no old program keeps running. That is
+//! the upgrade from the layout with `to_container` at the lxc device's egress.
 
 #[macro_use]
 mod common;
@@ -27,6 +27,26 @@ fn tcx_programs(node: &str, attach: TcAttachType) -> Vec<u32> {
             .map(aya::programs::ProgramInfo::id)
             .collect()
     })
+}
+
+/// Pins a TCX link at the lxc device's egress under `pin`, the name of a
+/// program no object has now. (Any program will do; the pin name says
+/// which it was.)
+fn pin_unknown_program_link(node: &str, root: &Path, pin: &Path) {
+    let (program, pin) = (programs_dir(root).join("from_container"), pin.to_owned());
+    in_netns(node, move || {
+        let mut prog = SchedClassifier::from_pin(&program).unwrap();
+        let id = prog
+            .attach_with_options(
+                LXC,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .unwrap();
+        let link: FdLink = prog.take_link(id).unwrap().try_into().unwrap();
+        link.pin(&pin).unwrap();
+    });
+    assert_eq!(tcx_programs(node, TcAttachType::Egress).len(), 1);
 }
 
 /// The directory of the pinned programs (one object's).
@@ -65,23 +85,9 @@ fn a_new_object_moves_pinned_links_and_removes_those_of_programs_it_lacks() {
     });
 
     // What an earlier object left: a pinned link at the lxc device's egress
-    // of a program this object does not have. (Any program will do; the pin
-    // name says which it was.)
+    // of a program this object does not have.
     let old = links.join(format!("{LXC}-to_container"));
-    let (pinned_program, old_pin) = (programs_dir(&root).join("from_container"), old.clone());
-    in_netns(&node, move || {
-        let mut prog = SchedClassifier::from_pin(&pinned_program).unwrap();
-        let id = prog
-            .attach_with_options(
-                LXC,
-                TcAttachType::Egress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .unwrap();
-        let link: FdLink = prog.take_link(id).unwrap().try_into().unwrap();
-        link.pin(&old_pin).unwrap();
-    });
-    assert_eq!(tcx_programs(&node, TcAttachType::Egress).len(), 1);
+    pin_unknown_program_link(&node, &root, &old);
 
     // A new object: the pinned programs' directory is renamed to look like
     // an older object's.
@@ -111,4 +117,13 @@ fn a_new_object_moves_pinned_links_and_removes_those_of_programs_it_lacks() {
         !root.join("progs").join("0000000000000000").exists(),
         "the old object's programs are gone"
     );
+
+    // An upgrade interrupted after the new programs were pinned: the next
+    // open adopts them, and still removes such a link.
+    pin_unknown_program_link(&node, &root, &old);
+    let open_root = root.clone();
+    let origin = in_netns(&node, move || Datapath::open(&open_root).unwrap().origin());
+    assert_eq!(origin, Origin::Adopted);
+    assert!(!old.exists(), "removed when adopting too");
+    assert_eq!(tcx_programs(&node, TcAttachType::Egress), Vec::<u32>::new());
 }

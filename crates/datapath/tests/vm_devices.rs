@@ -21,14 +21,13 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use ciliate_datapath::loader::{Datapath, Maps, Origin, LXC_ATTACH, NETDEV_ATTACH, NETKIT_ATTACH};
-use ciliate_datapath::maps::{DatapathConfig, TraceEvent, METRIC_EGRESS, METRIC_INGRESS};
+use ciliate_datapath::maps::{DatapathConfig, TraceEvent, METRIC_EGRESS};
 use ciliate_datapath::netkit::{self, NetkitAttach};
 use ciliate_datapath::netlink::{Netlink, Route};
 use ciliate_datapath::netns;
 use ciliate_datapath::podnet::PodVeth;
 use ciliate_datapath::reasons::{
-    DROP_INVALID_SIP, DROP_UNSUPPORTED_L3, TRACE_FROM_NETDEV, TRACE_FROM_OVERLAY,
-    TRACE_TO_ENDPOINT, TRACE_TO_OVERLAY,
+    DROP_INVALID_SIP, TRACE_FROM_NETDEV, TRACE_FROM_OVERLAY, TRACE_TO_ENDPOINT, TRACE_TO_OVERLAY,
 };
 use common::*;
 

@@ -292,4 +292,19 @@ fn tunnel_mode_has_an_external_vxlan_device_and_overlay_sized_pods() {
         eth0[0]["mtu"], 1450,
         "pods leave room for the VXLAN headers"
     );
+    // The node reaches its pods through ciliate_host (node MTU) with
+    // packets sized for them: a 1488-byte ping is fragmented by the node
+    // instead of being dropped at the pod's device.
+    let a_ip = lab.pod("a").unwrap().ip.to_string();
+    let big = lab
+        .exec(
+            "node0",
+            &["ping", "-c", "1", "-W", "2", "-s", "1460", &a_ip],
+        )
+        .unwrap();
+    assert!(
+        big.status.success(),
+        "node0 reaches pod a with a 1488-byte ping: {}",
+        String::from_utf8_lossy(&big.stdout)
+    );
 }
